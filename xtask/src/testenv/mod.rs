@@ -229,6 +229,7 @@ pub fn up() -> Result<()> {
             "--cidr=127.3.0.0/16",
             "--node-ip=127.0.0.1",
             &format!("--server-address=127.0.0.1:{KWOK_PORT}"),
+            "--node-lease-duration-seconds=40",
         ]),
     )?;
 
