@@ -1,1 +1,67 @@
-fn main(){}
+//! The rollgate binary: parse the command line, set up logging and TLS, run the subcommand,
+//! map the outcome to a documented exit code (see `rollgate --help`).
+
+use clap::{CommandFactory, Parser};
+use rollgate::cli::{Cli, Command};
+use rollgate::commands::{self, Failure};
+use rollgate::exit;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // kube and reqwest may bring different rustls providers; pick one for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let json_logs = matches!(
+        cli.global.log_format,
+        Some(rollgate::cli::LogFormatArg::Json)
+    );
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLGATE_LOG")
+        .unwrap_or_else(|_| "warn".into());
+    if json_logs {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    let result: Result<u8, Failure> = runtime.block_on(async {
+        match &cli.command {
+            Command::Check { playbook } => commands::check::run(&cli.global, playbook),
+            Command::Plan { playbook, output } => {
+                commands::plan::run(&cli.global, playbook, *output).await
+            }
+            Command::Run(args) => commands::run::run(&cli.global, args).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    *shell,
+                    &mut Cli::command(),
+                    "rollgate",
+                    &mut std::io::stdout(),
+                );
+                Ok(exit::OK)
+            }
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("{}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

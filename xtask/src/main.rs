@@ -52,7 +52,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Testenv { command } => testenv::run(command),
-        Command::Test { cargo_test_args, no_lint } => testenv::run_test_suite(&cargo_test_args, no_lint),
+        Command::Test {
+            cargo_test_args,
+            no_lint,
+        } => testenv::run_test_suite(&cargo_test_args, no_lint),
         Command::Demo { keep } => demo::run(keep),
         Command::SlackStandin(args) => slack_standin::serve(args),
     };

@@ -19,7 +19,9 @@ pub const PROMETHEUS_PORT: u16 = 19090;
 pub const SLACK_TOKEN: &str = "xoxb-rollgate-testenv";
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 /// `$ROLLGATE_TESTENV_CACHE` or `~/.cache/rollgate-testenv`.
@@ -37,7 +39,11 @@ pub fn state_dir() -> PathBuf {
 }
 
 pub fn k8s_bin(name: &str) -> PathBuf {
-    cache_dir().join("k8s").join(K8S_VERSION).join("bin").join(name)
+    cache_dir()
+        .join("k8s")
+        .join(K8S_VERSION)
+        .join("bin")
+        .join(name)
 }
 
 pub fn etcd_bin() -> PathBuf {
@@ -50,5 +56,8 @@ pub fn kwok_bin() -> PathBuf {
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }

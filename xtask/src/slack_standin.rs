@@ -41,7 +41,8 @@ struct Standin {
 }
 
 pub fn serve(args: Args) -> Result<ExitCode> {
-    let server = Server::http(&args.listen).map_err(|e| format!("listen on {}: {e}", args.listen))?;
+    let server =
+        Server::http(&args.listen).map_err(|e| format!("listen on {}: {e}", args.listen))?;
     eprintln!("slack stand-in listening on http://{}", args.listen);
     let state = Arc::new(Mutex::new(Standin::default()));
     let token = Arc::new(args.token);
@@ -60,11 +61,18 @@ pub fn serve(args: Args) -> Result<ExitCode> {
 fn json_response(status: u16, body: &Value) -> Response<std::io::Cursor<Vec<u8>>> {
     Response::from_string(body.to_string())
         .with_status_code(status)
-        .with_header(Header::from_bytes("Content-Type", "application/json; charset=utf-8").expect("valid header"))
+        .with_header(
+            Header::from_bytes("Content-Type", "application/json; charset=utf-8")
+                .expect("valid header"),
+        )
 }
 
 fn header(request: &Request, name: &str) -> Option<String> {
-    request.headers().iter().find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name)).map(|h| h.value.as_str().to_owned())
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str().to_owned())
 }
 
 fn parse_body(content_type: &str, raw: &str) -> Value {
@@ -108,18 +116,25 @@ fn handle(mut request: Request, state: &Mutex<Standin>, token: &str) -> Result<(
     let content_type = header(&request, "Content-Type").unwrap_or_default();
     let auth = header(&request, "Authorization");
     let mut raw = String::new();
-    request.as_reader().read_to_string(&mut raw).context("read body")?;
+    request
+        .as_reader()
+        .read_to_string(&mut raw)
+        .context("read body")?;
     let body = parse_body(&content_type, &raw);
 
     // Control endpoints.
     match (method.as_str(), path.as_str()) {
         ("GET", "/_recorded") => {
             let recorded = Value::Array(state.lock().expect("lock").recorded.clone());
-            return request.respond(json_response(200, &recorded)).context("respond");
+            return request
+                .respond(json_response(200, &recorded))
+                .context("respond");
         }
         ("POST", "/_reset") => {
             *state.lock().expect("lock") = Standin::default();
-            return request.respond(json_response(200, &json!({"ok": true}))).context("respond");
+            return request
+                .respond(json_response(200, &json!({"ok": true})))
+                .context("respond");
         }
         ("POST", "/_fail") => {
             let body: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
@@ -130,15 +145,29 @@ fn handle(mut request: Request, state: &Mutex<Standin>, token: &str) -> Result<(
             };
             let count = body["count"].as_u64().unwrap_or(1);
             let mut s = state.lock().expect("lock");
-            s.failures.extend(std::iter::repeat_n(failure, count as usize));
-            return request.respond(json_response(200, &json!({"ok": true, "pending": s.failures.len()}))).context("respond");
+            s.failures
+                .extend(std::iter::repeat_n(failure, count as usize));
+            return request
+                .respond(json_response(
+                    200,
+                    &json!({"ok": true, "pending": s.failures.len()}),
+                ))
+                .context("respond");
         }
         _ => {}
     }
 
-    let token_given = auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")).map(str::to_owned).or_else(|| body["token"].as_str().map(str::to_owned));
+    let token_given = auth
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::to_owned)
+        .or_else(|| body["token"].as_str().map(str::to_owned));
     let is_webhook = path.starts_with("/services/");
-    let authorized = if is_webhook { None } else { Some(token_given.as_deref() == Some(token)) };
+    let authorized = if is_webhook {
+        None
+    } else {
+        Some(token_given.as_deref() == Some(token))
+    };
     let (failure, ts) = {
         let mut s = state.lock().expect("lock");
         s.next_ts += 1;
@@ -146,48 +175,74 @@ fn handle(mut request: Request, state: &Mutex<Standin>, token: &str) -> Result<(
         if let Some(obj) = redacted.as_object_mut() {
             obj.remove("token");
         }
-        s.recorded.push(json!({"method": method, "path": path, "authorized": authorized, "body": redacted}));
-        (s.failures.pop_front(), format!("1764000000.{:06}", s.next_ts))
+        s.recorded.push(
+            json!({"method": method, "path": path, "authorized": authorized, "body": redacted}),
+        );
+        (
+            s.failures.pop_front(),
+            format!("1764000000.{:06}", s.next_ts),
+        )
     };
     if let Some(f) = failure {
         std::thread::sleep(Duration::from_millis(f.delay_ms));
         if f.status == 429 {
             let response = json_response(429, &json!({"ok": false, "error": "ratelimited"}))
-                .with_header(Header::from_bytes("Retry-After", f.retry_after.to_string()).expect("valid header"));
+                .with_header(
+                    Header::from_bytes("Retry-After", f.retry_after.to_string())
+                        .expect("valid header"),
+                );
             return request.respond(response).context("respond");
         }
         if f.status >= 400 {
-            return request.respond(Response::from_string("internal error").with_status_code(f.status)).context("respond");
+            return request
+                .respond(Response::from_string("internal error").with_status_code(f.status))
+                .context("respond");
         }
     }
     if is_webhook {
-        return request.respond(Response::from_string("ok")).context("respond");
+        return request
+            .respond(Response::from_string("ok"))
+            .context("respond");
     }
     let response = match authorized {
         Some(false) if token_given.is_none() => json!({"ok": false, "error": "not_authed"}),
         Some(false) => json!({"ok": false, "error": "invalid_auth"}),
         _ => api_call(&path, &body, &ts),
     };
-    request.respond(json_response(200, &response)).context("respond")
+    request
+        .respond(json_response(200, &response))
+        .context("respond")
 }
 
 fn channel_id(channel: &str) -> String {
-    if channel.starts_with('C') { channel.to_owned() } else { "C0ROLLGATE".to_owned() }
+    if channel.starts_with('C') {
+        channel.to_owned()
+    } else {
+        "C0ROLLGATE".to_owned()
+    }
 }
 
 fn api_call(path: &str, body: &Value, ts: &str) -> Value {
     let channel = body["channel"].as_str().unwrap_or("");
     match path {
-        "/api/auth.test" => json!({"ok": true, "url": "https://rollgate-test.slack.com/", "team": "rollgate",
-                                   "user": "rollgate", "team_id": "T0ROLLGATE", "user_id": "U0ROLLGATE", "bot_id": "B0ROLLGATE"}),
-        "/api/chat.postMessage" if channel.is_empty() => json!({"ok": false, "error": "channel_not_found"}),
+        "/api/auth.test" => {
+            json!({"ok": true, "url": "https://rollgate-test.slack.com/", "team": "rollgate",
+                                   "user": "rollgate", "team_id": "T0ROLLGATE", "user_id": "U0ROLLGATE", "bot_id": "B0ROLLGATE"})
+        }
+        "/api/chat.postMessage" if channel.is_empty() => {
+            json!({"ok": false, "error": "channel_not_found"})
+        }
         "/api/chat.postMessage" => json!({
             "ok": true, "channel": channel_id(channel), "ts": ts,
             "message": {"type": "message", "bot_id": "B0ROLLGATE", "text": body["text"], "ts": ts,
                         "thread_ts": body["thread_ts"]},
         }),
-        "/api/chat.update" if body["ts"].as_str().is_none() => json!({"ok": false, "error": "message_not_found"}),
-        "/api/chat.update" => json!({"ok": true, "channel": channel_id(channel), "ts": body["ts"], "text": body["text"]}),
+        "/api/chat.update" if body["ts"].as_str().is_none() => {
+            json!({"ok": false, "error": "message_not_found"})
+        }
+        "/api/chat.update" => {
+            json!({"ok": true, "channel": channel_id(channel), "ts": body["ts"], "text": body["text"]})
+        }
         _ => json!({"ok": false, "error": "unknown_method"}),
     }
 }

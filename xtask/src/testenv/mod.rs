@@ -82,7 +82,10 @@ pub fn install() -> Result<()> {
     if !status.success() {
         return Err(format!("{} failed ({status})", script.display()));
     }
-    eprintln!("[testenv] install finished in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[testenv] install finished in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -92,8 +95,12 @@ fn env_file(state: &Path) -> PathBuf {
 
 pub fn read_env() -> Result<EnvDescription> {
     let path = env_file(&state_dir());
-    let text = fs::read_to_string(&path)
-        .map_err(|_| format!("the test environment is not running ({} missing): run `cargo xtask testenv up`", path.display()))?;
+    let text = fs::read_to_string(&path).map_err(|_| {
+        format!(
+            "the test environment is not running ({} missing): run `cargo xtask testenv up`",
+            path.display()
+        )
+    })?;
     serde_json::from_str(&text).context(format!("parse {}", path.display()))
 }
 
@@ -122,26 +129,48 @@ pub fn up() -> Result<()> {
         return Ok(());
     }
     if state.exists() {
-        eprintln!("[testenv] stale state in {}: stopping what is left", state.display());
+        eprintln!(
+            "[testenv] stale state in {}: stopping what is left",
+            state.display()
+        );
         down()?;
     }
-    for bin in [k8s_bin("kube-apiserver"), k8s_bin("kubectl"), etcd_bin(), kwok_bin()] {
+    for bin in [
+        k8s_bin("kube-apiserver"),
+        k8s_bin("kubectl"),
+        etcd_bin(),
+        kwok_bin(),
+    ] {
         if !bin.exists() {
-            return Err(format!("{} is missing: run `cargo xtask testenv install` first", bin.display()));
+            return Err(format!(
+                "{} is missing: run `cargo xtask testenv install` first",
+                bin.display()
+            ));
         }
     }
-    for tool in ["/usr/sbin/sshd", "/usr/bin/prometheus", "/usr/bin/ssh-keygen"] {
+    for tool in [
+        "/usr/sbin/sshd",
+        "/usr/bin/prometheus",
+        "/usr/bin/ssh-keygen",
+    ] {
         if !Path::new(tool).exists() {
-            return Err(format!("{tool} is missing: run `cargo xtask testenv install` first"));
+            return Err(format!(
+                "{tool} is missing: run `cargo xtask testenv install` first"
+            ));
         }
     }
     fs::create_dir_all(&state).context("create state dir")?;
     let pki = state.join("pki");
     pki::generate(&pki)?;
     let token = format!("rollgate-testenv-admin-{}", std::process::id());
-    fs::write(state.join("tokens.csv"), format!("{token},admin,admin,\"system:masters\"\n")).context("write tokens")?;
+    fs::write(
+        state.join("tokens.csv"),
+        format!("{token},admin,admin,\"system:masters\"\n"),
+    )
+    .context("write tokens")?;
     let kubeconfig = state.join("kubeconfig");
-    fs::write(&kubeconfig, kubeconfig_yaml(&pki.join("ca.crt"), &token)).context("write kubeconfig")?;
+    fs::write(&kubeconfig, kubeconfig_yaml(&pki.join("ca.crt"), &token))
+        .context("write kubeconfig")?;
 
     // etcd
     let etcd_client = format!("http://127.0.0.1:{ETCD_CLIENT_PORT}");
@@ -161,7 +190,9 @@ pub fn up() -> Result<()> {
             "--log-level=warn",
         ]),
     )?;
-    procs::wait_for("etcd", Duration::from_secs(30), || procs::port_open(&format!("127.0.0.1:{ETCD_CLIENT_PORT}")))?;
+    procs::wait_for("etcd", Duration::from_secs(30), || {
+        procs::port_open(&format!("127.0.0.1:{ETCD_CLIENT_PORT}"))
+    })?;
 
     // kube-apiserver
     let p = |f: &str| pki.join(f).display().to_string();
@@ -191,7 +222,9 @@ pub fn up() -> Result<()> {
         ]),
     )?;
     let kubectl = k8s_bin("kubectl");
-    procs::wait_for("kube-apiserver /readyz", Duration::from_secs(90), || apiserver_ready(&kubectl, &kubeconfig))?;
+    procs::wait_for("kube-apiserver /readyz", Duration::from_secs(90), || {
+        apiserver_ready(&kubectl, &kubeconfig)
+    })?;
 
     procs::spawn(
         &state,
@@ -214,7 +247,12 @@ pub fn up() -> Result<()> {
         &state,
         "kube-scheduler",
         &k8s_bin("kube-scheduler"),
-        &strings(&[&format!("--kubeconfig={}", kubeconfig.display()), "--leader-elect=false", "--secure-port=0", "--v=1"]),
+        &strings(&[
+            &format!("--kubeconfig={}", kubeconfig.display()),
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--v=1",
+        ]),
     )?;
     let kwok_config = state.join("kwok.yaml");
     fs::write(&kwok_config, include_str!("../../assets/kwok.yaml")).context("write kwok config")?;
@@ -237,8 +275,22 @@ pub fn up() -> Result<()> {
     let ssh = state.join("ssh");
     fs::create_dir_all(&ssh).context("create ssh dir")?;
     let client_key = ssh.join("client_key");
-    run_quiet(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "rollgate-testenv", "-f"]).arg(&client_key))?;
-    fs::copy(ssh.join("client_key.pub"), ssh.join("authorized_keys")).context("write authorized_keys")?;
+    run_quiet(
+        Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "rollgate-testenv",
+                "-f",
+            ])
+            .arg(&client_key),
+    )?;
+    fs::copy(ssh.join("client_key.pub"), ssh.join("authorized_keys"))
+        .context("write authorized_keys")?;
     fs::write(ssh.join("known_hosts"), "").context("write known_hosts")?;
     fs::write(
         ssh.join("ssh_config"),
@@ -257,12 +309,20 @@ pub fn up() -> Result<()> {
     let bin_dir = state.join("bin");
     fs::create_dir_all(&bin_dir).context("create bin dir")?;
     let xtask_copy = bin_dir.join("xtask");
-    fs::copy(std::env::current_exe().context("locate xtask binary")?, &xtask_copy).context("copy xtask binary")?;
+    fs::copy(
+        std::env::current_exe().context("locate xtask binary")?,
+        &xtask_copy,
+    )
+    .context("copy xtask binary")?;
     procs::spawn(
         &state,
         "slack-standin",
         &xtask_copy,
-        &strings(&["slack-standin", &format!("--listen=127.0.0.1:{SLACK_PORT}"), &format!("--token={SLACK_TOKEN}")]),
+        &strings(&[
+            "slack-standin",
+            &format!("--listen=127.0.0.1:{SLACK_PORT}"),
+            &format!("--token={SLACK_TOKEN}"),
+        ]),
     )?;
 
     // Prometheus: scrapes file_sd targets that tests drop in targets/, loads rules from rules/.
@@ -310,9 +370,19 @@ pub fn up() -> Result<()> {
         xtask: xtask_copy,
         k8s_version: K8S_VERSION.into(),
     };
-    procs::wait_for("the Slack stand-in", Duration::from_secs(10), || procs::port_open(&format!("127.0.0.1:{SLACK_PORT}")))?;
+    procs::wait_for("the Slack stand-in", Duration::from_secs(10), || {
+        procs::port_open(&format!("127.0.0.1:{SLACK_PORT}"))
+    })?;
     procs::wait_for("Prometheus /-/ready", Duration::from_secs(30), || {
-        matches!(procs::http("GET", &format!("127.0.0.1:{PROMETHEUS_PORT}"), "/-/ready", ""), Ok((200, _)))
+        matches!(
+            procs::http(
+                "GET",
+                &format!("127.0.0.1:{PROMETHEUS_PORT}"),
+                "/-/ready",
+                ""
+            ),
+            Ok((200, _))
+        )
     })?;
     // The default namespace's service account and the scheduler must be serving before tests start.
     procs::wait_for("the default namespace", Duration::from_secs(30), || {
@@ -326,8 +396,16 @@ pub fn up() -> Result<()> {
             .map(|s| s.success())
             .unwrap_or(false)
     })?;
-    fs::write(env_file(&state), serde_json::to_string_pretty(&env).expect("serialisable")).context("write env.json")?;
-    eprintln!("[testenv] up in {:.1}s; state in {}", started.elapsed().as_secs_f64(), state.display());
+    fs::write(
+        env_file(&state),
+        serde_json::to_string_pretty(&env).expect("serialisable"),
+    )
+    .context("write env.json")?;
+    eprintln!(
+        "[testenv] up in {:.1}s; state in {}",
+        started.elapsed().as_secs_f64(),
+        state.display()
+    );
     eprintln!("[testenv] export KUBECONFIG={}", kubeconfig.display());
     Ok(())
 }
@@ -339,7 +417,15 @@ pub fn down() -> Result<()> {
         return Ok(());
     }
     // Nodes' sshd first, then the rest in reverse start order.
-    let order = ["prometheus", "slack-standin", "kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"];
+    let order = [
+        "prometheus",
+        "slack-standin",
+        "kwok",
+        "kube-scheduler",
+        "kube-controller-manager",
+        "kube-apiserver",
+        "etcd",
+    ];
     let mut recorded = procs::recorded(&state);
     recorded.sort_by_key(|(name, _)| order.iter().position(|o| o == name).unwrap_or(0));
     for (name, pid) in &recorded {
@@ -363,7 +449,10 @@ fn status(json: bool) -> Result<ExitCode> {
     let procs = procs::recorded(&state);
     let all_alive = procs.iter().all(|(_, pid)| procs::is_alive(*pid));
     if json {
-        println!("{}", serde_json::to_string_pretty(&env).expect("serialisable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&env).expect("serialisable")
+        );
     } else {
         println!("state dir:   {}", env.state_dir.display());
         println!("kubeconfig:  {}", env.kubeconfig.display());
@@ -373,10 +462,23 @@ fn status(json: bool) -> Result<ExitCode> {
         println!("slack:       {}", env.slack_url);
         println!("prometheus:  {}", env.prometheus_url);
         for (name, pid) in &procs {
-            println!("  {:<28} pid {:<8} {}", name, pid, if procs::is_alive(*pid) { "running" } else { "DEAD" });
+            println!(
+                "  {:<28} pid {:<8} {}",
+                name,
+                pid,
+                if procs::is_alive(*pid) {
+                    "running"
+                } else {
+                    "DEAD"
+                }
+            );
         }
     }
-    Ok(if all_alive { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_alive {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `cargo xtask test`: install, (re)start the environment, lint, run every test, stop.
@@ -386,11 +488,24 @@ pub fn run_test_suite(cargo_test_args: &[String], no_lint: bool) -> Result<ExitC
     down()?;
     let up_started = Instant::now();
     let result = up().and_then(|_| {
-        eprintln!("[testenv] environment up in {:.1}s", up_started.elapsed().as_secs_f64());
+        eprintln!(
+            "[testenv] environment up in {:.1}s",
+            up_started.elapsed().as_secs_f64()
+        );
         let root = paths::workspace_root();
         if !no_lint {
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
-            cargo(&root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(
+                &root,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
         }
         let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
         if !cargo_test_args.is_empty() {
@@ -401,7 +516,10 @@ pub fn run_test_suite(cargo_test_args: &[String], no_lint: bool) -> Result<ExitC
         cargo(&root, &args)
     });
     let stopped = down();
-    eprintln!("[testenv] test run took {:.1}s in all", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[testenv] test run took {:.1}s in all",
+        started.elapsed().as_secs_f64()
+    );
     result?;
     stopped?;
     Ok(ExitCode::SUCCESS)
@@ -415,15 +533,26 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
         .env("ROLLGATE_TESTENV_STATE", state_dir())
         .status()
         .context("run cargo")?;
-    if status.success() { Ok(()) } else { Err(format!("cargo {} failed ({status})", args.join(" "))) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo {} failed ({status})", args.join(" ")))
+    }
 }
 
 pub fn run_quiet(cmd: &mut Command) -> Result<()> {
-    let out = cmd.stdin(Stdio::null()).output().context(format!("run {cmd:?}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context(format!("run {cmd:?}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 

@@ -35,7 +35,12 @@ pub enum NodeCommand {
 
 pub fn run(command: NodeCommand) -> Result<()> {
     match command {
-        NodeCommand::Add { name, labels, taints, kubelet_version } => {
+        NodeCommand::Add {
+            name,
+            labels,
+            taints,
+            kubelet_version,
+        } => {
             let ip = add(&name, &labels, &taints, &kubelet_version)?;
             println!("{ip}");
             Ok(())
@@ -68,7 +73,11 @@ fn add(name: &str, labels: &[String], taints: &[String], kubelet_version: &str) 
 
     // sshd bound to the node's address, with its own host key.
     let host_key = node_dir.join("ssh_host_ed25519_key");
-    run_quiet(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&host_key))?;
+    run_quiet(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&host_key),
+    )?;
     let config = node_dir.join("sshd_config");
     fs::write(
         &config,
@@ -82,13 +91,34 @@ fn add(name: &str, labels: &[String], taints: &[String], kubelet_version: &str) 
         ),
     )
     .context("write sshd_config")?;
-    procs::spawn(&state, &format!("sshd-{name}"), Path::new("/usr/sbin/sshd"), &["-D".into(), "-e".into(), "-f".into(), config.display().to_string()])?;
-    let pubkey = fs::read_to_string(host_key.with_extension("pub")).context("read host public key")?;
+    procs::spawn(
+        &state,
+        &format!("sshd-{name}"),
+        Path::new("/usr/sbin/sshd"),
+        &[
+            "-D".into(),
+            "-e".into(),
+            "-f".into(),
+            config.display().to_string(),
+        ],
+    )?;
+    let pubkey =
+        fs::read_to_string(host_key.with_extension("pub")).context("read host public key")?;
     let mut parts = pubkey.split_whitespace();
-    let (kind, key) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let mut known_hosts = fs::OpenOptions::new().append(true).open(&env.known_hosts).context("open known_hosts")?;
-    known_hosts.write_all(format!("{ip} {kind} {key}\n").as_bytes()).context("append known_hosts")?;
-    procs::wait_for(&format!("sshd on {ip}:22"), Duration::from_secs(10), || procs::port_open(&format!("{ip}:22")))?;
+    let (kind, key) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let mut known_hosts = fs::OpenOptions::new()
+        .append(true)
+        .open(&env.known_hosts)
+        .context("open known_hosts")?;
+    known_hosts
+        .write_all(format!("{ip} {kind} {key}\n").as_bytes())
+        .context("append known_hosts")?;
+    procs::wait_for(&format!("sshd on {ip}:22"), Duration::from_secs(10), || {
+        procs::port_open(&format!("{ip}:22"))
+    })?;
 
     // The Node object, managed by kwok (annotation), reporting the given kubelet version.
     let mut label_map = serde_json::Map::new();
@@ -101,7 +131,9 @@ fn add(name: &str, labels: &[String], taints: &[String], kubelet_version: &str) 
     }
     let mut taint_list = Vec::new();
     for taint in taints {
-        let (kv, effect) = taint.rsplit_once(':').ok_or_else(|| format!("taint {taint:?} needs an effect: key[=value]:NoSchedule"))?;
+        let (kv, effect) = taint
+            .rsplit_once(':')
+            .ok_or_else(|| format!("taint {taint:?} needs an effect: key[=value]:NoSchedule"))?;
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         taint_list.push(json!({"key": k, "value": v, "effect": effect}));
     }
@@ -132,10 +164,18 @@ fn add(name: &str, labels: &[String], taints: &[String], kubelet_version: &str) 
         .stderr(Stdio::piped())
         .spawn()
         .context("run kubectl create node")?;
-    child.stdin.take().expect("piped").write_all(node.to_string().as_bytes()).context("write node manifest")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(node.to_string().as_bytes())
+        .context("write node manifest")?;
     let out = child.wait_with_output().context("wait for kubectl")?;
     if !out.status.success() {
-        return Err(format!("kubectl create node {name}: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "kubectl create node {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     fs::write(node_dir.join("address"), &ip).context("write node address")?;
     Ok(ip)
@@ -151,10 +191,16 @@ fn rm(name: &str) -> Result<()> {
         .output()
         .context("run kubectl delete node")?;
     if !out.status.success() {
-        return Err(format!("kubectl delete node {name}: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "kubectl delete node {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let pid_file = state.join("pids").join(format!("sshd-{name}.pid"));
-    if let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse().ok()) {
+    if let Some(pid) = fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
         procs::stop(pid, Duration::from_secs(5));
     }
     let _ = fs::remove_file(pid_file);

@@ -33,13 +33,22 @@ pub fn spawn(state: &Path, name: &str, program: &Path, args: &[String]) -> Resul
 pub fn is_alive(pid: u32) -> bool {
     // A zombie still has /proc/PID; treat it as gone.
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Stops a process: SIGTERM, then SIGKILL after `grace`.
@@ -65,11 +74,18 @@ pub fn stop(pid: u32, grace: Duration) {
 /// Recorded processes as (name, pid), from `STATE/pids`.
 pub fn recorded(state: &Path) -> Vec<(String, u32)> {
     let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(state.join("pids")) else { return out };
+    let Ok(entries) = fs::read_dir(state.join("pids")) else {
+        return out;
+    };
     for entry in entries.flatten() {
         let path: PathBuf = entry.path();
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
-        if let Some(pid) = fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()) {
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        if let Some(pid) = fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
             out.push((name, pid));
         }
     }
@@ -98,20 +114,30 @@ pub fn port_open(addr: &str) -> bool {
 /// A minimal plain-HTTP request (the environment's own loopback services only).
 pub fn http(method: &str, addr: &str, path: &str, body: &str) -> Result<(u16, String)> {
     let sock: SocketAddr = addr.parse().context("parse address")?;
-    let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).context(format!("connect {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).context("set timeout")?;
+    let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .context(format!("connect {addr}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .context("set timeout")?;
     let request = format!(
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).context("send request")?;
+    stream
+        .write_all(request.as_bytes())
+        .context("send request")?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).context("read response")?;
+    stream
+        .read_to_string(&mut response)
+        .context("read response")?;
     let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("malformed HTTP response from {addr}"))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }

@@ -1,0 +1,118 @@
+//! The command line (clap). Kept in the library so completions and tests can reach it.
+
+use crate::config::LogFormat;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "rollgate", version, about = "Upgrade the nodes of a Kubernetes cluster one by one, safely, with health gating",
+          after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const AFTER_HELP: &str = concat!(
+    "Examples:\n  rollgate check playbooks/k8s-upgrade.toml\n  rollgate plan playbooks/k8s-upgrade.toml --config prod.toml\n",
+    "  rollgate run playbooks/k8s-upgrade.toml --config prod.toml --dry-run\n",
+    "  rollgate run playbooks/k8s-upgrade.toml --config prod.toml --yes --log-format json\n\n",
+    "Exit codes:\n  0  success\n  1  internal error\n  2  bad input (playbook, config or command line)\n",
+    "  3  cluster unreachable, or the plan does not fit the cluster\n",
+    "  4  rollout stopped: nodes failed beyond the failure budget (failed nodes stay cordoned)\n",
+    "  5  rollout aborted by a health gate\n  6  interrupted by the operator (Ctrl-C, SIGTERM, or declined at the prompt)\n",
+    "  7  another run holds the cluster lock"
+);
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Config file (cluster, SSH, Slack, Prometheus, state dir). See config.example.toml.
+    #[arg(long, global = true, env = "ROLLGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kubeconfig file (default: $KUBECONFIG, then the config file, then ~/.kube/config).
+    #[arg(long, global = true, env = "KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the config file's, then the current context).
+    #[arg(long, global = true, env = "ROLLGATE_CONTEXT")]
+    pub context: Option<String>,
+    /// ssh_config file for the remote command (overrides `ssh.config-file`).
+    #[arg(long, global = true, env = "ROLLGATE_SSH_CONFIG", value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// Directory for run logs and state (overrides `state.dir`).
+    #[arg(long, global = true, env = "ROLLGATE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Log format: text for a terminal, json for machines (default: text on a terminal).
+    #[arg(long, global = true, env = "ROLLGATE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormatArg>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate a playbook (and the config) offline; print a one-screen summary.
+    #[command(
+        after_help = "Examples:\n  rollgate check playbooks/demo.toml\n  rollgate check playbooks/k8s-upgrade.toml --config prod.toml\n\nExit codes: 0 valid, 2 invalid."
+    )]
+    Check {
+        /// The playbook TOML file.
+        playbook: PathBuf,
+    },
+    /// Resolve the playbook against the cluster and show the ordered waves; changes nothing.
+    #[command(
+        after_help = "Examples:\n  rollgate plan playbooks/k8s-upgrade.toml\n  rollgate plan playbooks/k8s-upgrade.toml -o json | jq '.phases[].waves'\n\nExit codes: 0 planned, 2 bad input, 3 cluster unreachable or plan does not fit."
+    )]
+    Plan {
+        playbook: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Run the rollout: cordon, drain, remote command, wait Ready, uncordon, settle; node by node.
+    #[command(
+        after_help = "Examples:\n  rollgate run playbooks/k8s-upgrade.toml --dry-run\n  rollgate run playbooks/k8s-upgrade.toml --step\n  rollgate run playbooks/k8s-upgrade.toml --yes --log-format json\n\nCtrl-C once: finish the nodes in flight, start no new ones. Twice: stop now (nodes in flight stay cordoned).\nExit codes: 0 done, 2 bad input, 3 cluster, 4 nodes failed, 6 interrupted."
+    )]
+    Run(RunArgs),
+    /// Print shell completions.
+    #[command(
+        after_help = "Example:\n  rollgate completions bash > /etc/bash_completion.d/rollgate"
+    )]
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    pub playbook: PathBuf,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Ask before each node.
+    #[arg(long, conflicts_with = "yes")]
+    pub step: bool,
+    /// Print every API write and remote command the run would make; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Show the remote command's output lines live (they are always in the per-node logs).
+    #[arg(long)]
+    pub show_output: bool,
+}

@@ -1,0 +1,601 @@
+//! The Kubernetes side of a node's upgrade, and the real [`NodeSteps`] implementations:
+//! [`KubeSteps`] (cordon with a record of who cordoned, drain, remote command, wait for Ready and
+//! the target kubelet version, uncordon, settle) and [`DryRunSteps`] (reads only; reports each
+//! write and command it would make).
+//!
+//! rollgate records its work on the Node as annotations under `rollgate.dev/`:
+//! `cordoned-by` (run id; rollgate only uncordons nodes it cordoned), `precordoned` (the node
+//! was cordoned by someone else before: it stays cordoned), `step` (current step), `reason`
+//! and `failed-step` (why a node failed: it stays cordoned), `last-run` (after success).
+
+use crate::config::{AddressSource, Config};
+use crate::drain::{self, DrainReport};
+use crate::engine::{EventSink, NodeJob, NodeSteps, RunEvent, Step, StepError};
+use crate::plan::NodeFacts;
+use crate::playbook::Playbook;
+use crate::remote;
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::await_condition;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const CORDONED_BY: &str = "rollgate.dev/cordoned-by";
+pub const PRECORDONED: &str = "rollgate.dev/precordoned";
+pub const STEP: &str = "rollgate.dev/step";
+pub const REASON: &str = "rollgate.dev/reason";
+pub const FAILED_STEP: &str = "rollgate.dev/failed-step";
+pub const LAST_RUN: &str = "rollgate.dev/last-run";
+
+/// Two clients on one connection config: `api` with kube's default retries, `drain` without
+/// them (the drain loop owns its 429 handling, see [`crate::drain`]).
+#[derive(Clone)]
+pub struct Clients {
+    pub api: kube::Client,
+    pub drain: kube::Client,
+    /// Which context and server, for messages.
+    pub describe: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot use the kubeconfig{}: {source}", context.as_ref().map(|c| format!(" context {c:?}")).unwrap_or_default())]
+    Config {
+        context: Option<String>,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot create a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("the cluster at {server} does not answer: {source}")]
+    Unreachable { server: String, source: kube::Error },
+}
+
+/// Connects as kubectl would: the config's kubeconfig (flag > KUBECONFIG > file > ~/.kube/config)
+/// and context (flag > file > current context). Checks the API answers.
+pub async fn connect(config: &Config) -> Result<Clients, ConnectError> {
+    let kubeconfig = match &config.kubeconfig {
+        Some(path) => Kubeconfig::read_from(path).map_err(|source| ConnectError::Kubeconfig {
+            path: path.display().to_string(),
+            source,
+        })?,
+        None => Kubeconfig::read().map_err(|source| ConnectError::Kubeconfig {
+            path: "(KUBECONFIG or ~/.kube/config)".into(),
+            source,
+        })?,
+    };
+    let options = KubeConfigOptions {
+        context: config.context.clone(),
+        ..Default::default()
+    };
+    let mut kc = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .map_err(|source| ConnectError::Config {
+            context: config.context.clone(),
+            source,
+        })?;
+    kc.read_timeout = Some(Duration::from_secs(300));
+    let server = kc.cluster_url.to_string();
+    let api = kube::Client::try_from(kc.clone()).map_err(ConnectError::Client)?;
+    let mut no_retry = kc;
+    no_retry.default_retry = false;
+    let drain = kube::Client::try_from(no_retry).map_err(ConnectError::Client)?;
+    api.apiserver_version()
+        .await
+        .map_err(|source| ConnectError::Unreachable {
+            server: server.clone(),
+            source,
+        })?;
+    Ok(Clients {
+        api,
+        drain,
+        describe: format!(
+            "{}{}",
+            server,
+            config
+                .context
+                .as_ref()
+                .map(|c| format!(" (context {c})"))
+                .unwrap_or_default()
+        ),
+    })
+}
+
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn kubelet_version(node: &Node) -> String {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.kubelet_version.clone())
+        .unwrap_or_default()
+}
+
+fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+pub fn facts(node: &Node) -> NodeFacts {
+    NodeFacts {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        ready: is_ready(node),
+        unschedulable: node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false),
+        kubelet_version: kubelet_version(node),
+        cordoned_by_rollgate: annotation(node, CORDONED_BY).map(str::to_owned),
+    }
+}
+
+pub async fn list_nodes(client: &kube::Client) -> Result<Vec<Node>, kube::Error> {
+    Ok(Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items)
+}
+
+/// The address SSH connects to for this node.
+pub fn ssh_address(node: &Node, source: &AddressSource) -> Option<String> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let address_of = |kind: &str| {
+        node.status
+            .as_ref()?
+            .addresses
+            .as_ref()?
+            .iter()
+            .find(|a| a.type_ == kind)
+            .map(|a| a.address.clone())
+    };
+    match source {
+        AddressSource::InternalIp => address_of("InternalIP"),
+        AddressSource::Hostname => address_of("Hostname").or(Some(name)),
+        AddressSource::Template(t) => Some(t.replace("{name}", &name)),
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The real steps.
+pub struct KubeSteps {
+    pub clients: Clients,
+    pub playbook: Arc<Playbook>,
+    pub config: Arc<Config>,
+    pub run_id: String,
+    pub sink: EventSink,
+}
+
+impl KubeSteps {
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.clients.api.clone())
+    }
+
+    async fn patch(&self, node: &str, patch: serde_json::Value) -> Result<Node, StepError> {
+        self.nodes()
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| StepError::new(format!("cannot update node {node}: {e}")))
+    }
+
+    async fn get(&self, node: &str) -> Result<Node, StepError> {
+        self.nodes()
+            .get(node)
+            .await
+            .map_err(|e| StepError::new(format!("cannot read node {node}: {e}")))
+    }
+
+    async fn mark_step(&self, node: &str, step: Step) -> Result<(), StepError> {
+        self.patch(
+            node,
+            json!({"metadata": {"annotations": {STEP: step.name()}}}),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Node facts passed to the remote command as environment variables.
+    fn command_env(&self, job: &NodeJob, address: &str) -> BTreeMap<String, String> {
+        let mut env = self.playbook.command.env.clone();
+        env.insert("ROLLGATE_NODE".into(), job.node.clone());
+        env.insert("ROLLGATE_NODE_ADDRESS".into(), address.into());
+        env.insert("ROLLGATE_PHASE".into(), job.phase.clone());
+        env.insert("ROLLGATE_PLAYBOOK".into(), self.playbook.name.clone());
+        env.insert("ROLLGATE_RUN_ID".into(), self.run_id.clone());
+        if let Some(v) = &self.playbook.target_kubelet_version {
+            env.insert("ROLLGATE_TARGET_KUBELET_VERSION".into(), v.clone());
+        }
+        env
+    }
+}
+
+impl NodeSteps for KubeSteps {
+    async fn cordon(&self, job: &NodeJob) -> Result<(), StepError> {
+        let node = self.get(&job.node).await?;
+        let unschedulable = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        let ours = annotation(&node, CORDONED_BY);
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(CORDONED_BY.into(), json!(self.run_id));
+        annotations.insert(STEP.into(), json!(Step::Cordon.name()));
+        annotations.insert(REASON.into(), serde_json::Value::Null);
+        annotations.insert(FAILED_STEP.into(), serde_json::Value::Null);
+        if unschedulable && ours.is_none() && annotation(&node, PRECORDONED).is_none() {
+            annotations.insert(PRECORDONED.into(), json!("true"));
+            self.sink.emit(RunEvent::Warning {
+                node: Some(job.node.clone()),
+                message:
+                    "node was cordoned before rollgate started: it stays cordoned after its upgrade"
+                        .into(),
+            });
+        }
+        if let Some(other) = ours.filter(|r| *r != self.run_id) {
+            self.sink.emit(RunEvent::Warning {
+                node: Some(job.node.clone()),
+                message: format!("node was left cordoned by rollgate run {other}; taking it over"),
+            });
+        }
+        self.patch(
+            &job.node,
+            json!({"spec": {"unschedulable": true}, "metadata": {"annotations": annotations}}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn drain(&self, job: &NodeJob) -> Result<DrainReport, StepError> {
+        self.mark_step(&job.node, Step::Drain).await?;
+        drain::drain(
+            &self.clients.drain,
+            &job.node,
+            &self.playbook.drain,
+            &self.sink,
+        )
+        .await
+        .map_err(|e| StepError::new(e.to_string()))
+    }
+
+    async fn run_command(&self, job: &NodeJob) -> Result<(), StepError> {
+        self.mark_step(&job.node, Step::Command).await?;
+        let node = self.get(&job.node).await?;
+        let address = ssh_address(&node, &self.config.ssh.address).ok_or_else(|| {
+            StepError::new(format!(
+                "node {} has no {:?} address to SSH to (see `ssh.address` in the config)",
+                job.node, self.config.ssh.address
+            ))
+        })?;
+        let env = self.command_env(job, &address);
+        let cmd = &self.playbook.command;
+        let inv = remote::RemoteInvocation {
+            address: &address,
+            user: cmd.user.as_deref(),
+            run: &cmd.run,
+            env: &env,
+            timeout: cmd.timeout,
+        };
+        let sink = self.sink.clone();
+        let node_name = job.node.clone();
+        remote::run(&self.config.ssh, &inv, move |stream, line| {
+            sink.emit(RunEvent::CommandOutput {
+                node: node_name.clone(),
+                stream,
+                line,
+            })
+        })
+        .await
+        .map_err(|e| StepError::new(e.to_string()))
+    }
+
+    async fn wait_ready(&self, job: &NodeJob) -> Result<String, StepError> {
+        self.mark_step(&job.node, Step::WaitReady).await?;
+        let want = self.playbook.target_kubelet_version.clone();
+        let want_for_condition = want.clone();
+        let condition = move |n: Option<&Node>| {
+            n.is_some_and(|n| {
+                is_ready(n)
+                    && want_for_condition
+                        .as_ref()
+                        .is_none_or(|v| kubelet_version(n) == *v)
+            })
+        };
+        let timeout = self.playbook.ready.timeout;
+        match tokio::time::timeout(timeout, await_condition(self.nodes(), &job.node, condition))
+            .await
+        {
+            Ok(Ok(Some(node))) => Ok(format!("Ready, kubelet {}", kubelet_version(&node))),
+            Ok(Ok(None)) => Err(StepError::new(format!(
+                "node {} was deleted while waiting for it to be Ready",
+                job.node
+            ))),
+            Ok(Err(e)) => Err(StepError::new(format!("watching node {}: {e}", job.node))),
+            Err(_) => {
+                let node = self.get(&job.node).await?;
+                let version = kubelet_version(&node);
+                Err(StepError::new(match (&want, is_ready(&node)) {
+                    (Some(v), true) => format!(
+                        "node is Ready but reports kubelet {version}, expected {v} (after {timeout:?})"
+                    ),
+                    _ => {
+                        let cond = node
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                            .map(|c| {
+                                format!(
+                                    "{} {}: {}",
+                                    c.status,
+                                    c.reason.as_deref().unwrap_or(""),
+                                    c.message.as_deref().unwrap_or("")
+                                )
+                            });
+                        format!(
+                            "node not Ready after {timeout:?} (Ready condition: {})",
+                            cond.unwrap_or_else(|| "missing".into())
+                        )
+                    }
+                }))
+            }
+        }
+    }
+
+    async fn uncordon(&self, job: &NodeJob) -> Result<(), StepError> {
+        let node = self.get(&job.node).await?;
+        let precordoned = annotation(&node, PRECORDONED).is_some();
+        let clear = json!({CORDONED_BY: null, STEP: null, REASON: null, FAILED_STEP: null, PRECORDONED: null, LAST_RUN: format!("{} {}", self.run_id, now())});
+        if precordoned {
+            self.sink.emit(RunEvent::Warning {
+                node: Some(job.node.clone()),
+                message: "left cordoned: it was cordoned before rollgate started".into(),
+            });
+            self.patch(&job.node, json!({"metadata": {"annotations": clear}}))
+                .await?;
+        } else {
+            self.patch(
+                &job.node,
+                json!({"spec": {"unschedulable": null}, "metadata": {"annotations": clear}}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn settle(&self, _job: &NodeJob, drained: &DrainReport) -> Result<(), StepError> {
+        // Controllers whose pods were evicted must have all their replicas Ready again.
+        let owners: BTreeSet<(String, String, String)> = drained
+            .evicted
+            .iter()
+            .filter_map(|p| {
+                p.owner
+                    .clone()
+                    .map(|(kind, name)| (p.namespace.clone(), kind, name))
+            })
+            .collect();
+        let client = self.clients.api.clone();
+        let waits = owners.iter().map(|(ns, kind, name)| {
+            let client = client.clone();
+            async move {
+                match kind.as_str() {
+                    "ReplicaSet" => {
+                        let api: Api<ReplicaSet> = Api::namespaced(client, ns);
+                        await_condition(api, name, |rs: Option<&ReplicaSet>| {
+                            rs.is_none_or(|rs| {
+                                rs.status.as_ref().is_some_and(|s| {
+                                    s.ready_replicas.unwrap_or(0)
+                                        >= rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+                                })
+                            })
+                        })
+                        .await
+                        .map(|_| ())
+                    }
+                    "StatefulSet" => {
+                        let api: Api<StatefulSet> = Api::namespaced(client, ns);
+                        await_condition(api, name, |ss: Option<&StatefulSet>| {
+                            ss.is_none_or(|ss| {
+                                ss.status.as_ref().is_some_and(|s| {
+                                    s.ready_replicas.unwrap_or(0)
+                                        >= ss.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+                                })
+                            })
+                        })
+                        .await
+                        .map(|_| ())
+                    }
+                    _ => Ok(()),
+                }
+            }
+        });
+        let timeout = self.playbook.settle.timeout;
+        match tokio::time::timeout(timeout, futures::future::join_all(waits)).await {
+            Ok(results) => {
+                if let Some(e) = results.into_iter().find_map(Result::err) {
+                    return Err(StepError::new(format!("watching workloads: {e}")));
+                }
+            }
+            Err(_) => {
+                let names: Vec<String> = owners
+                    .iter()
+                    .map(|(ns, k, n)| format!("{k} {ns}/{n}"))
+                    .collect();
+                return Err(StepError::new(format!(
+                    "evicted pods have no Ready replacements after {timeout:?}; waiting on: {}",
+                    names.join(", ")
+                )));
+            }
+        }
+        tokio::time::sleep(self.playbook.settle.soak).await;
+        Ok(())
+    }
+
+    async fn mark_failed(&self, job: &NodeJob, step: Step, reason: &str) {
+        // Annotation values are bounded; keep the message readable.
+        let reason: String = reason.chars().take(1000).collect();
+        let patch = json!({"metadata": {"annotations": {STEP: "failed", FAILED_STEP: step.name(), REASON: reason}}});
+        if let Err(e) = self.patch(&job.node, patch).await {
+            self.sink.emit(RunEvent::Warning {
+                node: Some(job.node.clone()),
+                message: format!("could not record the failure on the node: {e}"),
+            });
+        }
+    }
+}
+
+/// `--dry-run`: reads the cluster, changes nothing, reports what a real run would do.
+pub struct DryRunSteps {
+    pub clients: Clients,
+    pub playbook: Arc<Playbook>,
+    pub config: Arc<Config>,
+    pub run_id: String,
+    pub sink: EventSink,
+}
+
+impl DryRunSteps {
+    fn say(&self, job: &NodeJob, action: String) {
+        self.sink.emit(RunEvent::DryRunAction {
+            node: job.node.clone(),
+            action,
+        });
+    }
+}
+
+impl NodeSteps for DryRunSteps {
+    async fn cordon(&self, job: &NodeJob) -> Result<(), StepError> {
+        self.say(
+            job,
+            format!(
+                "PATCH node {}: spec.unschedulable=true, annotation {CORDONED_BY}={}",
+                job.node, self.run_id
+            ),
+        );
+        Ok(())
+    }
+
+    async fn drain(&self, job: &NodeJob) -> Result<DrainReport, StepError> {
+        let pods = drain::pods_on_node(&self.clients.api, &job.node, &self.playbook.drain)
+            .await
+            .map_err(|e| StepError::new(e.to_string()))?;
+        let mut report = DrainReport::default();
+        for pod in &pods {
+            match drain::filter::classify(pod, &self.playbook.drain) {
+                drain::filter::PodAction::Evict | drain::filter::PodAction::EvictUnmanaged => {
+                    self.say(
+                        job,
+                        format!("POST eviction (policy/v1) for pod {}", drain::pod_key(pod)),
+                    );
+                    report.evicted.push(drain::EvictedPod {
+                        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                        name: pod.metadata.name.clone().unwrap_or_default(),
+                        owner: None,
+                    });
+                }
+                drain::filter::PodAction::WaitOnly => self.say(
+                    job,
+                    format!("wait for terminating pod {}", drain::pod_key(pod)),
+                ),
+                drain::filter::PodAction::Skip(r) => report.skipped.push((drain::pod_key(pod), r)),
+                drain::filter::PodAction::Refuse(r) => self.say(
+                    job,
+                    format!(
+                        "REFUSE: pod {} {r} (a real run fails this node here)",
+                        drain::pod_key(pod)
+                    ),
+                ),
+            }
+        }
+        Ok(report)
+    }
+
+    async fn run_command(&self, job: &NodeJob) -> Result<(), StepError> {
+        let node = Api::<Node>::all(self.clients.api.clone())
+            .get(&job.node)
+            .await
+            .map_err(|e| StepError::new(e.to_string()))?;
+        let address =
+            ssh_address(&node, &self.config.ssh.address).unwrap_or_else(|| "(no address)".into());
+        let cmd = &self.playbook.command;
+        let env = BTreeMap::new();
+        let inv = remote::RemoteInvocation {
+            address: &address,
+            user: cmd.user.as_deref(),
+            run: &cmd.run,
+            env: &env,
+            timeout: cmd.timeout,
+        };
+        let words = remote::remote_words(&inv);
+        let user = cmd
+            .user
+            .clone()
+            .or_else(|| self.config.ssh.user.clone())
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        self.say(job, format!("SSH {user}{address}: {} (with ROLLGATE_NODE={} and other node facts in the environment)", words.join(" "), job.node));
+        Ok(())
+    }
+
+    async fn wait_ready(&self, job: &NodeJob) -> Result<String, StepError> {
+        let version = self
+            .playbook
+            .target_kubelet_version
+            .as_deref()
+            .map(|v| format!(" reporting kubelet {v}"))
+            .unwrap_or_default();
+        self.say(
+            job,
+            format!(
+                "WAIT up to {:?} for node {} to be Ready{version}",
+                self.playbook.ready.timeout, job.node
+            ),
+        );
+        Ok("dry run".into())
+    }
+
+    async fn uncordon(&self, job: &NodeJob) -> Result<(), StepError> {
+        self.say(
+            job,
+            format!(
+                "PATCH node {}: spec.unschedulable=false, remove rollgate.dev annotations",
+                job.node
+            ),
+        );
+        Ok(())
+    }
+
+    async fn settle(&self, job: &NodeJob, drained: &DrainReport) -> Result<(), StepError> {
+        self.say(
+            job,
+            format!(
+                "WAIT up to {:?} for Ready replacements of {} evicted pod(s), then soak {:?}",
+                self.playbook.settle.timeout,
+                drained.evicted.len(),
+                self.playbook.settle.soak
+            ),
+        );
+        Ok(())
+    }
+
+    async fn mark_failed(&self, _: &NodeJob, _: Step, _: &str) {}
+}

@@ -1,0 +1,379 @@
+//! The config file: *where and how* (cluster context, SSH, Slack, Prometheus, metrics, state
+//! directory, logs). The playbook says what to do; this says where. Secrets are never read
+//! from the file: it names the environment variable that holds them.
+//!
+//! Precedence for every setting: command-line flag > environment > config file > default.
+
+use crate::diagnostics::{Source, SourceError, SourceErrors, closest};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnownHostsPolicy {
+    /// Unknown or changed host keys are refused (the default).
+    Strict,
+    /// Unknown host keys are added, changed ones refused.
+    AcceptNew,
+}
+
+/// How a node's SSH address is derived from its Node object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressSource {
+    InternalIp,
+    Hostname,
+    /// `{name}` is replaced by the node name, e.g. `{name}.nodes.example.com`.
+    Template(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub config_file: Option<PathBuf>,
+    pub identity_file: Option<PathBuf>,
+    pub jump_host: Option<String>,
+    pub known_hosts: KnownHostsPolicy,
+    pub known_hosts_file: Option<PathBuf>,
+    pub address: AddressSource,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SlackConfig {
+    pub channel: String,
+    /// Name of the environment variable holding the bot token.
+    pub token_env: Option<String>,
+    /// Name of the environment variable holding an incoming-webhook URL.
+    pub webhook_url_env: Option<String>,
+    pub api_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from (None: defaults only).
+    pub source: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub ssh: SshConfig,
+    pub slack: Option<SlackConfig>,
+    pub prometheus_url: Option<String>,
+    pub metrics_listen: String,
+    pub state_dir: PathBuf,
+    pub log_format: LogFormat,
+}
+
+/// Values from flags and the environment that override the file (flag > env is clap's job).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub ssh_config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    #[serde(default)]
+    cluster: RawCluster,
+    #[serde(default)]
+    ssh: RawSsh,
+    slack: Option<RawSlack>,
+    #[serde(default)]
+    prometheus: RawPrometheus,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawCluster {
+    kubeconfig: Option<String>,
+    context: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSsh {
+    user: Option<String>,
+    port: Option<u16>,
+    config_file: Option<String>,
+    identity_file: Option<String>,
+    jump_host: Option<String>,
+    known_hosts: Option<Spanned<String>>,
+    known_hosts_file: Option<String>,
+    address: Option<Spanned<String>>,
+    address_template: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSlack {
+    channel: Spanned<String>,
+    token_env: Option<Spanned<String>>,
+    webhook_url_env: Option<Spanned<String>>,
+    /// Rejected with a hint: tokens never live in files.
+    token: Option<Spanned<String>>,
+    api_url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPrometheus {
+    url: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawState {
+    dir: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLog {
+    format: Option<Spanned<String>>,
+}
+
+/// Expands a leading `~/` with $HOME.
+pub fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("rollgate");
+    }
+    expand_home("~/.local/state/rollgate")
+}
+
+impl Config {
+    /// Loads the config file (if any) and applies overrides.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, SourceErrors> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    SourceErrors(vec![SourceError {
+                        file: path.to_path_buf(),
+                        line: 0,
+                        column: 0,
+                        key: String::new(),
+                        message: format!("cannot read the config file: {e}"),
+                        hint: Some("see config.example.toml for a complete example".into()),
+                    }])
+                })?;
+                Self::parse(path, &text)?
+            }
+            None => Self::parse(Path::new("(defaults)"), "")?,
+        };
+        config.source = path.map(Path::to_path_buf);
+        if let Some(k) = &overrides.kubeconfig {
+            config.kubeconfig = Some(k.clone());
+        }
+        if let Some(c) = &overrides.context {
+            config.context = Some(c.clone());
+        }
+        if let Some(d) = &overrides.state_dir {
+            config.state_dir = d.clone();
+        }
+        if let Some(f) = overrides.log_format {
+            config.log_format = f;
+        }
+        if let Some(s) = &overrides.ssh_config {
+            config.ssh.config_file = Some(s.clone());
+        }
+        Ok(config)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, SourceErrors> {
+        let src = Source::new(path, text);
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| SourceErrors(vec![src.from_toml(&e)]))?;
+        let mut errors = Vec::new();
+        let mut err = |span: std::ops::Range<usize>, msg: String, hint: String| {
+            errors.push(src.error_at(Some(span), msg, Some(hint)))
+        };
+
+        let known_hosts = match raw
+            .ssh
+            .known_hosts
+            .as_ref()
+            .map(|k| (k.get_ref().as_str(), k.span()))
+        {
+            None | Some(("strict", _)) => KnownHostsPolicy::Strict,
+            Some(("accept-new", _)) => KnownHostsPolicy::AcceptNew,
+            Some((other, span)) => {
+                err(
+                    span,
+                    format!("unknown known-hosts policy {other:?}"),
+                    "use \"strict\" (default) or \"accept-new\"".into(),
+                );
+                KnownHostsPolicy::Strict
+            }
+        };
+        let address = match (
+            raw.ssh
+                .address
+                .as_ref()
+                .map(|a| (a.get_ref().as_str(), a.span())),
+            &raw.ssh.address_template,
+        ) {
+            (None | Some(("internal-ip", _)), None) => AddressSource::InternalIp,
+            (Some(("hostname", _)), None) => AddressSource::Hostname,
+            (None | Some(("template", _)), Some(t)) if t.get_ref().contains("{name}") => {
+                AddressSource::Template(t.get_ref().clone())
+            }
+            (_, Some(t)) if !t.get_ref().contains("{name}") => {
+                err(
+                    t.span(),
+                    "the address template does not contain {name}".into(),
+                    "e.g. address-template = \"{name}.nodes.example.com\"".into(),
+                );
+                AddressSource::InternalIp
+            }
+            (Some(("template", span)), None) => {
+                err(
+                    span,
+                    "address = \"template\" needs `address-template`".into(),
+                    "e.g. address-template = \"{name}.nodes.example.com\"".into(),
+                );
+                AddressSource::InternalIp
+            }
+            (None, Some(_)) => AddressSource::InternalIp,
+            (Some((other, span)), _) => {
+                let hint = match closest(other, &["internal-ip", "hostname", "template"]) {
+                    Some(best) => format!("did you mean \"{best}\"?"),
+                    None => "use \"internal-ip\" (default), \"hostname\" or \"template\"".into(),
+                };
+                err(span, format!("unknown address source {other:?}"), hint);
+                AddressSource::InternalIp
+            }
+        };
+        let connect_timeout = match &raw.ssh.connect_timeout {
+            None => Duration::from_secs(10),
+            Some(t) => match humantime::parse_duration(t.get_ref()) {
+                Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(600) => d,
+                Ok(_) => {
+                    err(
+                        t.span(),
+                        format!("connect-timeout {:?} is out of range", t.get_ref()),
+                        "use a value between 1s and 10m".into(),
+                    );
+                    Duration::from_secs(10)
+                }
+                Err(e) => {
+                    err(
+                        t.span(),
+                        format!("{:?} is not a duration: {e}", t.get_ref()),
+                        "write durations like \"10s\"".into(),
+                    );
+                    Duration::from_secs(10)
+                }
+            },
+        };
+        let slack = raw.slack.map(|s| {
+            if let Some(t) = &s.token {
+                err(t.span(), "Slack tokens are never written in the config file".into(), "put the token in an environment variable and name it: token-env = \"ROLLGATE_SLACK_TOKEN\"".into());
+            }
+            if s.token_env.is_none() && s.webhook_url_env.is_none() {
+                err(s.channel.span(), "Slack needs `token-env` (a bot token) or `webhook-url-env` (an incoming webhook)".into(), "e.g. token-env = \"ROLLGATE_SLACK_TOKEN\"".into());
+            }
+            SlackConfig {
+                channel: s.channel.into_inner(),
+                token_env: s.token_env.map(|t| t.into_inner()),
+                webhook_url_env: s.webhook_url_env.map(|w| w.into_inner()),
+                api_url: s.api_url.unwrap_or_else(|| "https://slack.com/api/".into()),
+            }
+        });
+        if let Some(url) = &raw.prometheus.url {
+            if !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://")) {
+                err(
+                    url.span(),
+                    format!("{:?} is not an http(s) URL", url.get_ref()),
+                    "e.g. url = \"http://prometheus.monitoring:9090\"".into(),
+                );
+            }
+        }
+        let metrics_listen = match &raw.metrics.listen {
+            None => "127.0.0.1:9797".to_owned(),
+            Some(l) if l.get_ref().parse::<std::net::SocketAddr>().is_ok() => l.get_ref().clone(),
+            Some(l) => {
+                err(
+                    l.span(),
+                    format!("{:?} is not an address:port", l.get_ref()),
+                    "e.g. listen = \"127.0.0.1:9797\"".into(),
+                );
+                "127.0.0.1:9797".to_owned()
+            }
+        };
+        let log_format = match raw
+            .log
+            .format
+            .as_ref()
+            .map(|f| (f.get_ref().as_str(), f.span()))
+        {
+            None | Some(("text", _)) => LogFormat::Text,
+            Some(("json", _)) => LogFormat::Json,
+            Some((other, span)) => {
+                err(
+                    span,
+                    format!("unknown log format {other:?}"),
+                    "use \"text\" or \"json\"".into(),
+                );
+                LogFormat::Text
+            }
+        };
+        if !errors.is_empty() {
+            return Err(SourceErrors(errors));
+        }
+        Ok(Config {
+            source: Some(path.to_path_buf()),
+            kubeconfig: raw.cluster.kubeconfig.as_deref().map(expand_home),
+            context: raw.cluster.context,
+            ssh: SshConfig {
+                user: raw.ssh.user,
+                port: raw.ssh.port,
+                config_file: raw.ssh.config_file.as_deref().map(expand_home),
+                identity_file: raw.ssh.identity_file.as_deref().map(expand_home),
+                jump_host: raw.ssh.jump_host,
+                known_hosts,
+                known_hosts_file: raw.ssh.known_hosts_file.as_deref().map(expand_home),
+                address,
+                connect_timeout,
+            },
+            slack,
+            prometheus_url: raw.prometheus.url.map(|u| u.into_inner()),
+            metrics_listen,
+            state_dir: raw
+                .state
+                .dir
+                .as_deref()
+                .map(expand_home)
+                .unwrap_or_else(default_state_dir),
+            log_format,
+        })
+    }
+}

@@ -1,0 +1,222 @@
+//! What the engine reports: typed events, timestamped, sent over a channel. The engine never
+//! prints; terminal progress, JSON logs and per-node logs are consumers of these events.
+
+use serde::Serialize;
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// The steps of one node's upgrade, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Cordon,
+    Drain,
+    Command,
+    WaitReady,
+    Uncordon,
+    Settle,
+}
+
+impl Step {
+    pub const ALL: [Step; 6] = [
+        Step::Cordon,
+        Step::Drain,
+        Step::Command,
+        Step::WaitReady,
+        Step::Uncordon,
+        Step::Settle,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Cordon => "cordon",
+            Step::Drain => "drain",
+            Step::Command => "command",
+            Step::WaitReady => "wait-ready",
+            Step::Uncordon => "uncordon",
+            Step::Settle => "settle",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Why a run stops early. Ordered: when several apply, the most severe (greatest) wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopReason {
+    /// The operator asked to stop after the nodes in flight (Ctrl-C once, SIGTERM).
+    OperatorGraceful,
+    /// Nodes failed beyond the failure budget.
+    NodeFailures,
+    /// The operator asked to stop now (Ctrl-C twice): nodes in flight are left as they are.
+    OperatorImmediate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Succeeded,
+    /// Finished, but some nodes failed within the failure budget.
+    SucceededWithFailures,
+    Stopped(StopReason),
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum RunEvent {
+    RunStarted {
+        run_id: String,
+        playbook: String,
+        nodes: usize,
+        dry_run: bool,
+    },
+    WaveStarted {
+        phase: String,
+        wave: Option<String>,
+        nodes: Vec<String>,
+    },
+    NodeStarted {
+        node: String,
+        phase: String,
+    },
+    StepStarted {
+        node: String,
+        step: Step,
+    },
+    StepFinished {
+        node: String,
+        step: Step,
+        elapsed_ms: u64,
+        detail: Option<String>,
+    },
+    PodEvicted {
+        node: String,
+        pod: String,
+    },
+    PodSkipped {
+        node: String,
+        pod: String,
+        reason: String,
+    },
+    EvictionBlocked {
+        node: String,
+        pod: String,
+        pdb: String,
+        message: String,
+    },
+    PodDeleted {
+        node: String,
+        pod: String,
+    },
+    CommandOutput {
+        node: String,
+        stream: Stream,
+        line: String,
+    },
+    /// `--dry-run`: an API write or remote command that a real run would make.
+    DryRunAction {
+        node: String,
+        action: String,
+    },
+    Warning {
+        node: Option<String>,
+        message: String,
+    },
+    NodeDone {
+        node: String,
+        elapsed_ms: u64,
+    },
+    NodeFailed {
+        node: String,
+        step: Step,
+        reason: String,
+    },
+    /// Nodes in flight when the run was stopped immediately: left as they were.
+    NodeAbandoned {
+        node: String,
+        step: Option<Step>,
+    },
+    Stopping {
+        reason: StopReason,
+    },
+    RunFinished {
+        outcome: Outcome,
+        done: usize,
+        failed: usize,
+        not_started: usize,
+        elapsed_ms: u64,
+    },
+}
+
+impl RunEvent {
+    /// The node an event is about, if any.
+    pub fn node(&self) -> Option<&str> {
+        use RunEvent::*;
+        match self {
+            NodeStarted { node, .. }
+            | StepStarted { node, .. }
+            | StepFinished { node, .. }
+            | PodEvicted { node, .. }
+            | PodSkipped { node, .. }
+            | EvictionBlocked { node, .. }
+            | PodDeleted { node, .. }
+            | CommandOutput { node, .. }
+            | DryRunAction { node, .. }
+            | NodeDone { node, .. }
+            | NodeFailed { node, .. }
+            | NodeAbandoned { node, .. } => Some(node),
+            Warning { node, .. } => node.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// An event with the time it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stamped {
+    #[serde(with = "humantime_serde_compat")]
+    pub at: SystemTime,
+    #[serde(flatten)]
+    pub event: RunEvent,
+}
+
+mod humantime_serde_compat {
+    use serde::Serializer;
+    use std::time::SystemTime;
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+}
+
+/// The sending side, cloned into every task that reports.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: mpsc::UnboundedSender<Stamped>,
+}
+
+impl EventSink {
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<Stamped>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, rx)
+    }
+
+    pub fn emit(&self, event: RunEvent) {
+        // A closed receiver means reporting has shut down; the run itself goes on.
+        let _ = self.tx.send(Stamped {
+            at: SystemTime::now(),
+            event,
+        });
+    }
+}

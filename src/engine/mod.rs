@@ -1,0 +1,327 @@
+//! The rollout engine: walks the plan's phases and waves, upgrading up to `concurrency` nodes
+//! at once, each through [`Step::ALL`] in order. It owns the run state (what is in flight, what
+//! failed, why the run stops) in one loop that `select!`s over node completions and stop
+//! requests; node tasks talk to it only through their results and the [`EventSink`].
+//!
+//! Side effects live behind [`NodeSteps`]: [`crate::cluster::KubeSteps`] for real runs,
+//! [`crate::cluster::DryRunSteps`] for `--dry-run`, fakes in this module's tests.
+
+pub mod events;
+
+pub use events::{EventSink, Outcome, RunEvent, Stamped, Step, StopReason, Stream};
+
+use crate::drain::DrainReport;
+use crate::plan::Plan;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// A step that went wrong, with a message fit for a node annotation and a Slack message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StepError(pub String);
+
+impl StepError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// What the engine needs to know about the node it starts.
+#[derive(Debug, Clone)]
+pub struct NodeJob {
+    pub node: String,
+    pub phase: String,
+}
+
+/// The side effects of one node's upgrade. Each call is bounded by its own timeout.
+pub trait NodeSteps: Send + Sync + 'static {
+    fn cordon(&self, job: &NodeJob) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn drain(&self, job: &NodeJob) -> impl Future<Output = Result<DrainReport, StepError>> + Send;
+    fn run_command(&self, job: &NodeJob) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Returns a detail for the event (e.g. the kubelet version now reported).
+    fn wait_ready(&self, job: &NodeJob) -> impl Future<Output = Result<String, StepError>> + Send;
+    fn uncordon(&self, job: &NodeJob) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn settle(
+        &self,
+        job: &NodeJob,
+        drained: &DrainReport,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Records the failure on the node (it stays cordoned). Best effort: errors are reported as warnings.
+    fn mark_failed(
+        &self,
+        job: &NodeJob,
+        step: Step,
+        reason: &str,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// What the operator asked for, through Ctrl-C / SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    None,
+    Graceful,
+    Immediate,
+}
+
+/// Asks the operator before each node (`--step`); `false` stops the run gracefully.
+pub type Confirm = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub outcome: Outcome,
+    pub done: Vec<String>,
+    pub failed: Vec<(String, Step, String)>,
+    pub not_started: Vec<String>,
+    /// Nodes in flight when the run was stopped immediately, with the step they were in.
+    pub abandoned: Vec<(String, Option<Step>)>,
+}
+
+pub struct Engine<S: NodeSteps> {
+    steps: Arc<S>,
+    sink: EventSink,
+    stop: watch::Receiver<StopRequest>,
+    confirm: Option<Confirm>,
+}
+
+type NodeResult = (String, Result<(), (Step, StepError)>);
+
+impl<S: NodeSteps> Engine<S> {
+    pub fn new(steps: S, sink: EventSink, stop: watch::Receiver<StopRequest>) -> Self {
+        Self {
+            steps: Arc::new(steps),
+            sink,
+            stop,
+            confirm: None,
+        }
+    }
+
+    pub fn with_confirm(mut self, confirm: Confirm) -> Self {
+        self.confirm = Some(confirm);
+        self
+    }
+
+    /// Runs the plan. `max_failed_nodes` is the run-wide failure budget (None: phases' budgets only).
+    pub async fn run(
+        &mut self,
+        run_id: &str,
+        playbook_name: &str,
+        plan: &Plan,
+        max_failed_nodes: Option<u32>,
+        dry_run: bool,
+    ) -> RunSummary {
+        let started = Instant::now();
+        self.sink.emit(RunEvent::RunStarted {
+            run_id: run_id.into(),
+            playbook: playbook_name.into(),
+            nodes: plan.node_count(),
+            dry_run,
+        });
+        let mut stop_reason: Option<StopReason> = None;
+        let mut done = Vec::new();
+        let mut failed: Vec<(String, Step, String)> = Vec::new();
+        let mut abandoned = Vec::new();
+        let mut started_nodes = std::collections::HashSet::new();
+        // The step each in-flight node is in, for reporting abandoned nodes.
+        let current_step: Arc<std::sync::Mutex<HashMap<String, Step>>> = Default::default();
+
+        'phases: for phase in &plan.phases {
+            let mut phase_failures = 0u32;
+            for wave in &phase.waves {
+                if stop_reason.is_some() {
+                    break 'phases;
+                }
+                self.sink.emit(RunEvent::WaveStarted {
+                    phase: phase.name.clone(),
+                    wave: wave.label.clone(),
+                    nodes: wave.nodes.clone(),
+                });
+                let mut queue = wave.nodes.iter();
+                let mut in_flight: JoinSet<NodeResult> = JoinSet::new();
+                loop {
+                    // Start nodes while there is room and no reason to stop.
+                    while stop_reason.is_none() && in_flight.len() < phase.concurrency {
+                        let Some(node) = queue.next() else { break };
+                        if let Some(confirm) = &self.confirm {
+                            let confirm = Arc::clone(confirm);
+                            let name = node.clone();
+                            let yes = tokio::task::spawn_blocking(move || confirm(&name))
+                                .await
+                                .unwrap_or(false);
+                            if !yes {
+                                stop_reason = Some(StopReason::OperatorGraceful);
+                                self.sink.emit(RunEvent::Stopping {
+                                    reason: StopReason::OperatorGraceful,
+                                });
+                                break;
+                            }
+                        }
+                        started_nodes.insert(node.clone());
+                        let job = NodeJob {
+                            node: node.clone(),
+                            phase: phase.name.clone(),
+                        };
+                        in_flight.spawn(upgrade_node(
+                            Arc::clone(&self.steps),
+                            job,
+                            self.sink.clone(),
+                            Arc::clone(&current_step),
+                        ));
+                    }
+                    if in_flight.is_empty() {
+                        break;
+                    }
+                    tokio::select! {
+                        Some(joined) = in_flight.join_next() => {
+                            let (node, result) = match joined {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    // A panicking node task is a bug; treat it as a failure of that node.
+                                    let msg = format!("internal error: {e}");
+                                    self.sink.emit(RunEvent::Warning { node: None, message: msg });
+                                    continue;
+                                }
+                            };
+                            current_step.lock().expect("lock").remove(&node);
+                            match result {
+                                Ok(()) => done.push(node),
+                                Err((step, err)) => {
+                                    phase_failures += 1;
+                                    failed.push((node, step, err.0));
+                                    let over_phase = phase_failures > phase.failure_budget;
+                                    let over_run = max_failed_nodes.is_some_and(|m| failed.len() as u32 > m);
+                                    if (over_phase || over_run) && stop_reason.is_none() {
+                                        stop_reason = Some(StopReason::NodeFailures);
+                                        self.sink.emit(RunEvent::Stopping { reason: StopReason::NodeFailures });
+                                    }
+                                }
+                            }
+                        }
+                        changed = self.stop.changed() => {
+                            let request = if changed.is_ok() { *self.stop.borrow_and_update() } else { StopRequest::None };
+                            match request {
+                                StopRequest::Graceful if stop_reason.is_none() => {
+                                    stop_reason = Some(StopReason::OperatorGraceful);
+                                    self.sink.emit(RunEvent::Stopping { reason: StopReason::OperatorGraceful });
+                                }
+                                StopRequest::Immediate => {
+                                    stop_reason = Some(stop_reason.map_or(StopReason::OperatorImmediate, |r| r.max(StopReason::OperatorImmediate)));
+                                    self.sink.emit(RunEvent::Stopping { reason: StopReason::OperatorImmediate });
+                                    in_flight.abort_all();
+                                    let steps = current_step.lock().expect("lock").clone();
+                                    let mut names: Vec<_> = steps.into_iter().collect();
+                                    names.sort_by(|a, b| a.0.cmp(&b.0));
+                                    for (node, step) in names {
+                                        self.sink.emit(RunEvent::NodeAbandoned { node: node.clone(), step: Some(step) });
+                                        abandoned.push((node, Some(step)));
+                                    }
+                                    while in_flight.join_next().await.is_some() {}
+                                    break 'phases;
+                                }
+                                _ => {}
+                            }
+                            if changed.is_err() {
+                                // The stop channel closed: nobody can ask to stop any more; keep going.
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let not_started: Vec<String> = plan
+            .nodes()
+            .filter(|n| !started_nodes.contains(*n))
+            .map(str::to_owned)
+            .collect();
+        let outcome = match stop_reason {
+            Some(reason) => Outcome::Stopped(reason),
+            None if failed.is_empty() => Outcome::Succeeded,
+            None => Outcome::SucceededWithFailures,
+        };
+        self.sink.emit(RunEvent::RunFinished {
+            outcome,
+            done: done.len(),
+            failed: failed.len(),
+            not_started: not_started.len(),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        });
+        RunSummary {
+            outcome,
+            done,
+            failed,
+            not_started,
+            abandoned,
+        }
+    }
+}
+
+async fn upgrade_node<S: NodeSteps>(
+    steps: Arc<S>,
+    job: NodeJob,
+    sink: EventSink,
+    current: Arc<std::sync::Mutex<HashMap<String, Step>>>,
+) -> NodeResult {
+    let started = Instant::now();
+    sink.emit(RunEvent::NodeStarted {
+        node: job.node.clone(),
+        phase: job.phase.clone(),
+    });
+    let mut drained = DrainReport::default();
+    for step in Step::ALL {
+        current.lock().expect("lock").insert(job.node.clone(), step);
+        sink.emit(RunEvent::StepStarted {
+            node: job.node.clone(),
+            step,
+        });
+        let step_started = Instant::now();
+        let result = match step {
+            Step::Cordon => steps.cordon(&job).await.map(|_| None),
+            Step::Drain => steps.drain(&job).await.map(|report| {
+                let detail = format!(
+                    "{} evicted, {} skipped",
+                    report.evicted.len(),
+                    report.skipped.len()
+                );
+                drained = report;
+                Some(detail)
+            }),
+            Step::Command => steps.run_command(&job).await.map(|_| None),
+            Step::WaitReady => steps.wait_ready(&job).await.map(Some),
+            Step::Uncordon => steps.uncordon(&job).await.map(|_| None),
+            Step::Settle => steps.settle(&job, &drained).await.map(|_| None),
+        };
+        match result {
+            Ok(detail) => sink.emit(RunEvent::StepFinished {
+                node: job.node.clone(),
+                step,
+                elapsed_ms: elapsed_ms(step_started),
+                detail,
+            }),
+            Err(err) => {
+                steps.mark_failed(&job, step, &err.0).await;
+                sink.emit(RunEvent::NodeFailed {
+                    node: job.node.clone(),
+                    step,
+                    reason: err.0.clone(),
+                });
+                return (job.node, Err((step, err)));
+            }
+        }
+    }
+    sink.emit(RunEvent::NodeDone {
+        node: job.node.clone(),
+        elapsed_ms: elapsed_ms(started),
+    });
+    (job.node, Ok(()))
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests;

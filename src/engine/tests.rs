@@ -1,0 +1,237 @@
+//! Engine logic with fake steps and paused time: ordering, concurrency bounds, failure budgets,
+//! stop requests. Behaviour against a real cluster is in tests/run_cluster.rs.
+
+use super::*;
+use crate::plan::{PhasePlan, Wave};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Default)]
+struct Fake {
+    log: Mutex<Vec<String>>,
+    in_service_out: Mutex<(usize, usize)>, // (current, max) nodes between cordon and uncordon
+    fail: Vec<(&'static str, Step)>,
+    step_time: Duration,
+}
+
+impl Fake {
+    fn failing(fail: Vec<(&'static str, Step)>) -> Self {
+        Self {
+            fail,
+            step_time: Duration::from_secs(1),
+            ..Default::default()
+        }
+    }
+    async fn step(&self, job: &NodeJob, step: Step) -> Result<(), StepError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{}:{}", job.node, step));
+        tokio::time::sleep(self.step_time).await;
+        if self.fail.iter().any(|(n, s)| *n == job.node && *s == step) {
+            return Err(StepError::new(format!("{step} failed on {}", job.node)));
+        }
+        Ok(())
+    }
+}
+
+impl NodeSteps for Fake {
+    async fn cordon(&self, job: &NodeJob) -> Result<(), StepError> {
+        {
+            let mut c = self.in_service_out.lock().unwrap();
+            c.0 += 1;
+            c.1 = c.1.max(c.0);
+        }
+        self.step(job, Step::Cordon).await
+    }
+    async fn drain(&self, job: &NodeJob) -> Result<DrainReport, StepError> {
+        self.step(job, Step::Drain)
+            .await
+            .map(|_| DrainReport::default())
+    }
+    async fn run_command(&self, job: &NodeJob) -> Result<(), StepError> {
+        self.step(job, Step::Command).await
+    }
+    async fn wait_ready(&self, job: &NodeJob) -> Result<String, StepError> {
+        self.step(job, Step::WaitReady)
+            .await
+            .map(|_| "v1.36.3".into())
+    }
+    async fn uncordon(&self, job: &NodeJob) -> Result<(), StepError> {
+        let r = self.step(job, Step::Uncordon).await;
+        self.in_service_out.lock().unwrap().0 -= 1;
+        r
+    }
+    async fn settle(&self, job: &NodeJob, _: &DrainReport) -> Result<(), StepError> {
+        self.step(job, Step::Settle).await
+    }
+    async fn mark_failed(&self, job: &NodeJob, step: Step, _: &str) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{}:mark-failed-at-{}", job.node, step));
+    }
+}
+
+fn plan(phases: &[(&str, usize, u32, &[&[&str]])]) -> Plan {
+    Plan {
+        phases: phases
+            .iter()
+            .map(|(name, concurrency, budget, waves)| PhasePlan {
+                name: name.to_string(),
+                concurrency: *concurrency,
+                failure_budget: *budget,
+                waves: waves
+                    .iter()
+                    .map(|w| Wave {
+                        label: None,
+                        nodes: w.iter().map(|n| n.to_string()).collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        unselected: vec![],
+        warnings: vec![],
+    }
+}
+
+async fn run(
+    fake: Fake,
+    plan: &Plan,
+    max_failed: Option<u32>,
+) -> (RunSummary, Arc<Fake>, Vec<RunEvent>) {
+    let (sink, mut rx) = EventSink::channel();
+    let (_stop_tx, stop_rx) = watch::channel(StopRequest::None);
+    let mut engine = Engine::new(fake, sink, stop_rx);
+    let summary = engine.run("r1", "test", plan, max_failed, false).await;
+    let steps = Arc::clone(&engine.steps);
+    drop(engine);
+    let mut events = vec![];
+    while let Ok(e) = rx.try_recv() {
+        events.push(e.event);
+    }
+    (summary, steps, events)
+}
+
+#[tokio::test(start_paused = true)]
+async fn phases_run_in_order_and_steps_in_sequence() {
+    let p = plan(&[
+        ("cp", 1, 0, &[&["cp-1", "cp-2"]]),
+        ("workers", 2, 0, &[&["w-1", "w-2", "w-3"]]),
+    ]);
+    let (summary, fake, _) = run(Fake::failing(vec![]), &p, None).await;
+    assert_eq!(summary.outcome, Outcome::Succeeded);
+    assert_eq!(summary.done.len(), 5);
+    let log = fake.log.lock().unwrap().clone();
+    let cp1: Vec<&String> = log.iter().filter(|l| l.starts_with("cp-1:")).collect();
+    assert_eq!(
+        cp1,
+        [
+            "cp-1:cordon",
+            "cp-1:drain",
+            "cp-1:command",
+            "cp-1:wait-ready",
+            "cp-1:uncordon",
+            "cp-1:settle"
+        ]
+    );
+    let last_cp = log.iter().rposition(|l| l.starts_with("cp-")).unwrap();
+    let first_w = log.iter().position(|l| l.starts_with("w-")).unwrap();
+    assert!(
+        last_cp < first_w,
+        "workers started before the control plane finished: {log:?}"
+    );
+    assert_eq!(
+        fake.in_service_out.lock().unwrap().1,
+        2,
+        "at most `concurrency` nodes out of service at once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn waves_are_barriers() {
+    let p = plan(&[("w", 3, 0, &[&["a-1"], &["b-1", "b-2"]])]);
+    let (_, fake, _) = run(Fake::failing(vec![]), &p, None).await;
+    let log = fake.log.lock().unwrap().clone();
+    let a_done = log.iter().position(|l| l == "a-1:settle").unwrap();
+    let b_start = log.iter().position(|l| l.starts_with("b-")).unwrap();
+    assert!(a_done < b_start, "{log:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_over_budget_stops_new_nodes_and_finishes_in_flight_ones() {
+    let p = plan(&[("w", 2, 0, &[&["w-1", "w-2", "w-3", "w-4"]])]);
+    let (summary, fake, events) = run(Fake::failing(vec![("w-1", Step::Command)]), &p, None).await;
+    assert_eq!(summary.outcome, Outcome::Stopped(StopReason::NodeFailures));
+    assert_eq!(
+        summary.failed,
+        vec![("w-1".into(), Step::Command, "command failed on w-1".into())]
+    );
+    assert_eq!(
+        summary.done,
+        vec!["w-2".to_string()],
+        "the node in flight finishes"
+    );
+    assert_eq!(
+        summary.not_started,
+        vec!["w-3".to_string(), "w-4".to_string()]
+    );
+    let log = fake.log.lock().unwrap().clone();
+    assert!(log.contains(&"w-1:mark-failed-at-command".to_string()));
+    assert!(
+        !log.iter().any(|l| l == "w-1:uncordon"),
+        "a failed node stays cordoned"
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        RunEvent::Stopping {
+            reason: StopReason::NodeFailures
+        }
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_within_budget_let_the_run_finish() {
+    let p = plan(&[("w", 1, 1, &[&["w-1", "w-2", "w-3"]])]);
+    let (summary, _, _) = run(Fake::failing(vec![("w-2", Step::Drain)]), &p, None).await;
+    assert_eq!(summary.outcome, Outcome::SucceededWithFailures);
+    assert_eq!(summary.done, vec!["w-1".to_string(), "w-3".to_string()]);
+    // The run-wide budget applies on top of the phase's.
+    let (summary, _, _) = run(Fake::failing(vec![("w-2", Step::Drain)]), &p, Some(0)).await;
+    assert_eq!(summary.outcome, Outcome::Stopped(StopReason::NodeFailures));
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_stop_finishes_in_flight_nodes_and_immediate_stop_abandons_them() {
+    for (request, want_outcome) in [
+        (StopRequest::Graceful, StopReason::OperatorGraceful),
+        (StopRequest::Immediate, StopReason::OperatorImmediate),
+    ] {
+        let p = plan(&[("w", 2, 0, &[&["w-1", "w-2", "w-3"]])]);
+        let (sink, _rx) = EventSink::channel();
+        let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
+        let mut engine = Engine::new(Fake::failing(vec![]), sink, stop_rx);
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2500)).await; // w-1, w-2 are draining
+            stop_tx.send(request).unwrap();
+            stop_tx
+        });
+        let summary = engine.run("r", "t", &p, None, false).await;
+        drop(stopper.await);
+        assert_eq!(summary.outcome, Outcome::Stopped(want_outcome));
+        assert_eq!(summary.not_started, vec!["w-3".to_string()]);
+        match request {
+            StopRequest::Graceful => assert_eq!(summary.done.len(), 2),
+            _ => {
+                assert!(summary.done.is_empty());
+                assert_eq!(
+                    summary.abandoned,
+                    vec![
+                        ("w-1".into(), Some(Step::Command)),
+                        ("w-2".into(), Some(Step::Command))
+                    ]
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! Documented exit codes (also listed in the README and in `rollgate --help`).
+
+/// Everything asked for was done.
+pub const OK: u8 = 0;
+/// An unexpected internal error.
+pub const INTERNAL: u8 = 1;
+/// Bad input: a playbook, config file or command line that does not validate.
+pub const BAD_INPUT: u8 = 2;
+/// The cluster could not be reached or refused a read before anything changed, or the plan
+/// does not fit the cluster (a listed node is missing, a node is selected twice).
+pub const CLUSTER: u8 = 3;
+/// The rollout stopped because nodes failed beyond the failure budget. Failed nodes stay
+/// cordoned with the reason in their `rollgate.dev/reason` annotation.
+pub const NODE_FAILED: u8 = 4;
+/// The rollout was aborted by a health gate.
+pub const GATE_ABORT: u8 = 5;
+/// The operator stopped the run (Ctrl-C, SIGTERM, or declined the confirmation).
+pub const INTERRUPTED: u8 = 6;
+/// Another rollgate run holds the cluster lock.
+pub const LOCKED: u8 = 7;
+
+pub const TABLE: &str = "Exit codes:
+  0  success
+  1  internal error
+  2  bad input (playbook, config or command line)
+  3  cluster unreachable, or the plan does not fit the cluster
+  4  rollout stopped: nodes failed beyond the failure budget (failed nodes stay cordoned)
+  5  rollout aborted by a health gate
+  6  interrupted by the operator (Ctrl-C, SIGTERM, or declined at the prompt)
+  7  another run holds the cluster lock";

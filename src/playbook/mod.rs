@@ -1,0 +1,211 @@
+//! The playbook: *what* to do. Which nodes, in what order and how many at once (phases and
+//! waves), how to drain them, which remote command upgrades them, how to tell they are back,
+//! and which probes and gates watch the run. Environment details live in [`crate::config`].
+//!
+//! `raw` holds the private serde mirror of the TOML file; [`load`] converts it into these
+//! validated domain types, reporting every problem with file, line, key path and hint.
+
+mod raw;
+
+pub use raw::{load, parse};
+
+use crate::selector::Selector;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Playbook {
+    pub name: String,
+    pub description: Option<String>,
+    /// The kubelet version every node must report after its remote command.
+    pub target_kubelet_version: Option<String>,
+    pub phases: Vec<Phase>,
+    /// Nodes that may fail in the whole run before it stops; when absent only the phases'
+    /// failure budgets apply (each defaults to 0: the first failure stops the run).
+    pub max_failed_nodes: Option<u32>,
+    pub drain: DrainOptions,
+    pub command: RemoteCommand,
+    pub ready: ReadyOptions,
+    pub settle: SettleOptions,
+    pub probes: Vec<Probe>,
+    pub gates: Vec<Gate>,
+    pub monitor: MonitorOptions,
+    pub notify: NotifyOptions,
+}
+
+#[derive(Debug, Clone)]
+pub struct Phase {
+    pub name: String,
+    pub selection: NodeSelection,
+    /// Nodes of this phase out of service at once (at least 1).
+    pub concurrency: usize,
+    pub order: Ordering,
+    /// Nodes of this phase that may fail before the run stops.
+    pub failure_budget: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum NodeSelection {
+    Selector(Selector),
+    Names(Vec<String>),
+}
+
+/// Order of nodes inside a phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ordering {
+    /// As listed in `nodes` (for a selector: by name).
+    AsListed,
+    ByName,
+    /// Grouped by this label's value, one group (wave) finished before the next starts: zone by zone.
+    ByLabel(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PdbTimeoutPolicy {
+    /// Fail the node, leaving it cordoned (the default).
+    Fail,
+    /// Delete the blocked pods instead of evicting them (`kubectl drain --disable-eviction`).
+    DisableEviction,
+}
+
+/// kubectl-drain options; the same names and defaults where kubectl has them.
+#[derive(Debug, Clone)]
+pub struct DrainOptions {
+    /// One bound for the whole drain of a node.
+    pub timeout: Duration,
+    /// Overrides each pod's terminationGracePeriodSeconds when set.
+    pub grace_period: Option<Duration>,
+    pub delete_emptydir_data: bool,
+    pub ignore_daemonsets: bool,
+    /// Also evict pods that no controller manages (they will not come back).
+    pub force: bool,
+    /// Only pods matching this selector are drained.
+    pub pod_selector: Option<Selector>,
+    pub on_pdb_timeout: PdbTimeoutPolicy,
+    /// Evictions in flight at once per node.
+    pub eviction_concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteCommand {
+    /// Run by the remote user's shell, e.g. `sudo chef-client -o 'role[k8s-node]'`.
+    pub run: String,
+    /// Overrides the SSH user from the config.
+    pub user: Option<String>,
+    pub timeout: Duration,
+    /// Extra environment for the command (node facts are always added as ROLLGATE_*).
+    pub env: BTreeMap<String, String>,
+    /// Whether running the command twice on a node is harmless (used by resume).
+    pub safe_to_rerun: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadyOptions {
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SettleOptions {
+    /// Bound on waiting for evicted pods to have Ready replacements.
+    pub timeout: Duration,
+    /// Extra quiet time after the node is back, before the next node starts.
+    pub soak: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub name: String,
+    pub kind: ProbeKind,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub when: Vec<ProbeWhen>,
+    pub interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProbeKind {
+    /// A local executable; node facts arrive as ROLLGATE_* environment variables.
+    Command { argv: Vec<String> },
+    Http {
+        url: String,
+        expect_status: u16,
+        body_contains: Option<String>,
+    },
+    Job {
+        manifest: PathBuf,
+        namespace: String,
+    },
+    /// A PromQL expression that must return no series (or values inside `min`/`max`), or no
+    /// firing alerts whose name matches `alerts_matching`.
+    Prometheus {
+        query: Option<String>,
+        min: Option<f64>,
+        max: Option<f64>,
+        alerts_matching: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeWhen {
+    BeforeRun,
+    AfterDrain,
+    AfterCommand,
+    AfterUncordon,
+    AfterWave,
+    Periodic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// Pod health from the monitor (crash loops, restarts, not Ready, Pending).
+    Pods,
+    /// Reachability of selected pods.
+    Pings,
+    /// Nodes other than the ones being upgraded turning NotReady.
+    Nodes,
+    Probe(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Abort,
+    Pause,
+    Warn,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub signal: Signal,
+    pub on_fail: Decision,
+    pub failure_limit: u32,
+    pub consecutive_errors: u32,
+    pub on_inconclusive: Decision,
+}
+
+#[derive(Debug, Clone)]
+pub struct MonitorOptions {
+    /// Empty: all namespaces.
+    pub namespaces: Vec<String>,
+    pub pod_selector: Option<Selector>,
+    pub not_ready_after: Duration,
+    pub pending_after: Duration,
+    pub ping: Option<PingOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PingOptions {
+    pub selector: Selector,
+    /// TCP port to connect to; ICMP when absent.
+    pub port: Option<u16>,
+    pub interval: Duration,
+    pub misses: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NotifyOptions {
+    /// Post to Slack when the config has Slack settings.
+    pub slack: bool,
+    /// Added to abort/pause messages, e.g. `<!subteam^S123>`.
+    pub mention: Option<String>,
+}

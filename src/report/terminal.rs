@@ -1,0 +1,195 @@
+//! Live progress for an operator at a terminal: one spinner per node in flight showing its
+//! step and elapsed time, a line per finished node, warnings and PDB blocks as they happen.
+//! Without a terminal, the same information as plain lines.
+
+use super::{Consumer, short_duration};
+use crate::engine::{Outcome, RunEvent, Stamped, StopReason};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub struct Terminal {
+    multi: MultiProgress,
+    bars: HashMap<String, ProgressBar>,
+    /// Show remote command output lines (off by default; they are in the node logs).
+    pub show_output: bool,
+}
+
+impl Terminal {
+    pub fn new(interactive: bool) -> Self {
+        let target = if interactive {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Self {
+            multi: MultiProgress::with_draw_target(target),
+            bars: HashMap::new(),
+            show_output: false,
+        }
+    }
+
+    fn println(&self, msg: String) {
+        if self.multi.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            let _ = self.multi.println(msg);
+        }
+    }
+
+    fn bar(&mut self, node: &str) -> &ProgressBar {
+        if !self.bars.contains_key(node) {
+            let bar = self.multi.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:<24} {msg:<40} {elapsed:>5}")
+                    .expect("valid template"),
+            );
+            bar.set_prefix(node.to_owned());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            self.bars.insert(node.to_owned(), bar);
+        }
+        &self.bars[node]
+    }
+
+    fn finish_bar(&mut self, node: &str) {
+        if let Some(bar) = self.bars.remove(node) {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+    }
+}
+
+fn stop_text(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::OperatorGraceful => {
+            "stopping: finishing the nodes in flight, starting no new ones (Ctrl-C again to stop now)"
+        }
+        StopReason::NodeFailures => {
+            "stopping: nodes failed beyond the failure budget; finishing the nodes in flight"
+        }
+        StopReason::OperatorImmediate => "stopping now: nodes in flight are left as they are",
+    }
+}
+
+impl Consumer for Terminal {
+    fn handle(&mut self, stamped: &Stamped) {
+        match &stamped.event {
+            RunEvent::RunStarted {
+                run_id,
+                playbook,
+                nodes,
+                dry_run,
+            } => {
+                let dry = if *dry_run {
+                    " (dry run: nothing is changed)"
+                } else {
+                    ""
+                };
+                self.println(format!("run {run_id}: {playbook}, {nodes} node(s){dry}"));
+            }
+            RunEvent::WaveStarted { phase, wave, nodes } => {
+                let wave = wave
+                    .as_ref()
+                    .map(|w| format!(" wave {w}"))
+                    .unwrap_or_default();
+                self.println(format!("== phase {phase}{wave}: {}", nodes.join(", ")));
+            }
+            RunEvent::NodeStarted { node, .. } => {
+                self.bar(node).set_message("starting");
+            }
+            RunEvent::StepStarted { node, step } => {
+                if self.multi.is_hidden() {
+                    self.println(format!("   {node}: {step}"));
+                }
+                self.bar(node).set_message(step.name().to_owned());
+            }
+            RunEvent::StepFinished {
+                node,
+                step,
+                elapsed_ms,
+                detail,
+            } => {
+                if let Some(d) = detail {
+                    self.println(format!(
+                        "   {node}: {step} done in {} ({d})",
+                        short_duration(*elapsed_ms)
+                    ));
+                }
+            }
+            RunEvent::EvictionBlocked { node, pod, pdb, .. } => {
+                self.println(format!(
+                    "   {node}: eviction of {pod} blocked by PodDisruptionBudget {pdb}; retrying"
+                ));
+            }
+            RunEvent::CommandOutput { node, line, .. } => {
+                if self.show_output {
+                    self.println(format!("   {node} | {line}"));
+                } else {
+                    let short: String = line.chars().take(38).collect();
+                    self.bar(node).set_message(format!("command: {short}"));
+                }
+            }
+            RunEvent::DryRunAction { node, action } => {
+                self.println(format!("   {node}: would {action}"))
+            }
+            RunEvent::Warning { node, message } => {
+                self.println(format!(
+                    "   warning{}: {message}",
+                    node.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+                ));
+            }
+            RunEvent::NodeDone { node, elapsed_ms } => {
+                self.finish_bar(node);
+                self.println(format!(
+                    "ok {node} upgraded in {}",
+                    short_duration(*elapsed_ms)
+                ));
+            }
+            RunEvent::NodeFailed { node, step, reason } => {
+                self.finish_bar(node);
+                self.println(format!("FAILED {node} at {step}: {reason}\n   the node stays cordoned; see `kubectl describe node {node}` (rollgate.dev/reason)"));
+            }
+            RunEvent::NodeAbandoned { node, step } => {
+                self.finish_bar(node);
+                let step = step.map(|s| s.name()).unwrap_or("?");
+                self.println(format!("LEFT {node} during {step}: it stays cordoned"));
+            }
+            RunEvent::Stopping { reason } => self.println(stop_text(*reason).to_owned()),
+            RunEvent::RunFinished {
+                outcome,
+                done,
+                failed,
+                not_started,
+                elapsed_ms,
+            } => {
+                let what = match outcome {
+                    Outcome::Succeeded => "finished".to_owned(),
+                    Outcome::SucceededWithFailures => {
+                        "finished with failures within budget".to_owned()
+                    }
+                    Outcome::Stopped(r) => format!(
+                        "stopped ({})",
+                        serde_json::to_value(r)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    ),
+                };
+                self.println(format!(
+                    "run {what} in {}: {done} done, {failed} failed, {not_started} not started",
+                    short_duration(*elapsed_ms)
+                ));
+            }
+            RunEvent::PodEvicted { .. }
+            | RunEvent::PodSkipped { .. }
+            | RunEvent::PodDeleted { .. } => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        let nodes: Vec<String> = self.bars.keys().cloned().collect();
+        for n in nodes {
+            self.finish_bar(&n);
+        }
+    }
+}
