@@ -40,9 +40,9 @@ enum Command {
     },
     /// Bring up the test environment with demo nodes and workloads and run playbooks/demo.toml.
     Demo {
-        /// Leave the environment running afterwards (stop it with `cargo xtask testenv down`).
+        /// Stop the environment afterwards (by default it stays up to explore).
         #[arg(long)]
-        keep: bool,
+        down: bool,
     },
     /// Run the Slack Web API stand-in in the foreground.
     SlackStandin(slack_standin::Args),
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             cargo_test_args,
             no_lint,
         } => testenv::run_test_suite(&cargo_test_args, no_lint),
-        Command::Demo { keep } => demo::run(keep),
+        Command::Demo { down } => demo::run(down),
         Command::SlackStandin(args) => slack_standin::serve(args),
     };
     match result {

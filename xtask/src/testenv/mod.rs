@@ -314,6 +314,16 @@ pub fn up() -> Result<()> {
         &xtask_copy,
     )
     .context("copy xtask binary")?;
+    // Helpers the demo and tests run "on the node" over SSH: a fake upgrade and a kubectl.
+    let upgrade = bin_dir.join("kwok-node-upgrade");
+    fs::write(&upgrade, include_str!("../../assets/kwok-node-upgrade.sh"))
+        .context("write kwok-node-upgrade")?;
+    fs::set_permissions(
+        &upgrade,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .context("chmod kwok-node-upgrade")?;
+    std::os::unix::fs::symlink(&kubectl, bin_dir.join("kubectl")).context("link kubectl")?;
     procs::spawn(
         &state,
         "slack-standin",
