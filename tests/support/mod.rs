@@ -1,0 +1,309 @@
+//! Support for cluster tests: the environment that `cargo xtask testenv up` started (one per
+//! test run), uniquely named nodes (each with its own sshd) and namespaces per test so tests
+//! run in parallel, and helpers to run the rollgate binary against it.
+//!
+//! A cluster test never skips: without the environment it fails and says how to start it.
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Deserialize, Clone, Debug)]
+pub struct Env {
+    pub state_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub ssh_config: PathBuf,
+    pub known_hosts: PathBuf,
+    pub client_key: PathBuf,
+    pub slack_url: String,
+    pub slack_token: String,
+    pub prometheus_url: String,
+    pub prometheus_rules_dir: PathBuf,
+    pub prometheus_targets_dir: PathBuf,
+    pub kubectl: PathBuf,
+    pub xtask: PathBuf,
+}
+
+/// The running test environment (read once from `STATE/env.json`).
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let state = std::env::var_os("ROLLGATE_TESTENV_STATE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/rollgate-testenv"));
+        let file = state.join("env.json");
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+            panic!(
+                "the test environment is not running ({} is missing).\n\
+                 Start it with `cargo xtask testenv up` (after `cargo xtask testenv install`), \
+                 or run the whole suite with `cargo xtask test`.",
+                file.display()
+            )
+        });
+        let env: Env = serde_json::from_str(&text).expect("env.json parses");
+        let ok = Command::new(&env.kubectl).arg("--kubeconfig").arg(&env.kubeconfig).args(["get", "--raw", "/readyz"]).output().map(|o| o.status.success()).unwrap_or(false);
+        assert!(ok, "the test environment in {} does not answer: restart it with `cargo xtask testenv down && cargo xtask testenv up`", state.display());
+        env
+    })
+}
+
+/// A Kubernetes client for the test environment (one per test: clients are bound to a runtime).
+pub async fn client() -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = kube::config::Kubeconfig::read_from(&env().kubeconfig).expect("read kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kube config");
+    kube::Client::try_from(config).expect("kube client")
+}
+
+/// A short id unique in this test run, usable in node and namespace names.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{:04x}{n}", (nanos ^ std::process::id()) & 0xffff)
+}
+
+pub fn kubectl(args: &[&str]) -> Output {
+    Command::new(&env().kubectl)
+        .arg("--kubeconfig")
+        .arg(&env().kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn kubectl_apply(yaml: &str) {
+    use std::io::Write;
+    let mut child = Command::new(&env().kubectl)
+        .arg("--kubeconfig")
+        .arg(&env().kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl apply");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}\n{yaml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Test nodes, removed (with their sshd) when dropped.
+pub struct TestNodes {
+    pub names: Vec<String>,
+    /// The label every node of this test carries: `rollgate.test/suite=<suite>`.
+    pub suite: String,
+}
+
+impl TestNodes {
+    pub fn new(suite: &str) -> Self {
+        Self {
+            names: Vec::new(),
+            suite: suite.to_owned(),
+        }
+    }
+
+    /// Adds a kwok node with its own sshd; returns its SSH address. Labels are `k=v`.
+    pub fn add(
+        &mut self,
+        name: &str,
+        labels: &[&str],
+        taints: &[&str],
+        kubelet_version: &str,
+    ) -> String {
+        let mut cmd = Command::new(&env().xtask);
+        cmd.args([
+            "testenv",
+            "node",
+            "add",
+            name,
+            "--kubelet-version",
+            kubelet_version,
+            "--label",
+        ])
+        .arg(format!("rollgate.test/suite={}", self.suite));
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        for t in taints {
+            cmd.args(["--taint", t]);
+        }
+        let out = cmd.output().expect("run xtask node add");
+        assert!(
+            out.status.success(),
+            "node add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.names.push(name.to_owned());
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for TestNodes {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new(&env().xtask)
+                .args(["testenv", "node", "rm", name])
+                .output();
+        }
+    }
+}
+
+/// A namespace deleted when dropped.
+pub struct TestNamespace(pub String);
+
+impl TestNamespace {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        kubectl_ok(&["create", "namespace", &name]);
+        Self(name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"]);
+    }
+}
+
+/// Polls `check` until it is true; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn node(client: &kube::Client, name: &str) -> Node {
+    Api::<Node>::all(client.clone())
+        .get(name)
+        .await
+        .expect("get node")
+}
+
+/// A Deployment of `replicas` pods pinned to this test's nodes, with a PDB allowing
+/// `max_unavailable` disruptions.
+pub fn deployment_with_pdb(ns: &str, name: &str, suite: &str, replicas: u32, max_unavailable: u32) {
+    kubectl_apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      nodeSelector: {{rollgate.test/suite: "{suite}"}}
+      tolerations: [{{key: node-role.kubernetes.io/control-plane, operator: Exists}}]
+      containers: [{{name: c, image: app}}]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  maxUnavailable: {max_unavailable}
+  selector: {{matchLabels: {{app: {name}}}}}
+"#
+    ));
+    kubectl_ok(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Available",
+        &format!("deployment/{name}"),
+        "--timeout=60s",
+    ]);
+}
+
+/// The rollgate binary, pointed at the test environment.
+pub fn rollgate(state_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollgate"));
+    cmd.arg("--kubeconfig")
+        .arg(&env().kubeconfig)
+        .arg("--ssh-config")
+        .arg(&env().ssh_config)
+        .arg("--state-dir")
+        .arg(state_dir);
+    cmd.env_remove("ROLLGATE_CONFIG")
+        .env_remove("ROLLGATE_CONTEXT")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// Runs rollgate with a timeout; returns (exit code, stdout, stderr).
+pub fn run_rollgate(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rollgate");
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(timeout).is_err() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    });
+    let out = child.wait_with_output().expect("wait for rollgate");
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// JSON events from `--log-format json` output (stderr lines that parse as objects with `event`).
+pub fn events(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("event").is_some())
+        .collect()
+}
