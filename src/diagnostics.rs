@@ -166,7 +166,13 @@ impl<'a> Source<'a> {
     pub fn from_toml(&self, err: &toml::de::Error) -> SourceError {
         let message = err.message().trim().to_owned();
         let hint = unknown_field_hint(&message).or_else(|| type_hint(&message));
-        let message = message.lines().next().unwrap_or("").to_owned();
+        let mut message = message.lines().next().unwrap_or("").to_owned();
+        if message.starts_with("unknown field") || message.starts_with("unknown variant") {
+            // The hint carries the suggestion or the list of known keys.
+            if let Some(idx) = message.find(", expected") {
+                message.truncate(idx);
+            }
+        }
         self.error_at(err.span(), message, hint)
     }
 }

@@ -209,3 +209,6 @@ pub struct NotifyOptions {
     /// Added to abort/pause messages, e.g. `<!subteam^S123>`.
     pub mention: Option<String>,
 }
+
+#[cfg(test)]
+mod tests;

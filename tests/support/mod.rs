@@ -260,8 +260,8 @@ spec:
 /// The rollgate binary, pointed at the test environment.
 pub fn rollgate(state_dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollgate"));
-    cmd.arg("--kubeconfig")
-        .arg(&env().kubeconfig)
+    // KUBECONFIG (not --kubeconfig) so a test can still override it with the flag.
+    cmd.env("KUBECONFIG", &env().kubeconfig)
         .arg("--ssh-config")
         .arg(&env().ssh_config)
         .arg("--state-dir")

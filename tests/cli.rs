@@ -1,0 +1,109 @@
+//! The command line as a user meets it: `check` on good and bad files, help with examples and
+//! exit codes, completions. No cluster needed.
+
+use std::process::Command;
+
+fn rollgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .args(args)
+        .env_remove("ROLLGATE_CONFIG")
+        .output()
+        .expect("run rollgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_shipped_playbooks_with_a_summary() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let (code, stdout, stderr) = rollgate(&[
+        "check",
+        &format!("{root}/playbooks/k8s-upgrade-control-plane-first.toml"),
+        "--config",
+        &format!("{root}/config.example.toml"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("is valid"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "phase 1 \"control-plane\": selector node-role.kubernetes.io/control-plane; 1 at a time"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("probes: create-vm, no-critical-alerts; gates: 3"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_rejects_bad_input_with_exit_2_and_a_located_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\n[[phase]]\nname = \"w\"\nselector = \"a\"\nconcurrency = 0\n[command]\nrun = \"true\"\n").unwrap();
+    let (code, _, stderr) = rollgate(&["check", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains(&format!(
+            "error: {}:5:15: `phase[1].concurrency`: concurrency must be at least 1, not 0",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint:"), "{stderr}");
+
+    let (code, _, stderr) = rollgate(&["check", "/nonexistent/playbook.toml"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("cannot read the playbook") && stderr.contains("hint:"),
+        "{stderr}"
+    );
+
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[slack]\nchannel = \"#x\"\ntoken = \"xoxb-123\"\n").unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let (code, _, stderr) = rollgate(&[
+        "check",
+        &format!("{root}/playbooks/demo.toml"),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("Slack tokens are never written in the config file"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("xoxb-123"),
+        "a secret must not be echoed: {stderr}"
+    );
+
+    let (code, _, _) = rollgate(&["plan"]);
+    assert_eq!(code, 2, "usage errors are bad input too");
+}
+
+#[test]
+fn help_has_examples_and_exit_codes_and_completions_are_generated() {
+    let (code, stdout, _) = rollgate(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("Examples:")
+            && stdout.contains("Exit codes:")
+            && stdout.contains("4  rollout stopped"),
+        "{stdout}"
+    );
+    for sub in ["check", "plan", "run", "completions"] {
+        let (code, stdout, _) = rollgate(&[sub, "--help"]);
+        assert_eq!(code, 0);
+        assert!(
+            stdout.contains("Example"),
+            "{sub} --help has examples: {stdout}"
+        );
+    }
+    let (code, stdout, _) = rollgate(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("_rollgate()"), "bash completion function");
+}
