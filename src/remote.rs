@@ -40,6 +40,11 @@ pub enum RemoteError {
         code: i32,
         tail: Vec<String>,
     },
+    #[error("the remote command was killed by a signal on {destination}{}", tail_text(.tail))]
+    Killed {
+        destination: String,
+        tail: Vec<String>,
+    },
     #[error("the remote command was killed after its {timeout:?} timeout on {destination}{}", tail_text(.tail))]
     Timeout {
         destination: String,
@@ -151,6 +156,7 @@ pub async fn run(
     let err_task = tokio::spawn(pump(Stream::Stderr, Box::new(stderr)));
     drop(tx);
     let mut tail: Vec<String> = Vec::new();
+    let started = std::time::Instant::now();
     let local_bound = inv.timeout + Duration::from_secs(15);
     let waited = tokio::time::timeout(local_bound, async {
         while let Some((stream, line)) = rx.recv().await {
@@ -172,6 +178,17 @@ pub async fn run(
             timeout: inv.timeout,
             tail,
         }),
+        // Killed by a signal (no exit status): `timeout -s KILL` at the deadline, or someone else.
+        Ok(Err(openssh::Error::RemoteProcessTerminated)) if started.elapsed() >= inv.timeout => {
+            Err(RemoteError::Timeout {
+                destination,
+                timeout: inv.timeout,
+                tail,
+            })
+        }
+        Ok(Err(openssh::Error::RemoteProcessTerminated)) => {
+            Err(RemoteError::Killed { destination, tail })
+        }
         Ok(Err(source)) => Err(RemoteError::Spawn {
             destination,
             source,

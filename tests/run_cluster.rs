@@ -1,0 +1,571 @@
+//! `rollgate run` on the real test cluster with a real sshd per node (issue 4).
+
+mod support;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::*;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn upgrade_script() -> String {
+    env()
+        .state_dir
+        .join("bin/kwok-node-upgrade")
+        .display()
+        .to_string()
+}
+
+fn write_playbook(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("playbook.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `rollgate run PLAYBOOK --yes --log-format json` and returns (exit code, events, stderr).
+fn run(dir: &Path, playbook: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
+    let mut cmd = rollgate(dir);
+    cmd.args(["--log-format", "json", "run", "--yes"])
+        .args(extra)
+        .arg(playbook);
+    let (code, _, stderr) = run_rollgate(cmd, 3 * MINUTE);
+    (code, events(&stderr), stderr)
+}
+
+fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+fn annotations(name: &str) -> Value {
+    let out = kubectl_ok(&[
+        "get",
+        "node",
+        name,
+        "-o",
+        "jsonpath={.metadata.annotations}",
+    ]);
+    serde_json::from_str(&out).unwrap_or(Value::Null)
+}
+
+fn unschedulable(name: &str) -> bool {
+    kubectl_ok(&["get", "node", name, "-o", "jsonpath={.spec.unschedulable}"]).trim() == "true"
+}
+
+fn kubelet(name: &str) -> String {
+    kubectl_ok(&[
+        "get",
+        "node",
+        name,
+        "-o",
+        "jsonpath={.status.nodeInfo.kubeletVersion}",
+    ])
+    .trim()
+    .to_owned()
+}
+
+/// The largest number of nodes in flight at once, from NodeStarted / NodeDone / NodeFailed events.
+fn max_in_flight(events: &[Value], nodes: &[String]) -> usize {
+    let (mut now, mut max) = (0usize, 0usize);
+    for e in events.iter().filter(|e| {
+        e["node"]
+            .as_str()
+            .is_some_and(|n| nodes.iter().any(|x| x == n))
+    }) {
+        match e["event"].as_str().unwrap() {
+            "node-started" => {
+                now += 1;
+                max = max.max(now);
+            }
+            "node-done" | "node-failed" => now -= 1,
+            _ => {}
+        }
+    }
+    max
+}
+
+#[tokio::test]
+async fn six_node_two_phase_rollout_upgrades_every_node_control_plane_first() {
+    let suite = unique("roll");
+    let mut nodes = TestNodes::new(&suite);
+    let cps: Vec<String> = (1..=2).map(|i| format!("{suite}-cp{i}")).collect();
+    let workers: Vec<String> = (1..=4).map(|i| format!("{suite}-w{i}")).collect();
+    for cp in &cps {
+        nodes.add(
+            cp,
+            &["node-role.kubernetes.io/control-plane="],
+            &["node-role.kubernetes.io/control-plane:NoSchedule"],
+            "v1.35.4",
+        );
+    }
+    for (i, w) in workers.iter().enumerate() {
+        nodes.add(
+            w,
+            &[if i < 2 { "zone=a" } else { "zone=b" }],
+            &[],
+            "v1.35.4",
+        );
+    }
+    let ns = TestNamespace::new("roll");
+    deployment_with_pdb(&ns.0, "web", &suite, 4, 1);
+    deployment_with_pdb(&ns.0, "queue", &suite, 2, 1);
+    kubectl_apply(&format!(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    spec:\n      nodeSelector: {{rollgate.test/suite: \"{suite}\"}}\n      tolerations: [{{operator: Exists}}]\n      containers: [{{name: a, image: agent}}]\n",
+        ns = ns.0
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let playbook = write_playbook(
+        dir.path(),
+        &format!(
+            "name = \"six nodes\"\ntarget-kubelet-version = \"v1.36.3\"\n\
+             [[phase]]\nname = \"control-plane\"\nselector = \"rollgate.test/suite={suite}, node-role.kubernetes.io/control-plane\"\n\
+             [[phase]]\nname = \"workers\"\nselector = \"rollgate.test/suite={suite}, !node-role.kubernetes.io/control-plane\"\nconcurrency = 2\n\
+             [drain]\ntimeout = \"1m\"\n[command]\nrun = \"{script}\"\ntimeout = \"1m\"\nenv = {{ FAKE_UPGRADE_SECONDS = \"1\" }}\n[ready]\ntimeout = \"30s\"\n[settle]\ntimeout = \"1m\"\n",
+            script = upgrade_script()
+        ),
+    );
+    let (code, events, stderr) = run(dir.path(), &playbook, &[]);
+    assert_eq!(code, 0, "run failed:\n{stderr}");
+
+    for n in cps.iter().chain(&workers) {
+        assert_eq!(kubelet(n), "v1.36.3", "{n} upgraded");
+        assert!(!unschedulable(n), "{n} uncordoned");
+        let a = annotations(n);
+        assert!(
+            a.get("rollgate.dev/cordoned-by").is_none() && a.get("rollgate.dev/step").is_none(),
+            "{n}: {a}"
+        );
+        assert!(a["rollgate.dev/last-run"].as_str().is_some(), "{n}: {a}");
+    }
+    let done: Vec<&str> = named(&events, "node-done")
+        .iter()
+        .map(|e| e["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(done.len(), 6);
+    let last_cp_done = events
+        .iter()
+        .rposition(|e| e["event"] == "node-done" && cps.iter().any(|c| e["node"] == c.as_str()))
+        .unwrap();
+    let first_worker = events
+        .iter()
+        .position(|e| {
+            e["event"] == "node-started" && workers.iter().any(|w| e["node"] == w.as_str())
+        })
+        .unwrap();
+    assert!(
+        last_cp_done < first_worker,
+        "the control plane finishes before workers start"
+    );
+    assert_eq!(max_in_flight(&events, &cps), 1);
+    assert_eq!(max_in_flight(&events, &workers), 2, "workers two at a time");
+    assert!(
+        named(&events, "pod-evicted").len() >= 6,
+        "web and queue pods were evicted"
+    );
+    assert!(
+        named(&events, "pod-skipped")
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap().contains("DaemonSet")),
+        "DaemonSet pods are skipped"
+    );
+    assert!(
+        events.iter().all(|e| e["run_id"].is_string()),
+        "every line has the run id"
+    );
+    // Every evicted pod has a Ready replacement: the Deployments are fully available.
+    let ready = kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "get",
+        "deployments",
+        "-o",
+        "jsonpath={range .items[*]}{.status.readyReplicas}/{.spec.replicas} {end}",
+    ]);
+    assert_eq!(ready.trim(), "2/2 4/4", "queue and web are back");
+    // The per-node log has the remote command's output.
+    let run_id = named(&events, "run-started")[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let log = std::fs::read_to_string(
+        dir.path()
+            .join("runs")
+            .join(run_id)
+            .join("nodes")
+            .join(format!("{}.log", workers[0])),
+    )
+    .unwrap();
+    assert!(
+        log.contains("stdout: [") && log.contains("installing kubelet v1.36.3"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_pdb_blocking_past_the_timeout_fails_the_node_naming_the_budget_or_falls_back_to_delete()
+{
+    let suite = unique("pdb");
+    let mut nodes = TestNodes::new(&suite);
+    let n1 = format!("{suite}-n1");
+    let n2 = format!("{suite}-n2");
+    nodes.add(&n1, &[], &[], "v1.35.4");
+    nodes.add(&n2, &[], &["hold:NoSchedule"], "v1.35.4"); // keeps the pods on n1
+    let ns = TestNamespace::new("pdb");
+    deployment_with_pdb(&ns.0, "db", &suite, 1, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let book = |policy: &str| {
+        format!(
+            "name = \"pdb\"\n[[phase]]\nname = \"all\"\nnodes = [\"{n1}\", \"{n2}\"]\n[drain]\ntimeout = \"3s\"\non-pdb-timeout = \"{policy}\"\ngrace-period = \"0s\"\n[command]\nrun = \"true\"\n[settle]\ntimeout = \"30s\"\n"
+        )
+    };
+    let playbook = write_playbook(dir.path(), &book("fail"));
+    let (code, events, stderr) = run(dir.path(), &playbook, &[]);
+    assert_eq!(code, 4, "{stderr}");
+    let failed = named(&events, "node-failed");
+    assert_eq!(failed.len(), 1);
+    let reason = failed[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("PodDisruptionBudget {}/db", ns.0))
+            && reason.contains(&format!("{}/db-", ns.0)),
+        "names the PDB and its pods: {reason}"
+    );
+    assert!(
+        named(&events, "eviction-blocked")
+            .iter()
+            .any(|e| e["pdb"] == format!("{}/db", ns.0))
+    );
+    assert!(unschedulable(&n1), "the failed node stays cordoned");
+    let a = annotations(&n1);
+    assert_eq!(a["rollgate.dev/failed-step"], "drain");
+    assert!(
+        a["rollgate.dev/reason"]
+            .as_str()
+            .unwrap()
+            .contains("PodDisruptionBudget"),
+        "{a}"
+    );
+    assert!(
+        !unschedulable(&n2) || annotations(&n2).get("rollgate.dev/cordoned-by").is_none(),
+        "the second node is not started"
+    );
+    assert_eq!(named(&events, "node-started").len(), 1);
+
+    // With on-pdb-timeout = "disable-eviction" the blocked pod is deleted and the node finishes.
+    kubectl_ok(&["taint", "node", &n2, "hold:NoSchedule-"]);
+    let playbook = write_playbook(dir.path(), &book("disable-eviction"));
+    let (code, events, stderr) = run(dir.path(), &playbook, &["--show-output"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        named(&events, "warning").iter().any(|e| e["message"]
+            .as_str()
+            .unwrap()
+            .contains("despite PodDisruptionBudget")),
+        "{stderr}"
+    );
+    assert!(!unschedulable(&n1));
+}
+
+#[tokio::test]
+async fn a_failing_remote_command_stops_the_run_and_leaves_the_node_cordoned_with_the_reason() {
+    let suite = unique("fail");
+    let mut nodes = TestNodes::new(&suite);
+    let names: Vec<String> = (1..=3).map(|i| format!("{suite}-n{i}")).collect();
+    for n in &names {
+        nodes.add(n, &[], &[], "v1.35.4");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let playbook = write_playbook(
+        dir.path(),
+        &format!(
+            "name = \"fail\"\n[[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\norder = \"name\"\n[command]\nrun = \"echo converging; echo 'chef: package conflict' >&2; exit 3\"\n"
+        ),
+    );
+    let (code, events, stderr) = run(dir.path(), &playbook, &[]);
+    assert_eq!(code, 4, "{stderr}");
+    let failed = named(&events, "node-failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["node"], names[0].as_str());
+    assert_eq!(failed[0]["step"], "command");
+    let reason = failed[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("exited with status 3") && reason.contains("chef: package conflict"),
+        "{reason}"
+    );
+    assert!(unschedulable(&names[0]));
+    assert_eq!(
+        annotations(&names[0])["rollgate.dev/failed-step"],
+        "command"
+    );
+    for n in &names[1..] {
+        assert!(!unschedulable(n), "{n} was not started");
+    }
+    assert_eq!(named(&events, "run-finished")[0]["not_started"], 2);
+    assert!(
+        stderr.contains("nodes left cordoned") && stderr.contains(&names[0]),
+        "the operator is told what is left: {stderr}"
+    );
+}
+
+fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test]
+async fn the_command_timeout_kills_the_remote_process_and_facts_arrive_as_environment() {
+    let suite = unique("tmo");
+    let mut nodes = TestNodes::new(&suite);
+    let n1 = format!("{suite}-n1");
+    nodes.add(&n1, &[], &[], "v1.35.4");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let pids = dir.path().join("pids");
+    let playbook = write_playbook(
+        dir.path(),
+        &format!(
+            "name = \"timeout\"\n[[phase]]\nname = \"all\"\nnodes = [\"{n1}\"]\n[command]\n\
+             run = 'echo \"node=$ROLLGATE_NODE phase=$ROLLGATE_PHASE custom=$CUSTOM\"; sleep 300 & echo \"$$ $!\" > {pids}; wait'\n\
+             timeout = \"2s\"\nenv = {{ CUSTOM = \"x; touch {marker}\" }}\n",
+            pids = pids.display(),
+            marker = marker.display()
+        ),
+    );
+    let started = std::time::Instant::now();
+    let (code, events, stderr) = run(dir.path(), &playbook, &[]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "bounded by the timeout"
+    );
+    let reason = named(&events, "node-failed")[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("killed after its 2s timeout"), "{reason}");
+    let out: Vec<&str> = named(&events, "command-output")
+        .iter()
+        .map(|e| e["line"].as_str().unwrap())
+        .collect();
+    assert!(
+        out.contains(&format!("node={n1} phase=all custom=x; touch {}", marker.display()).as_str()),
+        "{out:?}"
+    );
+    assert!(
+        !marker.exists(),
+        "an environment value is never run as shell"
+    );
+    let pids = std::fs::read_to_string(&pids).unwrap();
+    for pid in pids.split_whitespace() {
+        assert!(!alive(pid), "remote process {pid} survived the timeout");
+    }
+}
+
+#[tokio::test]
+async fn dry_run_reports_every_write_and_command_and_changes_nothing() {
+    let suite = unique("dry");
+    let mut nodes = TestNodes::new(&suite);
+    let n1 = format!("{suite}-n1");
+    let n2 = format!("{suite}-n2");
+    nodes.add(&n1, &[], &[], "v1.35.4");
+    nodes.add(&n2, &[], &[], "v1.35.4");
+    let ns = TestNamespace::new("dry");
+    deployment_with_pdb(&ns.0, "web", &suite, 2, 1);
+    let pods_before = kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "get",
+        "pods",
+        "-o",
+        "jsonpath={.items[*].metadata.uid}",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let playbook = write_playbook(
+        dir.path(),
+        &format!(
+            "name = \"dry\"\ntarget-kubelet-version = \"v1.36.3\"\n[[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\n[command]\nrun = \"touch /tmp/should-not-exist-{suite}\"\n"
+        ),
+    );
+    let (code, events, stderr) = run(dir.path(), &playbook, &["--dry-run"]);
+    assert_eq!(code, 0, "{stderr}");
+    let actions: Vec<String> = named(&events, "dry-run-action")
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    for want in [
+        "PATCH node",
+        "POST eviction (policy/v1) for pod",
+        "SSH 127.0.1.",
+        "WAIT up to",
+        "reporting kubelet v1.36.3",
+        "spec.unschedulable=false",
+    ] {
+        assert!(
+            actions.iter().any(|a| a.contains(want)),
+            "missing {want:?} in {actions:#?}"
+        );
+    }
+    assert!(!Path::new(&format!("/tmp/should-not-exist-{suite}")).exists());
+    assert!(!unschedulable(&n1) && !unschedulable(&n2));
+    assert!(annotations(&n1).get("rollgate.dev/cordoned-by").is_none());
+    assert_eq!(
+        kubectl_ok(&[
+            "-n",
+            &ns.0,
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[*].metadata.uid}"
+        ]),
+        pods_before,
+        "no pod was evicted"
+    );
+}
+
+#[tokio::test]
+async fn refusals_version_mismatch_and_precordoned_nodes() {
+    let suite = unique("misc");
+    let mut nodes = TestNodes::new(&suite);
+    let bare_node = format!("{suite}-bare");
+    let old_node = format!("{suite}-old");
+    let pre_node = format!("{suite}-pre");
+    nodes.add(&bare_node, &[], &[], "v1.35.4");
+    nodes.add(&old_node, &[], &[], "v1.35.4");
+    nodes.add(&pre_node, &[], &[], "v1.35.4");
+    let ns = TestNamespace::new("misc");
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: bare, namespace: {}}}\nspec: {{nodeName: {bare_node}, containers: [{{name: c, image: app}}]}}\n",
+        ns.0
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let book = |node: &str, target: &str| {
+        format!(
+            "name = \"misc\"\n{target}\n[[phase]]\nname = \"one\"\nnodes = [\"{node}\"]\n[command]\nrun = \"true\"\n[ready]\ntimeout = \"3s\"\n"
+        )
+    };
+
+    // A pod no controller manages: the drain refuses before evicting anything.
+    let (code, events, stderr) = run(
+        dir.path(),
+        &write_playbook(dir.path(), &book(&bare_node, "")),
+        &[],
+    );
+    assert_eq!(code, 4, "{stderr}");
+    let reason = named(&events, "node-failed")[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains(&format!("{}/bare: not managed by a controller", ns.0))
+            && reason.contains("force = true"),
+        "{reason}"
+    );
+    assert_eq!(
+        kubectl_ok(&[
+            "-n",
+            &ns.0,
+            "get",
+            "pod",
+            "bare",
+            "-o",
+            "jsonpath={.spec.nodeName}"
+        ]),
+        bare_node,
+        "nothing was evicted"
+    );
+
+    // A node that comes back with the wrong kubelet version fails.
+    let (code, events, stderr) = run(
+        dir.path(),
+        &write_playbook(
+            dir.path(),
+            &book(&old_node, "target-kubelet-version = \"v1.99.0\""),
+        ),
+        &[],
+    );
+    assert_eq!(code, 4, "{stderr}");
+    let failed = named(&events, "node-failed");
+    assert_eq!(failed[0]["step"], "wait-ready");
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("reports kubelet v1.35.4, expected v1.99.0"),
+        "{}",
+        failed[0]
+    );
+
+    // A node cordoned by someone else stays cordoned after its upgrade.
+    kubectl_ok(&["cordon", &pre_node]);
+    let (code, events, stderr) = run(
+        dir.path(),
+        &write_playbook(dir.path(), &book(&pre_node, "")),
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(named(&events, "warning").iter().any(|e| {
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("cordoned before rollgate")
+    }));
+    assert!(
+        unschedulable(&pre_node),
+        "rollgate does not uncordon a node it did not cordon"
+    );
+    assert!(
+        annotations(&pre_node)
+            .get("rollgate.dev/precordoned")
+            .is_none(),
+        "its own annotations are cleaned up"
+    );
+}
+
+#[tokio::test]
+async fn ctrl_c_once_finishes_the_node_in_flight_and_starts_no_new_one() {
+    let suite = unique("sig");
+    let mut nodes = TestNodes::new(&suite);
+    let names: Vec<String> = (1..=3).map(|i| format!("{suite}-n{i}")).collect();
+    for n in &names {
+        nodes.add(n, &[], &[], "v1.35.4");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let playbook = write_playbook(
+        dir.path(),
+        &format!(
+            "name = \"sig\"\n[[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\norder = \"name\"\n[command]\nrun = \"sleep 3\"\n"
+        ),
+    );
+    let mut cmd = rollgate(dir.path());
+    cmd.args(["--log-format", "json", "run", "--yes"])
+        .arg(&playbook);
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = names[0].clone();
+    eventually("the first node to be cordoned", MINUTE, || {
+        let first = first.clone();
+        async move { unschedulable(&first) }
+    })
+    .await;
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    let events = events(&stderr);
+    assert_eq!(
+        named(&events, "node-done").len(),
+        1,
+        "the node in flight finished: {stderr}"
+    );
+    assert!(!unschedulable(&names[0]));
+    assert!(!unschedulable(&names[1]) && !unschedulable(&names[2]));
+    assert_eq!(named(&events, "run-finished")[0]["not_started"], 2);
+}
