@@ -67,7 +67,8 @@ pub struct Config {
     pub prometheus_url: Option<String>,
     pub metrics_listen: String,
     pub state_dir: PathBuf,
-    pub log_format: LogFormat,
+    /// None: automatic (text on a terminal, JSON lines otherwise).
+    pub log_format: Option<LogFormat>,
 }
 
 /// Values from flags and the environment that override the file (flag > env is clap's job).
@@ -200,7 +201,7 @@ impl Config {
             config.state_dir = d.clone();
         }
         if let Some(f) = overrides.log_format {
-            config.log_format = f;
+            config.log_format = Some(f);
         }
         if let Some(s) = &overrides.ssh_config {
             config.ssh.config_file = Some(s.clone());
@@ -308,14 +309,14 @@ impl Config {
                 api_url: s.api_url.unwrap_or_else(|| "https://slack.com/api/".into()),
             }
         });
-        if let Some(url) = &raw.prometheus.url {
-            if !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://")) {
-                err(
-                    url.span(),
-                    format!("{:?} is not an http(s) URL", url.get_ref()),
-                    "e.g. url = \"http://prometheus.monitoring:9090\"".into(),
-                );
-            }
+        if let Some(url) = &raw.prometheus.url
+            && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
+        {
+            err(
+                url.span(),
+                format!("{:?} is not an http(s) URL", url.get_ref()),
+                "e.g. url = \"http://prometheus.monitoring:9090\"".into(),
+            );
         }
         let metrics_listen = match &raw.metrics.listen {
             None => "127.0.0.1:9797".to_owned(),
@@ -335,15 +336,16 @@ impl Config {
             .as_ref()
             .map(|f| (f.get_ref().as_str(), f.span()))
         {
-            None | Some(("text", _)) => LogFormat::Text,
-            Some(("json", _)) => LogFormat::Json,
+            None => None,
+            Some(("text", _)) => Some(LogFormat::Text),
+            Some(("json", _)) => Some(LogFormat::Json),
             Some((other, span)) => {
                 err(
                     span,
                     format!("unknown log format {other:?}"),
                     "use \"text\" or \"json\"".into(),
                 );
-                LogFormat::Text
+                None
             }
         };
         if !errors.is_empty() {

@@ -109,10 +109,10 @@ impl<'a> Source<'a> {
                 };
             }
             if offset >= line_start && offset < line_end.max(line_start + 1) {
-                if !trimmed.starts_with('[') {
-                    if let Some((key, _)) = line.split_once('=') {
-                        key_on_line = key.trim().trim_matches('"').to_owned();
-                    }
+                if !trimmed.starts_with('[')
+                    && let Some((key, _)) = line.split_once('=')
+                {
+                    key_on_line = key.trim().trim_matches('"').to_owned();
                 }
                 break;
             }

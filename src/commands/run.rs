@@ -70,12 +70,10 @@ pub fn exit_code(summary: &RunSummary) -> u8 {
 pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
     let playbook = Arc::new(load_playbook(&args.playbook)?);
     let config = Arc::new(load_config(global)?);
-    let interactive = std::io::stderr().is_terminal()
-        && std::io::stdin().is_terminal()
-        && config.log_format == LogFormat::Text
-        && global.log_format.is_none();
-    let json = config.log_format == LogFormat::Json
-        || (!std::io::stderr().is_terminal() && global.log_format.is_none() && false);
+    let tty = std::io::stderr().is_terminal();
+    // No terminal, or asked for: JSON lines and no prompts.
+    let json = config.log_format.map_or(!tty, |f| f == LogFormat::Json);
+    let interactive = tty && std::io::stdin().is_terminal() && !json;
     let clients = cluster::connect(&config).await.map_err(connect_failure)?;
     let report = build(&clients, &playbook).await?;
     if !json {

@@ -38,17 +38,17 @@ pub fn classify(pod: &Pod, opts: &DrainOptions) -> PodAction {
         .owner_references
         .as_ref()
         .and_then(|refs| refs.iter().find(|r| r.controller == Some(true)));
-    if let Some(c) = controller {
-        if c.kind == "DaemonSet" {
-            return if opts.ignore_daemonsets {
-                PodAction::Skip(format!("DaemonSet-managed ({})", c.name))
-            } else {
-                PodAction::Refuse(format!(
-                    "managed by DaemonSet {} (set ignore-daemonsets = true)",
-                    c.name
-                ))
-            };
-        }
+    if let Some(c) = controller
+        && c.kind == "DaemonSet"
+    {
+        return if opts.ignore_daemonsets {
+            PodAction::Skip(format!("DaemonSet-managed ({})", c.name))
+        } else {
+            PodAction::Refuse(format!(
+                "managed by DaemonSet {} (set ignore-daemonsets = true)",
+                c.name
+            ))
+        };
     }
     if meta
         .annotations
@@ -140,7 +140,8 @@ mod tests {
             delete_emptydir_data: true,
             ..opts()
         };
-        let cases: Vec<(&str, Pod, DrainOptions, fn(&PodAction) -> bool)> = vec![
+        type Case = (&'static str, Pod, DrainOptions, fn(&PodAction) -> bool);
+        let cases: Vec<Case> = vec![
             ("replicaset pod", pod(Some("ReplicaSet")), opts(), |a| {
                 *a == PodAction::Evict
             }),

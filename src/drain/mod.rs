@@ -412,24 +412,6 @@ async fn wait_deleted(client: &kube::Client, pod: &Pod) -> Result<(), kube::Erro
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pdb_name_is_read_from_the_eviction_message() {
-        assert_eq!(
-            pdb_name_from("The disruption budget web needs 3 healthy pods and has 3 currently")
-                .as_deref(),
-            Some("web")
-        );
-        assert_eq!(
-            pdb_name_from("Cannot evict pod as it would violate the pod's disruption budget."),
-            None
-        );
-    }
-}
-
 /// Whether a Kubernetes LabelSelector (matchLabels + matchExpressions) matches these labels.
 pub fn label_selector_matches(
     sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
@@ -452,4 +434,22 @@ pub fn label_selector_matches(
         })
     });
     labels_ok && exprs_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pdb_name_is_read_from_the_eviction_message() {
+        assert_eq!(
+            pdb_name_from("The disruption budget web needs 3 healthy pods and has 3 currently")
+                .as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            pdb_name_from("Cannot evict pod as it would violate the pod's disruption budget."),
+            None
+        );
+    }
 }

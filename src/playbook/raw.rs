@@ -285,14 +285,14 @@ impl Validator<'_> {
                 "name it after what it does, e.g. \"k8s 1.36 upgrade\"".to_owned(),
             );
         }
-        if let Some(v) = &raw.target_kubelet_version {
-            if !is_version(v.get_ref()) {
-                self.err(
-                    v.span(),
-                    format!("{:?} is not a kubelet version", v.get_ref()),
-                    "write it as the node reports it, e.g. \"v1.36.3\"".to_owned(),
-                );
-            }
+        if let Some(v) = &raw.target_kubelet_version
+            && !is_version(v.get_ref())
+        {
+            self.err(
+                v.span(),
+                format!("{:?} is not a kubelet version", v.get_ref()),
+                "write it as the node reports it, e.g. \"v1.36.3\"".to_owned(),
+            );
         }
         let phases = self.phases(raw.phase);
         let drain = self.drain(raw.drain);
@@ -638,17 +638,16 @@ impl Validator<'_> {
                         "url",
                         "\"https://api.example.com/healthz\"",
                     );
-                    if let Some(url) = &p.url {
-                        if !(url.get_ref().starts_with("http://")
+                    if let Some(url) = &p.url
+                        && !(url.get_ref().starts_with("http://")
                             || url.get_ref().starts_with("https://"))
-                        {
-                            self.err_key(
-                                url.span(),
-                                &format!("{key}.url"),
-                                format!("{:?} is not an http(s) URL", url.get_ref()),
-                                "start it with http:// or https://".to_owned(),
-                            );
-                        }
+                    {
+                        self.err_key(
+                            url.span(),
+                            &format!("{key}.url"),
+                            format!("{:?} is not an http(s) URL", url.get_ref()),
+                            "start it with http:// or https://".to_owned(),
+                        );
                     }
                     Some(ProbeKind::Http {
                         url: p.url.map(|u| u.into_inner()).unwrap_or_default(),
@@ -681,25 +680,25 @@ impl Validator<'_> {
                                 .to_owned(),
                         );
                     }
-                    if let Some(pattern) = &p.alerts_matching {
-                        if pattern.get_ref().is_empty() {
-                            self.err_key(
-                                pattern.span(),
-                                &format!("{key}.alerts-matching"),
-                                "the alert pattern is empty",
-                                "use \".*\" for every alert".to_owned(),
-                            );
-                        }
+                    if let Some(pattern) = &p.alerts_matching
+                        && pattern.get_ref().is_empty()
+                    {
+                        self.err_key(
+                            pattern.span(),
+                            &format!("{key}.alerts-matching"),
+                            "the alert pattern is empty",
+                            "use \".*\" for every alert".to_owned(),
+                        );
                     }
-                    if let (Some(min), Some(max)) = (p.min, p.max) {
-                        if min > max {
-                            self.err_key(
-                                kind_span.clone(),
-                                &format!("{key}.min"),
-                                format!("min {min} is above max {max}"),
-                                None,
-                            );
-                        }
+                    if let (Some(min), Some(max)) = (p.min, p.max)
+                        && min > max
+                    {
+                        self.err_key(
+                            kind_span.clone(),
+                            &format!("{key}.min"),
+                            format!("min {min} is above max {max}"),
+                            None,
+                        );
                     }
                     Some(ProbeKind::Prometheus {
                         query: p.query.map(|q| q.into_inner()),

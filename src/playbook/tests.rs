@@ -240,9 +240,7 @@ fn every_error_names_file_line_key_and_hint() {
             "`monitor.ping.selector`: invalid label selector",
         ),
         (
-            format!(
-                "name = \"t\"\n[[phase]]\nname = \"w\"\nselector = \"a\"\n[command]\nrun = \"x\"\nenv = {{ \"BAD-NAME\" = \"1\" }}\n"
-            ),
+            "name = \"t\"\n[[phase]]\nname = \"w\"\nselector = \"a\"\n[command]\nrun = \"x\"\nenv = { \"BAD-NAME\" = \"1\" }\n".to_string(),
             "`command.env.BAD-NAME`: \"BAD-NAME\" is not a valid environment variable name",
         ),
     ];
