@@ -13,6 +13,15 @@ enum Requirement {
 }
 
 /// A parsed label selector. The empty selector matches everything.
+///
+/// ```
+/// use rollgate::selector::Selector;
+/// use std::collections::BTreeMap;
+///
+/// let workers = Selector::parse("!node-role.kubernetes.io/control-plane, zone in (a,b)").unwrap();
+/// let node: BTreeMap<String, String> = [("zone".to_string(), "a".to_string())].into();
+/// assert!(workers.matches(&node));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Selector {
     requirements: Vec<Requirement>,
