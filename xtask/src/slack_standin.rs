@@ -253,7 +253,10 @@ mod tests {
 
     #[test]
     fn form_bodies_are_decoded_like_slack_does() {
-        let v = parse_body("application/x-www-form-urlencoded", "channel=%23ops&text=hello+world&token=xoxb-1");
+        let v = parse_body(
+            "application/x-www-form-urlencoded",
+            "channel=%23ops&text=hello+world&token=xoxb-1",
+        );
         assert_eq!(v["channel"], "#ops");
         assert_eq!(v["text"], "hello world");
         assert_eq!(parse_body("application/json", r#"{"a":1}"#)["a"], 1);
@@ -261,11 +264,24 @@ mod tests {
 
     #[test]
     fn api_calls_answer_in_slack_shapes() {
-        let ok = api_call("/api/chat.postMessage", &json!({"channel": "#ops", "text": "hi"}), "1.000001");
+        let ok = api_call(
+            "/api/chat.postMessage",
+            &json!({"channel": "#ops", "text": "hi"}),
+            "1.000001",
+        );
         assert_eq!(ok["ok"], true);
         assert_eq!(ok["ts"], "1.000001");
-        assert_eq!(api_call("/api/chat.postMessage", &json!({"text": "hi"}), "1")["error"], "channel_not_found");
-        assert_eq!(api_call("/api/chat.update", &json!({"channel": "C1"}), "1")["error"], "message_not_found");
-        assert_eq!(api_call("/api/nope", &json!({}), "1")["error"], "unknown_method");
+        assert_eq!(
+            api_call("/api/chat.postMessage", &json!({"text": "hi"}), "1")["error"],
+            "channel_not_found"
+        );
+        assert_eq!(
+            api_call("/api/chat.update", &json!({"channel": "C1"}), "1")["error"],
+            "message_not_found"
+        );
+        assert_eq!(
+            api_call("/api/nope", &json!({}), "1")["error"],
+            "unknown_method"
+        );
     }
 }
