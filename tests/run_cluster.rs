@@ -84,7 +84,57 @@ fn max_in_flight(events: &[Value], nodes: &[String]) -> usize {
     max
 }
 
-#[tokio::test]
+/// Watches the suite's nodes and records the most that were cordoned at the same time.
+struct CordonWatch {
+    max: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CordonWatch {
+    async fn stop(self) -> usize {
+        self.task.abort();
+        self.max.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn watch_cordoned(suite: &str) -> CordonWatch {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Node;
+    use kube::runtime::watcher;
+    let api: kube::Api<Node> = kube::Api::all(client().await);
+    let max = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&max);
+    let config = watcher::Config::default().labels(&format!("rollgate.test/suite={suite}"));
+    let task = tokio::spawn(async move {
+        let mut cordoned = std::collections::HashMap::<String, bool>::new();
+        let mut stream = watcher(api, config).boxed();
+        while let Some(Ok(event)) = stream.next().await {
+            let mut update = |n: &Node| {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                cordoned.insert(
+                    name,
+                    n.spec
+                        .as_ref()
+                        .and_then(|s| s.unschedulable)
+                        .unwrap_or(false),
+                );
+            };
+            match event {
+                watcher::Event::Apply(n) | watcher::Event::InitApply(n) => update(&n),
+                watcher::Event::Delete(n) => {
+                    cordoned.remove(n.metadata.name.as_deref().unwrap_or(""));
+                }
+                _ => {}
+            }
+            let now = cordoned.values().filter(|c| **c).count();
+            seen.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    CordonWatch { max, task }
+}
+
+// Multi-threaded: the node watcher runs while this thread blocks on the rollgate process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_node_two_phase_rollout_upgrades_every_node_control_plane_first() {
     let suite = unique("roll");
     let mut nodes = TestNodes::new(&suite);
@@ -113,19 +163,78 @@ async fn six_node_two_phase_rollout_upgrades_every_node_control_plane_first() {
         "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    spec:\n      nodeSelector: {{rollgate.test/suite: \"{suite}\"}}\n      tolerations: [{{operator: Exists}}]\n      containers: [{{name: a, image: agent}}]\n",
         ns = ns.0
     ));
+    // A pod with emptyDir data and a pod no controller manages (the playbook allows both).
+    kubectl_apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: cache, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: cache}}}}\n  template:\n    metadata: {{labels: {{app: cache}}}}\n    spec:\n      nodeSelector: {{rollgate.test/suite: \"{suite}\"}}\n      volumes: [{{name: scratch, emptyDir: {{}}}}]\n      containers: [{{name: c, image: cache}}]\n",
+        ns = ns.0
+    ));
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: loner, namespace: {}}}\nspec: {{nodeName: {}, containers: [{{name: c, image: app}}]}}\n",
+        ns.0, workers[3]
+    ));
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "wait",
+        "--for=condition=Available",
+        "deployment/cache",
+        "--timeout=60s",
+    ]);
+    let cordon_watch = watch_cordoned(&suite).await;
     let dir = tempfile::tempdir().unwrap();
+    let markers = dir.path().join("markers");
     let playbook = write_playbook(
         dir.path(),
         &format!(
             "name = \"six nodes\"\ntarget-kubelet-version = \"v1.36.3\"\n\
              [[phase]]\nname = \"control-plane\"\nselector = \"rollgate.test/suite={suite}, node-role.kubernetes.io/control-plane\"\n\
              [[phase]]\nname = \"workers\"\nselector = \"rollgate.test/suite={suite}, !node-role.kubernetes.io/control-plane\"\nconcurrency = 2\n\
-             [drain]\ntimeout = \"1m\"\n[command]\nrun = \"{script}\"\ntimeout = \"1m\"\nenv = {{ FAKE_UPGRADE_SECONDS = \"1\" }}\n[ready]\ntimeout = \"30s\"\n[settle]\ntimeout = \"1m\"\n",
-            script = upgrade_script()
+             [drain]\ntimeout = \"1m\"\ndelete-emptydir-data = true\nforce = true\n\
+             [command]\nrun = 'echo \"$ROLLGATE_NODE $SSH_CONNECTION\" >> {markers} && {script}'\ntimeout = \"1m\"\nenv = {{ FAKE_UPGRADE_SECONDS = \"1\" }}\n[ready]\ntimeout = \"30s\"\n[settle]\ntimeout = \"1m\"\n",
+            script = upgrade_script(),
+            markers = markers.display()
         ),
     );
     let (code, events, stderr) = run(dir.path(), &playbook, &[]);
     assert_eq!(code, 0, "run failed:\n{stderr}");
+    let most_cordoned = cordon_watch.stop().await;
+    assert!(
+        most_cordoned >= 1 && most_cordoned <= 2,
+        "a watcher saw {most_cordoned} nodes cordoned at once (concurrency is 2)"
+    );
+
+    // The remote command ran exactly once on each node, through that node's own sshd.
+    let markers = std::fs::read_to_string(&markers).unwrap();
+    for n in cps.iter().chain(&workers) {
+        let lines: Vec<&str> = markers
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(n.as_str()))
+            .collect();
+        assert_eq!(lines.len(), 1, "{n} ran the command once: {markers}");
+        let server_ip = lines[0].split_whitespace().nth(3).unwrap();
+        let internal_ip = kubectl_ok(&[
+            "get",
+            "node",
+            n,
+            "-o",
+            "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+        ]);
+        assert_eq!(
+            server_ip,
+            internal_ip.trim(),
+            "{n} was reached on its own address"
+        );
+    }
+    assert!(
+        kubectl(&["-n", &ns.0, "get", "pod", "loner"]).status.code() != Some(0),
+        "the unmanaged pod was evicted (force)"
+    );
+    assert!(
+        named(&events, "warning")
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("unmanaged pod")),
+        "{stderr}"
+    );
 
     for n in cps.iter().chain(&workers) {
         assert_eq!(kubelet(n), "v1.36.3", "{n} upgraded");
@@ -181,7 +290,7 @@ async fn six_node_two_phase_rollout_upgrades_every_node_control_plane_first() {
         "-o",
         "jsonpath={range .items[*]}{.status.readyReplicas}/{.spec.replicas} {end}",
     ]);
-    assert_eq!(ready.trim(), "2/2 4/4", "queue and web are back");
+    assert_eq!(ready.trim(), "1/1 2/2 4/4", "cache, queue and web are back");
     // The per-node log has the remote command's output.
     let run_id = named(&events, "run-started")[0]["run_id"]
         .as_str()
@@ -568,4 +677,82 @@ async fn ctrl_c_once_finishes_the_node_in_flight_and_starts_no_new_one() {
     assert!(!unschedulable(&names[0]));
     assert!(!unschedulable(&names[1]) && !unschedulable(&names[2]));
     assert_eq!(named(&events, "run-finished")[0]["not_started"], 2);
+}
+
+#[tokio::test]
+async fn a_host_key_mismatch_or_a_dead_sshd_fails_the_node_before_any_command_runs() {
+    let suite = unique("ssh");
+    let mut nodes = TestNodes::new(&suite);
+    let n1 = format!("{suite}-n1");
+    let n2 = format!("{suite}-n2");
+    let ip1 = nodes.add(&n1, &[], &[], "v1.35.4");
+    nodes.add(&n2, &[], &[], "v1.35.4");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let book = |node: &str| {
+        format!(
+            "name = \"ssh\"\n[[phase]]\nname = \"one\"\nnodes = [\"{node}\"]\n[command]\nrun = \"touch {}\"\n",
+            marker.display()
+        )
+    };
+
+    // Host key mismatch: a known_hosts that lists another key for the node's address.
+    let (_, other_key) = std::fs::read_to_string(&env().known_hosts)
+        .unwrap()
+        .lines()
+        .find(|l| !l.starts_with(&format!("{ip1} ")))
+        .map(|l| l.split_once(' ').unwrap())
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, format!("{ip1} {other_key}\n")).unwrap();
+    let ssh_config = dir.path().join("ssh_config");
+    let base = std::fs::read_to_string(&env().ssh_config).unwrap();
+    std::fs::write(
+        &ssh_config,
+        base.replace(
+            &env().known_hosts.display().to_string(),
+            &known_hosts.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = rollgate(dir.path());
+    cmd.arg("--ssh-config")
+        .arg(&ssh_config)
+        .args(["--log-format", "json", "run", "--yes"])
+        .arg(write_playbook(dir.path(), &book(&n1)));
+    let (code, _, stderr) = run_rollgate(cmd, MINUTE);
+    assert_eq!(code, 4, "{stderr}");
+    let ev = events(&stderr);
+    let reason = named(&ev, "node-failed")[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("cannot connect to") && reason.contains("127.0.1."),
+        "{reason}"
+    );
+    assert!(unschedulable(&n1) && annotations(&n1)["rollgate.dev/failed-step"] == "command");
+    assert!(!marker.exists(), "nothing ran on a host with the wrong key");
+
+    // sshd down: the node fails at the command step, nothing runs.
+    let pid = std::fs::read_to_string(env().state_dir.join(format!("pids/sshd-{n2}.pid"))).unwrap();
+    std::process::Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .unwrap();
+    eventually("sshd to stop", Duration::from_secs(10), || {
+        let pid = pid.trim().to_owned();
+        async move { !alive(&pid) }
+    })
+    .await;
+    let (code, ev, stderr) = run(dir.path(), &write_playbook(dir.path(), &book(&n2)), &[]);
+    assert_eq!(code, 4, "{stderr}");
+    let reason = named(&ev, "node-failed")[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("cannot connect to"), "{reason}");
+    assert!(unschedulable(&n2));
+    assert!(!marker.exists());
 }

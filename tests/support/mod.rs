@@ -260,10 +260,9 @@ spec:
 /// The rollgate binary, pointed at the test environment.
 pub fn rollgate(state_dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollgate"));
-    // KUBECONFIG (not --kubeconfig) so a test can still override it with the flag.
+    // Environment (not flags) so a test can still override them with the flags.
     cmd.env("KUBECONFIG", &env().kubeconfig)
-        .arg("--ssh-config")
-        .arg(&env().ssh_config)
+        .env("ROLLGATE_SSH_CONFIG", &env().ssh_config)
         .arg("--state-dir")
         .arg(state_dir);
     cmd.env_remove("ROLLGATE_CONFIG")
