@@ -93,6 +93,25 @@ pub enum Command {
         after_help = "Examples:\n  rollgate run playbooks/k8s-upgrade.toml --dry-run\n  rollgate run playbooks/k8s-upgrade.toml --step\n  rollgate run playbooks/k8s-upgrade.toml --yes --log-format json\n\nCtrl-C once: finish the nodes in flight, start no new ones. Twice: stop now (nodes in flight stay cordoned).\nExit codes: 0 done, 2 bad input, 3 cluster, 4 nodes failed, 6 interrupted."
     )]
     Run(RunArgs),
+    /// Continue a run that a health gate paused (from another shell).
+    #[command(
+        after_help = "Examples:\n  rollgate resume                      # the latest run in the state directory\n  rollgate resume 20261125-013000-ab12\n\nExit codes: 0 resumed, 2 no such paused run."
+    )]
+    Resume {
+        /// The run id (default: the latest run).
+        run: Option<String>,
+    },
+    /// Watch cluster health without upgrading anything: unhealthy pods, pings, probes.
+    #[command(
+        after_help = "Examples:\n  rollgate monitor\n  rollgate monitor playbooks/k8s-upgrade.toml   # its namespaces, pings and periodic probes\n  rollgate monitor -o json | jq 'select(.event == \"problem\")'\n\nCtrl-C stops it (exit 0)."
+    )]
+    Monitor {
+        /// A playbook whose [monitor] settings and periodic probes to use.
+        playbook: Option<PathBuf>,
+        /// Output: a live table, or a stream of JSON events.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  rollgate completions bash > /etc/bash_completion.d/rollgate"

@@ -10,7 +10,9 @@
 //! - [`engine`]: walks the waves with bounded concurrency; generic over [`engine::NodeSteps`]
 //!   so its logic is tested with fakes and run for real with [`cluster::KubeSteps`]. It never
 //!   prints: it emits [`engine::RunEvent`]s.
-//! - [`report`]: consumers of those events (terminal progress, JSON lines, per-node logs).
+//! - [`monitor`], [`probe`], [`gate`], [`health`]: the health monitor (pod and node states from
+//!   watches, pings), user probes, gate decisions, and the shared run health the engine obeys.
+//! - [`report`]: consumers of those events (terminal progress, JSON lines, per-node logs, Slack).
 //! - [`commands`]: the CLI subcommands gluing it together; [`exit`] holds the exit codes.
 
 pub mod cli;
@@ -21,8 +23,12 @@ pub mod diagnostics;
 pub mod drain;
 pub mod engine;
 pub mod exit;
+pub mod gate;
+pub mod health;
+pub mod monitor;
 pub mod plan;
 pub mod playbook;
+pub mod probe;
 pub mod remote;
 pub mod report;
 pub mod selector;

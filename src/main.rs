@@ -46,6 +46,10 @@ fn main() -> ExitCode {
                 commands::plan::run(&cli.global, playbook, *output).await
             }
             Command::Run(args) => commands::run::run(&cli.global, args).await,
+            Command::Resume { run } => commands::run::resume(&cli.global, run.as_deref()).await,
+            Command::Monitor { playbook, output } => {
+                commands::monitor::run(&cli.global, playbook.as_deref(), *output).await
+            }
             Command::Completions { shell } => {
                 clap_complete::generate(
                     *shell,
@@ -57,6 +61,8 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Do not wait for a blocking prompt that nobody will answer any more.
+    runtime.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {

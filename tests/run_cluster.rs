@@ -17,9 +17,16 @@ fn upgrade_script() -> String {
         .to_string()
 }
 
+/// Writes the playbook. These tests are about the engine: unless the playbook has its own
+/// [monitor], the health monitor watches nothing, so parallel tests' faults cannot stop them.
 fn write_playbook(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("playbook.toml");
-    std::fs::write(&path, text).unwrap();
+    let monitor = if text.contains("[monitor]") {
+        ""
+    } else {
+        "\n[monitor]\nnamespaces = [\"rollgate-unwatched\"]\nnode-selector = \"rollgate.test/unwatched\"\n"
+    };
+    std::fs::write(&path, format!("{text}{monitor}")).unwrap();
     path
 }
 

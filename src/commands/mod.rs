@@ -1,6 +1,7 @@
 //! The CLI subcommands. Each returns `Ok(exit code)` or a [`Failure`] whose message main prints.
 
 pub mod check;
+pub mod monitor;
 pub mod plan;
 pub mod run;
 

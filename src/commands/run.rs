@@ -1,16 +1,29 @@
-//! `rollgate run`: plan, confirm, run the engine with the real (or dry-run) steps, report.
+//! `rollgate run`: plan, confirm, start the health monitor and notifications, run the before-run
+//! probes (a failing gate refuses to start), run the engine with the real (or dry-run) steps,
+//! report. `rollgate resume` continues a paused run from another shell.
 
 use super::plan::{build, connect_failure, render_table};
 use super::{Failure, load_config, load_playbook};
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::cluster::{self, DryRunSteps, KubeSteps};
-use crate::config::LogFormat;
+use crate::config::{Config, LogFormat};
 use crate::engine::{Confirm, Engine, EventSink, Outcome, RunSummary, StopReason, StopRequest};
 use crate::exit;
-use crate::report::{self, Consumer};
+use crate::health::{Guard, HealthState};
+use crate::monitor;
+use crate::playbook::{Playbook, ProbeWhen, Signal};
+use crate::probe::ProbeRunner;
+use crate::report::{self, Consumer, slack};
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
+
+/// Files in a run's directory that `rollgate resume` uses to talk to a paused run.
+const PAUSED_FILE: &str = "paused";
+const RESUME_FILE: &str = "resume";
+const LATEST_FILE: &str = "latest";
 
 /// A sortable, readable run id: UTC time plus a few random hex digits.
 pub fn new_run_id() -> String {
@@ -61,15 +74,97 @@ pub fn exit_code(summary: &RunSummary) -> u8 {
     match summary.outcome {
         Outcome::Succeeded | Outcome::SucceededWithFailures => exit::OK,
         Outcome::Stopped(StopReason::NodeFailures) => exit::NODE_FAILED,
+        Outcome::Stopped(StopReason::GateAbort) => exit::GATE_ABORT,
         Outcome::Stopped(StopReason::OperatorGraceful | StopReason::OperatorImmediate) => {
             exit::INTERRUPTED
         }
     }
 }
 
+/// The Slack target from the config, reading the secret from the environment variable it names.
+pub fn slack_target(config: &Config) -> Result<Option<slack::SlackTarget>, Failure> {
+    let Some(s) = &config.slack else {
+        return Ok(None);
+    };
+    let read = |var: &str| {
+        std::env::var(var).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
+            Failure::new(exit::BAD_INPUT, format!("error: the config names environment variable {var} for Slack, but it is not set\n  hint: export {var}=... or remove the [slack] table"))
+        })
+    };
+    if let Some(var) = &s.token_env {
+        let api_url = if s.api_url.ends_with('/') {
+            s.api_url.clone()
+        } else {
+            format!("{}/", s.api_url)
+        };
+        return Ok(Some(slack::SlackTarget::Bot {
+            api_url,
+            token: read(var)?,
+            channel: s.channel.clone(),
+        }));
+    }
+    if let Some(var) = &s.webhook_url_env {
+        return Ok(Some(slack::SlackTarget::Webhook { url: read(var)? }));
+    }
+    Ok(None)
+}
+
+/// Signals this playbook's monitor produces.
+pub fn signals(playbook: &Playbook) -> Vec<Signal> {
+    let mut s = vec![Signal::Pods, Signal::Nodes];
+    if playbook.monitor.ping.is_some() {
+        s.push(Signal::Pings);
+    }
+    s
+}
+
+/// Lets `rollgate resume` (another shell) continue this run while it is paused.
+/// The returned task must be aborted when the run ends (it keeps the guard, and so the event
+/// sink, alive).
+fn watch_resume_requests(
+    guard: Arc<Guard>,
+    run_dir: PathBuf,
+    interactive: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut rx = guard.subscribe();
+        loop {
+            let paused = matches!(&*rx.borrow_and_update(), HealthState::Paused(_));
+            if paused {
+                let _ = std::fs::write(run_dir.join(PAUSED_FILE), "");
+                if interactive {
+                    // Weak: a prompt still waiting when the run ends must not keep the run alive.
+                    let g = Arc::downgrade(&guard);
+                    tokio::task::spawn_blocking(move || {
+                        if ask("run paused by a health gate; resume now?")
+                            && let Some(g) = g.upgrade()
+                        {
+                            g.resume();
+                        }
+                    });
+                }
+                while matches!(&*rx.borrow(), HealthState::Paused(_)) {
+                    if run_dir.join(RESUME_FILE).exists() {
+                        let _ = std::fs::remove_file(run_dir.join(RESUME_FILE));
+                        guard.resume();
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                        changed = rx.changed() => if changed.is_err() { return },
+                    }
+                }
+                let _ = std::fs::remove_file(run_dir.join(PAUSED_FILE));
+            } else if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
     let playbook = Arc::new(load_playbook(&args.playbook)?);
     let config = Arc::new(load_config(global)?);
+    let slack_target = slack_target(&config)?;
     let tty = std::io::stderr().is_terminal();
     // No terminal, or asked for: JSON lines and no prompts.
     let json = config.log_format.map_or(!tty, |f| f == LogFormat::Json);
@@ -96,7 +191,8 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
     }
 
     let run_id = new_run_id();
-    let run_dir = config.state_dir.join("runs").join(&run_id);
+    let runs_dir = config.state_dir.join("runs");
+    let run_dir = runs_dir.join(&run_id);
     let (sink, rx) = EventSink::channel();
     let mut consumers: Vec<Box<dyn Consumer>> = Vec::new();
     if json {
@@ -118,6 +214,18 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
             ));
         }
     }
+    let _ = std::fs::write(runs_dir.join(LATEST_FILE), &run_id);
+    let mut slack_task = None;
+    if let Some(target) = slack_target.filter(|_| playbook.notify.slack && !args.dry_run) {
+        let (consumer, task) = slack::Slack::start(
+            target,
+            &run_id,
+            &playbook.name,
+            playbook.notify.mention.clone(),
+        );
+        consumers.push(Box::new(consumer));
+        slack_task = Some(task);
+    }
     let reporting = tokio::spawn(report::dispatch(rx, consumers));
 
     let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
@@ -134,16 +242,56 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
             sink: sink.clone(),
         };
         let mut engine = Engine::new(steps, sink, stop_rx);
-        engine
-            .run(
-                &run_id,
-                &playbook.name,
-                &report.plan,
-                playbook.max_failed_nodes,
-                true,
-            )
-            .await
+        Some(
+            engine
+                .run(
+                    &run_id,
+                    &playbook.name,
+                    &report.plan,
+                    playbook.max_failed_nodes,
+                    true,
+                )
+                .await,
+        )
     } else {
+        let runner = Arc::new(ProbeRunner::new(
+            Some(clients.api.clone()),
+            config.prometheus_url.clone(),
+            &args.playbook,
+        ));
+        let guard = Guard::new(
+            Arc::clone(&playbook),
+            Some(runner),
+            &signals(&playbook),
+            sink.clone(),
+            &run_id,
+        );
+        let monitor = monitor::start(
+            clients.api.clone(),
+            playbook.monitor.clone(),
+            Arc::clone(&guard),
+            sink.clone(),
+        )
+        .await
+        .map_err(connect_failure)?;
+        guard.run_probes(ProbeWhen::BeforeRun, None, None).await;
+        if let HealthState::Aborted(d) | HealthState::Paused(d) = guard.state() {
+            drop(monitor);
+            drop(sink);
+            drop(guard);
+            let _ = reporting.await;
+            if let Some(t) = slack_task {
+                let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
+            }
+            return Err(Failure::new(
+                exit::GATE_ABORT,
+                format!(
+                    "error: refusing to start: gate {} failed before the run: {}\n  nothing was changed; fix the cause and run again",
+                    d.signal, d.evidence
+                ),
+            ));
+        }
+        let resume_watch = watch_resume_requests(Arc::clone(&guard), run_dir.clone(), interactive);
         let steps = KubeSteps {
             clients,
             playbook: Arc::clone(&playbook),
@@ -151,11 +299,20 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
             run_id: run_id.clone(),
             sink: sink.clone(),
         };
-        let mut engine = Engine::new(steps, sink, stop_rx);
+        let hint = format!(
+            "Continue with `rollgate resume {run_id}` from another shell{}, or stop with Ctrl-C.",
+            if interactive {
+                " (or answer the prompt)"
+            } else {
+                ""
+            }
+        );
+        let mut engine =
+            Engine::new(steps, sink.clone(), stop_rx).with_guard(Arc::clone(&guard), &hint);
         if let Some(c) = confirm {
             engine = engine.with_confirm(c);
         }
-        engine
+        let summary = engine
             .run(
                 &run_id,
                 &playbook.name,
@@ -163,9 +320,20 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
                 playbook.max_failed_nodes,
                 false,
             )
-            .await
+            .await;
+        resume_watch.abort();
+        let _ = resume_watch.await;
+        drop(monitor);
+        drop(engine);
+        drop(guard);
+        drop(sink);
+        Some(summary)
     };
+    let summary = summary.expect("the run produced a summary");
     let _ = reporting.await;
+    if let Some(t) = slack_task {
+        let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
+    }
     if !summary.failed.is_empty() || !summary.abandoned.is_empty() {
         eprintln!("nodes left cordoned:");
         for (node, step, reason) in &summary.failed {
@@ -183,4 +351,48 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
     }
     eprintln!("per-node logs: {}", run_dir.join("nodes").display());
     Ok(exit_code(&summary))
+}
+
+/// `rollgate resume [RUN]`: asks a paused run (in this state directory) to continue.
+pub async fn resume(global: &GlobalArgs, run: Option<&str>) -> Result<u8, Failure> {
+    let config = load_config(global)?;
+    let runs = config.state_dir.join("runs");
+    let run_id = match run {
+        Some(r) => r.to_owned(),
+        None => std::fs::read_to_string(runs.join(LATEST_FILE)).map(|s| s.trim().to_owned()).map_err(|_| {
+            Failure::new(exit::BAD_INPUT, format!("error: no run found in {}\n  hint: pass the run id, or the --state-dir the run uses", runs.display()))
+        })?,
+    };
+    let dir = runs.join(&run_id);
+    if !dir.exists() {
+        return Err(Failure::new(
+            exit::BAD_INPUT,
+            format!("error: no run {run_id} in {}", runs.display()),
+        ));
+    }
+    if !dir.join(PAUSED_FILE).exists() {
+        return Err(Failure::new(
+            exit::BAD_INPUT,
+            format!(
+                "error: run {run_id} is not paused\n  hint: `rollgate resume` continues a run that a health gate paused"
+            ),
+        ));
+    }
+    std::fs::write(dir.join(RESUME_FILE), "").map_err(|e| {
+        Failure::new(
+            exit::INTERNAL,
+            format!("error: cannot write {}: {e}", dir.display()),
+        )
+    })?;
+    for _ in 0..50 {
+        if !dir.join(PAUSED_FILE).exists() {
+            eprintln!("run {run_id} resumed");
+            return Ok(exit::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "resume requested for run {run_id}; it continues as soon as it sees the request (is the run still alive?)"
+    );
+    Ok(exit::OK)
 }

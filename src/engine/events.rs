@@ -60,6 +60,8 @@ pub enum StopReason {
     OperatorGraceful,
     /// Nodes failed beyond the failure budget.
     NodeFailures,
+    /// A health gate decided to abort.
+    GateAbort,
     /// The operator asked to stop now (Ctrl-C twice): nodes in flight are left as they are.
     OperatorImmediate,
 }
@@ -150,6 +152,30 @@ pub enum RunEvent {
     },
     Stopping {
         reason: StopReason,
+    },
+    /// Problems that existed when the run started: reported, not held against the run.
+    Baseline {
+        problems: Vec<String>,
+    },
+    ProbeResult {
+        probe: String,
+        when: String,
+        node: Option<String>,
+        outcome: crate::gate::Outcome,
+        elapsed_ms: u64,
+    },
+    GateDecision {
+        decision: crate::health::GateDecision,
+    },
+    /// A gate paused the run: no new node starts until the operator resumes it.
+    Paused {
+        decision: crate::health::GateDecision,
+        resume_hint: String,
+    },
+    Resumed,
+    /// The monitor saw a new problem (a pod crash-looping, a node NotReady, a pod unreachable).
+    Problem {
+        problem: crate::monitor::pods::Problem,
     },
     RunFinished {
         outcome: Outcome,

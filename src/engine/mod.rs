@@ -11,7 +11,9 @@ pub mod events;
 pub use events::{EventSink, Outcome, RunEvent, Stamped, Step, StopReason, Stream};
 
 use crate::drain::DrainReport;
+use crate::health::{Guard, HealthState};
 use crate::plan::Plan;
+use crate::playbook::ProbeWhen;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -85,6 +87,8 @@ pub struct Engine<S: NodeSteps> {
     sink: EventSink,
     stop: watch::Receiver<StopRequest>,
     confirm: Option<Confirm>,
+    guard: Option<Arc<Guard>>,
+    resume_hint: String,
 }
 
 type NodeResult = (String, Result<(), (Step, StepError)>);
@@ -96,7 +100,17 @@ impl<S: NodeSteps> Engine<S> {
             sink,
             stop,
             confirm: None,
+            guard: None,
+            resume_hint: String::new(),
         }
+    }
+
+    /// Health gates: an abort stops the run (nodes in flight stop at their next safe point), a
+    /// pause stops starting nodes until [`Guard::resume`]. `resume_hint` tells the operator how.
+    pub fn with_guard(mut self, guard: Arc<Guard>, resume_hint: &str) -> Self {
+        self.guard = Some(guard);
+        self.resume_hint = resume_hint.to_owned();
+        self
     }
 
     pub fn with_confirm(mut self, confirm: Confirm) -> Self {
@@ -127,6 +141,11 @@ impl<S: NodeSteps> Engine<S> {
         let mut started_nodes = std::collections::HashSet::new();
         // The step each in-flight node is in, for reporting abandoned nodes.
         let current_step: Arc<std::sync::Mutex<HashMap<String, Step>>> = Default::default();
+        let mut health = match &self.guard {
+            Some(g) => g.subscribe(),
+            None => watch::channel(HealthState::Running).1,
+        };
+        let mut paused_reported = false;
 
         'phases: for phase in &plan.phases {
             let mut phase_failures = 0u32;
@@ -139,11 +158,24 @@ impl<S: NodeSteps> Engine<S> {
                     wave: wave.label.clone(),
                     nodes: wave.nodes.clone(),
                 });
-                let mut queue = wave.nodes.iter();
+                let mut queue = wave.nodes.iter().peekable();
                 let mut in_flight: JoinSet<NodeResult> = JoinSet::new();
                 loop {
+                    let state = health.borrow_and_update().clone();
+                    if let HealthState::Aborted(_) = state
+                        && stop_reason.is_none_or(|r| r < StopReason::GateAbort)
+                    {
+                        stop_reason = Some(StopReason::GateAbort);
+                        self.sink.emit(RunEvent::Stopping {
+                            reason: StopReason::GateAbort,
+                        });
+                    }
+                    let paused = matches!(state, HealthState::Paused(_));
+                    if !paused {
+                        paused_reported = false;
+                    }
                     // Start nodes while there is room and no reason to stop.
-                    while stop_reason.is_none() && in_flight.len() < phase.concurrency {
+                    while stop_reason.is_none() && !paused && in_flight.len() < phase.concurrency {
                         let Some(node) = queue.next() else { break };
                         if let Some(confirm) = &self.confirm {
                             let confirm = Arc::clone(confirm);
@@ -169,12 +201,33 @@ impl<S: NodeSteps> Engine<S> {
                             job,
                             self.sink.clone(),
                             Arc::clone(&current_step),
+                            self.guard.clone(),
                         ));
                     }
-                    if in_flight.is_empty() {
+                    if let HealthState::Paused(decision) = &state
+                        && in_flight.is_empty()
+                        && !paused_reported
+                        && stop_reason.is_none()
+                        && queue.peek().is_some()
+                    {
+                        self.sink.emit(RunEvent::Paused {
+                            decision: decision.clone(),
+                            resume_hint: self.resume_hint.clone(),
+                        });
+                        paused_reported = true;
+                    }
+                    let waiting_for_resume =
+                        paused && stop_reason.is_none() && queue.peek().is_some();
+                    if in_flight.is_empty() && !waiting_for_resume {
                         break;
                     }
                     tokio::select! {
+                        changed = health.changed() => {
+                            if changed.is_err() {
+                                // The guard is gone: no more decisions can come; keep going without it.
+                                health = watch::channel(HealthState::Running).1;
+                            }
+                        }
                         Some(joined) = in_flight.join_next() => {
                             let (node, result) = match joined {
                                 Ok(r) => r,
@@ -230,6 +283,13 @@ impl<S: NodeSteps> Engine<S> {
                         }
                     }
                 }
+                if stop_reason.is_none()
+                    && let Some(guard) = &self.guard
+                {
+                    guard
+                        .run_probes(ProbeWhen::AfterWave, None, Some(&phase.name))
+                        .await;
+                }
             }
         }
         let not_started: Vec<String> = plan
@@ -259,11 +319,51 @@ impl<S: NodeSteps> Engine<S> {
     }
 }
 
+fn aborted_error(guard: &Option<Arc<Guard>>, step: Step) -> Option<StepError> {
+    let d = guard.as_ref()?.aborted()?;
+    Some(StepError::new(format!(
+        "stopped before {step}: gate {} aborted the run: {}",
+        d.signal, d.evidence
+    )))
+}
+
+/// Resolves when the guard aborts the run (never without a guard).
+async fn abort_signal(guard: Option<Arc<Guard>>) -> StepError {
+    if let Some(g) = guard {
+        let mut rx = g.subscribe();
+        loop {
+            if let HealthState::Aborted(d) = &*rx.borrow_and_update() {
+                return StepError::new(format!(
+                    "gate {} aborted the run: {}",
+                    d.signal, d.evidence
+                ));
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+    std::future::pending().await
+}
+
+/// Runs a step that is safe to interrupt (drain, wait for Ready, settle) until the guard aborts.
+async fn interruptible<T>(
+    guard: &Option<Arc<Guard>>,
+    step: Step,
+    fut: impl Future<Output = Result<T, StepError>>,
+) -> Result<T, StepError> {
+    tokio::select! {
+        r = fut => r,
+        e = abort_signal(guard.clone()) => Err(StepError::new(format!("stopped during {step}: {}", e.0))),
+    }
+}
+
 async fn upgrade_node<S: NodeSteps>(
     steps: Arc<S>,
     job: NodeJob,
     sink: EventSink,
     current: Arc<std::sync::Mutex<HashMap<String, Step>>>,
+    guard: Option<Arc<Guard>>,
 ) -> NodeResult {
     let started = Instant::now();
     sink.emit(RunEvent::NodeStarted {
@@ -273,44 +373,75 @@ async fn upgrade_node<S: NodeSteps>(
     let mut drained = DrainReport::default();
     for step in Step::ALL {
         current.lock().expect("lock").insert(job.node.clone(), step);
-        sink.emit(RunEvent::StepStarted {
-            node: job.node.clone(),
-            step,
-        });
-        let step_started = Instant::now();
-        let result = match step {
-            Step::Cordon => steps.cordon(&job).await.map(|_| None),
-            Step::Drain => steps.drain(&job).await.map(|report| {
-                let detail = format!(
-                    "{} evicted, {} skipped",
-                    report.evicted.len(),
-                    report.skipped.len()
-                );
-                drained = report;
-                Some(detail)
-            }),
-            Step::Command => steps.run_command(&job).await.map(|_| None),
-            Step::WaitReady => steps.wait_ready(&job).await.map(Some),
-            Step::Uncordon => steps.uncordon(&job).await.map(|_| None),
-            Step::Settle => steps.settle(&job, &drained).await.map(|_| None),
-        };
-        match result {
-            Ok(detail) => sink.emit(RunEvent::StepFinished {
+        if let Some(g) = &guard {
+            g.set_step(&job.node, Some(step));
+        }
+        // A gate aborted the run: stop here, before the next step, and record why.
+        let result = if let Some(err) = aborted_error(&guard, step) {
+            Err(err)
+        } else {
+            sink.emit(RunEvent::StepStarted {
                 node: job.node.clone(),
                 step,
-                elapsed_ms: elapsed_ms(step_started),
-                detail,
-            }),
-            Err(err) => {
-                steps.mark_failed(&job, step, &err.0).await;
-                sink.emit(RunEvent::NodeFailed {
+            });
+            let step_started = Instant::now();
+            let result = match step {
+                Step::Cordon => steps.cordon(&job).await.map(|_| None),
+                Step::Drain => interruptible(&guard, step, steps.drain(&job))
+                    .await
+                    .map(|report| {
+                        let detail = format!(
+                            "{} evicted, {} skipped",
+                            report.evicted.len(),
+                            report.skipped.len()
+                        );
+                        drained = report;
+                        Some(detail)
+                    }),
+                // Never interrupted: a half-run config-management command is worse than a finished one.
+                Step::Command => steps.run_command(&job).await.map(|_| None),
+                Step::WaitReady => interruptible(&guard, step, steps.wait_ready(&job))
+                    .await
+                    .map(Some),
+                Step::Uncordon => steps.uncordon(&job).await.map(|_| None),
+                Step::Settle => interruptible(&guard, step, steps.settle(&job, &drained))
+                    .await
+                    .map(|_| None),
+            };
+            if let Ok(detail) = &result {
+                sink.emit(RunEvent::StepFinished {
                     node: job.node.clone(),
                     step,
-                    reason: err.0.clone(),
+                    elapsed_ms: elapsed_ms(step_started),
+                    detail: detail.clone(),
                 });
-                return (job.node, Err((step, err)));
+                let moment = match step {
+                    Step::Drain => Some(ProbeWhen::AfterDrain),
+                    Step::Command => Some(ProbeWhen::AfterCommand),
+                    Step::Uncordon => Some(ProbeWhen::AfterUncordon),
+                    _ => None,
+                };
+                if let (Some(g), Some(when)) = (&guard, moment) {
+                    g.run_probes(when, Some(&job.node), Some(&job.phase)).await;
+                }
             }
+            result
+        };
+        if let Err(err) = result {
+            steps.mark_failed(&job, step, &err.0).await;
+            sink.emit(RunEvent::NodeFailed {
+                node: job.node.clone(),
+                step,
+                reason: err.0.clone(),
+            });
+            if let Some(g) = &guard {
+                g.set_step(&job.node, None);
+            }
+            return (job.node, Err((step, err)));
         }
+    }
+    if let Some(g) = &guard {
+        g.set_step(&job.node, None);
     }
     sink.emit(RunEvent::NodeDone {
         node: job.node.clone(),

@@ -167,7 +167,8 @@ pub enum Signal {
     Probe(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Decision {
     Abort,
     Pause,
@@ -188,6 +189,8 @@ pub struct MonitorOptions {
     /// Empty: all namespaces.
     pub namespaces: Vec<String>,
     pub pod_selector: Option<Selector>,
+    /// Nodes watched for turning NotReady (default: all).
+    pub node_selector: Option<Selector>,
     pub not_ready_after: Duration,
     pub pending_after: Duration,
     pub ping: Option<PingOptions>,

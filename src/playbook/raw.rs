@@ -126,6 +126,7 @@ struct RawMonitor {
     #[serde(default)]
     namespaces: Vec<String>,
     pod_selector: Option<Spanned<String>>,
+    node_selector: Option<Spanned<String>>,
     not_ready_after: Option<Spanned<String>>,
     pending_after: Option<Spanned<String>>,
     ping: Option<RawPing>,
@@ -859,6 +860,7 @@ impl Validator<'_> {
         MonitorOptions {
             namespaces: raw.namespaces,
             pod_selector: raw.pod_selector.as_ref().and_then(|s| self.selector(s)),
+            node_selector: raw.node_selector.as_ref().and_then(|s| self.selector(s)),
             not_ready_after: self.duration(
                 raw.not_ready_after,
                 Duration::from_secs(120),

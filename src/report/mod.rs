@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod node_log;
+pub mod slack;
 pub mod terminal;
 
 use crate::engine::Stamped;

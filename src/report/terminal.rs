@@ -4,6 +4,8 @@
 
 use super::{Consumer, short_duration};
 use crate::engine::{Outcome, RunEvent, Stamped, StopReason};
+use crate::gate;
+use crate::health::GateDecision;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -67,8 +69,23 @@ fn stop_text(reason: StopReason) -> &'static str {
         StopReason::NodeFailures => {
             "stopping: nodes failed beyond the failure budget; finishing the nodes in flight"
         }
+        StopReason::GateAbort => {
+            "stopping: a health gate aborted the run; nodes in flight stop at their next safe point and stay cordoned"
+        }
         StopReason::OperatorImmediate => "stopping now: nodes in flight are left as they are",
     }
+}
+
+fn in_flight_text(decision: &GateDecision) -> String {
+    if decision.in_flight.is_empty() {
+        return String::new();
+    }
+    let nodes: Vec<String> = decision
+        .in_flight
+        .iter()
+        .map(|(n, s)| format!("{n} ({s})"))
+        .collect();
+    format!("; nodes in flight: {}", nodes.join(", "))
 }
 
 impl Consumer for Terminal {
@@ -178,6 +195,62 @@ impl Consumer for Terminal {
                 self.println(format!(
                     "run {what} in {}: {done} done, {failed} failed, {not_started} not started",
                     short_duration(*elapsed_ms)
+                ));
+            }
+            RunEvent::Baseline { problems } => {
+                for p in problems {
+                    self.println(format!(
+                        "   already unhealthy at start (not held against the run): {p}"
+                    ));
+                }
+            }
+            RunEvent::ProbeResult {
+                probe,
+                when,
+                node,
+                outcome,
+                elapsed_ms,
+            } => {
+                let on = node
+                    .as_ref()
+                    .map(|n| format!(" on {n}"))
+                    .unwrap_or_default();
+                let result = match outcome {
+                    gate::Outcome::Pass => "passed".to_owned(),
+                    gate::Outcome::Fail(e) => format!("FAILED: {e}"),
+                    gate::Outcome::Inconclusive(e) => format!("inconclusive: {e}"),
+                };
+                self.println(format!(
+                    "   probe {probe} ({when}{on}) {result} in {}",
+                    short_duration(*elapsed_ms)
+                ));
+            }
+            RunEvent::GateDecision { decision } => {
+                let what = serde_json::to_value(decision.decision)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_uppercase))
+                    .unwrap_or_default();
+                self.println(format!(
+                    "GATE {what}: {} failed: {}{}",
+                    decision.signal,
+                    decision.evidence,
+                    in_flight_text(decision)
+                ));
+            }
+            RunEvent::Paused {
+                decision,
+                resume_hint,
+            } => {
+                self.println(format!(
+                    "PAUSED by {}: {}. {resume_hint}",
+                    decision.signal, decision.evidence
+                ));
+            }
+            RunEvent::Resumed => self.println("resumed".to_owned()),
+            RunEvent::Problem { problem } => {
+                self.println(format!(
+                    "   health: {} {:?}: {}",
+                    problem.object, problem.kind, problem.detail
                 ));
             }
             RunEvent::PodEvicted { .. }

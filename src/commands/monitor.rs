@@ -1,0 +1,171 @@
+//! `rollgate monitor`: the run's health monitor alone — unhealthy pods, node readiness, pings
+//! and periodic probes — as a table refreshed in place, or a stream of JSON events.
+
+use super::plan::connect_failure;
+use super::{Failure, load_config, load_playbook};
+use crate::cli::{GlobalArgs, OutputFormat};
+use crate::cluster;
+use crate::engine::{EventSink, RunEvent, Stamped};
+use crate::exit;
+use crate::gate::Outcome;
+use crate::health::Guard;
+use crate::monitor;
+use crate::playbook::{self, Playbook};
+use crate::probe::ProbeRunner;
+use crate::report::{self, Consumer};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A playbook with defaults only: watch everything.
+fn default_playbook() -> Playbook {
+    playbook::parse(Path::new("(defaults)"), "name = \"monitor\"\n[[phase]]\nname = \"none\"\nnodes = [\"-\"]\n[command]\nrun = \"true\"\n").expect("the built-in monitor playbook is valid")
+}
+
+/// Keeps the latest state per object and redraws it.
+struct LiveTable {
+    problems: BTreeMap<String, String>,
+    probes: BTreeMap<String, String>,
+    decisions: Vec<String>,
+    baseline: Vec<String>,
+    dirty: bool,
+}
+
+impl LiveTable {
+    fn render(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let mut out = String::from("\x1b[2J\x1b[H");
+        let now = jiff::Timestamp::now().strftime("%H:%M:%S");
+        out += &format!("rollgate monitor — {now} — Ctrl-C to stop\n\n");
+        out += &format!("unhealthy since start ({}):\n", self.problems.len());
+        for (object, detail) in &self.problems {
+            out += &format!("  {object:<50} {detail}\n");
+        }
+        if !self.probes.is_empty() {
+            out += "\nprobes:\n";
+            for (name, result) in &self.probes {
+                out += &format!("  {name:<30} {result}\n");
+            }
+        }
+        if !self.baseline.is_empty() {
+            out += &format!("\nalready unhealthy at start ({}):\n", self.baseline.len());
+            for b in self.baseline.iter().take(20) {
+                out += &format!("  {b}\n");
+            }
+        }
+        if !self.decisions.is_empty() {
+            out += "\ngate decisions (a run would act on these):\n";
+            for d in self.decisions.iter().rev().take(10) {
+                out += &format!("  {d}\n");
+            }
+        }
+        let mut stdout = std::io::stdout();
+        let _ = stdout.write_all(out.as_bytes());
+        let _ = stdout.flush();
+    }
+}
+
+impl Consumer for std::sync::Arc<std::sync::Mutex<LiveTable>> {
+    fn handle(&mut self, event: &Stamped) {
+        let mut t = self.lock().expect("lock");
+        match &event.event {
+            RunEvent::Problem { problem } => {
+                t.problems.insert(
+                    problem.object.clone(),
+                    format!("{:?}: {}", problem.kind, problem.detail),
+                );
+            }
+            RunEvent::ProbeResult { probe, outcome, .. } => {
+                let r = match outcome {
+                    Outcome::Pass => "pass".to_owned(),
+                    Outcome::Fail(e) => format!("FAIL: {e}"),
+                    Outcome::Inconclusive(e) => format!("inconclusive: {e}"),
+                };
+                t.probes.insert(probe.clone(), r);
+            }
+            RunEvent::GateDecision { decision } => t.decisions.push(format!(
+                "{:?} by {}: {}",
+                decision.decision, decision.signal, decision.evidence
+            )),
+            RunEvent::Baseline { problems } => t.baseline = problems.clone(),
+            _ => return,
+        }
+        t.dirty = true;
+    }
+}
+
+pub async fn run(
+    global: &GlobalArgs,
+    playbook_path: Option<&Path>,
+    output: OutputFormat,
+) -> Result<u8, Failure> {
+    let config = load_config(global)?;
+    let playbook = Arc::new(match playbook_path {
+        Some(p) => load_playbook(p)?,
+        None => default_playbook(),
+    });
+    let clients = cluster::connect(&config).await.map_err(connect_failure)?;
+    let (sink, rx) = EventSink::channel();
+    let table = Arc::new(std::sync::Mutex::new(LiveTable {
+        problems: BTreeMap::new(),
+        probes: BTreeMap::new(),
+        decisions: vec![],
+        baseline: vec![],
+        dirty: true,
+    }));
+    let consumer: Box<dyn Consumer> = match output {
+        OutputFormat::Json => Box::new(report::json::JsonLines::to_writer(
+            "monitor",
+            Box::new(std::io::stdout()),
+        )),
+        OutputFormat::Table => Box::new(Arc::clone(&table)),
+    };
+    let reporting = tokio::spawn(report::dispatch(rx, vec![consumer]));
+    let runner = Arc::new(ProbeRunner::new(
+        Some(clients.api.clone()),
+        config.prometheus_url.clone(),
+        playbook_path.unwrap_or(Path::new(".")),
+    ));
+    let guard = Guard::new(
+        Arc::clone(&playbook),
+        Some(runner),
+        &super::run::signals(&playbook),
+        sink.clone(),
+        "monitor",
+    );
+    let monitor = monitor::start(
+        clients.api.clone(),
+        playbook.monitor.clone(),
+        Arc::clone(&guard),
+        sink.clone(),
+    )
+    .await
+    .map_err(connect_failure)?;
+    // Decisions are shown, never acted on: keep the guard running so every problem is reported.
+    let mut states = guard.subscribe();
+    let mut redraw = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = states.changed() => {
+                guard.resume();
+                let _ = guard.state();
+            }
+            _ = redraw.tick() => {
+                if output == OutputFormat::Table {
+                    table.lock().expect("lock").render();
+                }
+            }
+        }
+    }
+    drop(monitor);
+    drop(guard);
+    drop(sink);
+    let _ = reporting.await;
+    Ok(exit::OK)
+}

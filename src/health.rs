@@ -1,0 +1,248 @@
+//! The run's health state, shared by the monitor, the probes and the engine: every signal's
+//! result goes through [`Guard::report`], which applies the gates and moves the run between
+//! running, paused and aborted. The engine watches the state; abort always wins over pause.
+
+use crate::engine::{EventSink, RunEvent, Step};
+use crate::gate::{GateTracker, Outcome, signal_name, trackers_for};
+use crate::playbook::{Decision, Playbook, ProbeWhen, Signal};
+use crate::probe::{ProbeContext, ProbeRunner, when_name};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// A gate's decision with what led to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GateDecision {
+    pub decision: Decision,
+    pub signal: String,
+    pub evidence: String,
+    /// Nodes in flight when it was decided, with their step.
+    pub in_flight: Vec<(String, Step)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthState {
+    Running,
+    Paused(GateDecision),
+    Aborted(GateDecision),
+}
+
+pub struct Guard {
+    state: watch::Sender<HealthState>,
+    trackers: Mutex<Vec<GateTracker>>,
+    in_flight: Mutex<BTreeMap<String, Step>>,
+    sink: EventSink,
+    probes: Option<(Arc<Playbook>, Arc<ProbeRunner>)>,
+    run_id: String,
+}
+
+impl Guard {
+    /// `signals` are the signals this run produces (defaults are added for those without a gate).
+    pub fn new(
+        playbook: Arc<Playbook>,
+        runner: Option<Arc<ProbeRunner>>,
+        signals: &[Signal],
+        sink: EventSink,
+        run_id: &str,
+    ) -> Arc<Self> {
+        let mut all: Vec<Signal> = signals.to_vec();
+        all.extend(
+            playbook
+                .probes
+                .iter()
+                .map(|p| Signal::Probe(p.name.clone())),
+        );
+        let trackers = trackers_for(&playbook.gates, &all);
+        let (state, _) = watch::channel(HealthState::Running);
+        Arc::new(Self {
+            state,
+            trackers: Mutex::new(trackers),
+            in_flight: Mutex::default(),
+            sink,
+            probes: runner.map(|r| (playbook, r)),
+            run_id: run_id.into(),
+        })
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<HealthState> {
+        self.state.subscribe()
+    }
+
+    pub fn state(&self) -> HealthState {
+        self.state.borrow().clone()
+    }
+
+    pub fn aborted(&self) -> Option<GateDecision> {
+        match &*self.state.borrow() {
+            HealthState::Aborted(d) => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn set_step(&self, node: &str, step: Option<Step>) {
+        let mut f = self.in_flight.lock().expect("lock");
+        match step {
+            Some(s) => f.insert(node.to_owned(), s),
+            None => f.remove(node),
+        };
+    }
+
+    /// Nodes being upgraded now: their pods are expected to be disrupted.
+    pub fn exempt_nodes(&self) -> BTreeSet<String> {
+        self.in_flight
+            .lock()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Feeds a signal's result through its gates; returns the decision taken, if any.
+    pub fn report(&self, signal: &Signal, outcome: Outcome) -> Option<Decision> {
+        let name = signal_name(signal);
+        let decision = {
+            let mut trackers = self.trackers.lock().expect("lock");
+            trackers
+                .iter_mut()
+                .filter(|t| &t.gate.signal == signal)
+                .filter_map(|t| t.record(&outcome))
+                .max_by_key(|d| severity(*d))
+        };
+        let Some(decision) = decision else {
+            return None;
+        };
+        let evidence = match &outcome {
+            Outcome::Fail(e) => e.clone(),
+            Outcome::Inconclusive(e) => format!("inconclusive: {e}"),
+            Outcome::Pass => String::new(),
+        };
+        let in_flight: Vec<(String, Step)> = self
+            .in_flight
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(n, s)| (n.clone(), *s))
+            .collect();
+        let d = GateDecision {
+            decision,
+            signal: name,
+            evidence,
+            in_flight,
+        };
+        self.sink.emit(RunEvent::GateDecision {
+            decision: d.clone(),
+        });
+        match decision {
+            Decision::Warn => {}
+            Decision::Pause => {
+                self.state.send_if_modified(|s| {
+                    if *s == HealthState::Running {
+                        *s = HealthState::Paused(d.clone());
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Decision::Abort => {
+                self.state.send_if_modified(|s| {
+                    if matches!(s, HealthState::Aborted(_)) {
+                        false
+                    } else {
+                        *s = HealthState::Aborted(d.clone());
+                        true
+                    }
+                });
+            }
+        }
+        Some(decision)
+    }
+
+    /// Continues a paused run (the operator's decision); gate counters start over.
+    pub fn resume(&self) -> bool {
+        let resumed = self.state.send_if_modified(|s| {
+            if matches!(s, HealthState::Paused(_)) {
+                *s = HealthState::Running;
+                true
+            } else {
+                false
+            }
+        });
+        if resumed {
+            self.trackers
+                .lock()
+                .expect("lock")
+                .iter_mut()
+                .for_each(GateTracker::reset);
+            self.sink.emit(RunEvent::Resumed);
+        }
+        resumed
+    }
+
+    /// Runs the playbook's probes for this moment, reporting each result. Probes run one after
+    /// another (they may create VMs; no need to pile them up).
+    pub async fn run_probes(&self, when: ProbeWhen, node: Option<&str>, phase: Option<&str>) {
+        let Some((playbook, runner)) = &self.probes else {
+            return;
+        };
+        for probe in playbook.probes.iter().filter(|p| p.when.contains(&when)) {
+            self.run_probe(runner, probe, when, node, phase).await;
+        }
+    }
+
+    /// Runs one probe and reports its result.
+    pub async fn run_probe(
+        &self,
+        runner: &ProbeRunner,
+        probe: &crate::playbook::Probe,
+        when: ProbeWhen,
+        node: Option<&str>,
+        phase: Option<&str>,
+    ) -> Outcome {
+        let ctx = ProbeContext {
+            when,
+            node: node.map(str::to_owned),
+            phase: phase.map(str::to_owned),
+            run_id: self.run_id.clone(),
+        };
+        let started = Instant::now();
+        let outcome = runner.run(probe, &ctx).await;
+        self.sink.emit(RunEvent::ProbeResult {
+            probe: probe.name.clone(),
+            when: when_name(when).into(),
+            node: node.map(str::to_owned),
+            outcome: outcome.clone(),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        });
+        self.report(&Signal::Probe(probe.name.clone()), outcome.clone());
+        outcome
+    }
+
+    /// The probes that run periodically, with their intervals.
+    pub fn periodic_probes(&self) -> Vec<crate::playbook::Probe> {
+        self.probes
+            .as_ref()
+            .map(|(pb, _)| {
+                pb.probes
+                    .iter()
+                    .filter(|p| p.when.contains(&ProbeWhen::Periodic))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn probe_runner(&self) -> Option<Arc<ProbeRunner>> {
+        self.probes.as_ref().map(|(_, r)| Arc::clone(r))
+    }
+}
+
+fn severity(d: Decision) -> u8 {
+    match d {
+        Decision::Warn => 0,
+        Decision::Pause => 1,
+        Decision::Abort => 2,
+    }
+}

@@ -1,0 +1,352 @@
+//! The health monitor: runs from the start of a run to its end (or alone in `rollgate monitor`).
+//!
+//! - Pods and nodes come from watches kept in reflector stores (managed fields stripped), over
+//!   the playbook's namespaces, pod selector and node selector (default: everything).
+//! - A baseline is taken at start; every half second the stores are compared with it and only
+//!   new or worse problems go to the gates ([`pods`] holds the pure rules). Pods on nodes being
+//!   upgraded right now are exempt: their disruption is the point.
+//! - Pings: TCP connects to the selected pods' IPs, bounded concurrency; a pod is unreachable
+//!   after `misses` failures in a row.
+//! - Periodic probes run on their own intervals.
+
+pub mod pods;
+
+use crate::engine::{EventSink, RunEvent};
+use crate::gate::Outcome;
+use crate::health::Guard;
+use crate::playbook::{MonitorOptions, PingOptions, ProbeWhen, Signal};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use pods::{Baseline, Problem, Thresholds};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+const EVALUATE_EVERY: Duration = Duration::from_millis(500);
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+const PING_CONCURRENCY: usize = 32;
+
+/// The running monitor; its tasks stop when it is dropped.
+pub struct Monitor {
+    tasks: Vec<JoinHandle<()>>,
+    pub baseline: Baseline,
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, JoinHandle<()>)
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, config)
+            .default_backoff()
+            .modify(|o: &mut K| o.managed_fields_mut().clear()),
+    )
+    .applied_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    (reader, task)
+}
+
+fn pod_apis(client: &kube::Client, opts: &MonitorOptions) -> Vec<Api<Pod>> {
+    if opts.namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        opts.namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    }
+}
+
+fn selected(pod: &Pod, opts: &MonitorOptions) -> bool {
+    opts.pod_selector
+        .as_ref()
+        .is_none_or(|s| s.matches(pod.labels()))
+}
+
+/// Starts watching; the baseline is taken before this returns.
+pub async fn start(
+    client: kube::Client,
+    opts: MonitorOptions,
+    guard: Arc<Guard>,
+    sink: EventSink,
+) -> Result<Monitor, kube::Error> {
+    let thresholds = Thresholds {
+        not_ready_after: opts.not_ready_after,
+        pending_after: opts.pending_after,
+    };
+    let node_ok = |n: &Node| {
+        opts.node_selector
+            .as_ref()
+            .is_none_or(|s| s.matches(n.labels()))
+    };
+
+    // Baseline from a consistent list, before anything changes.
+    let mut pods_now = Vec::new();
+    for api in pod_apis(&client, &opts) {
+        pods_now.extend(
+            api.list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| selected(p, &opts)),
+        );
+    }
+    let nodes_now: Vec<Node> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|n| node_ok(n))
+        .collect();
+    let baseline = Baseline::take(&pods_now, &nodes_now, jiff::Timestamp::now(), thresholds);
+    let described = baseline.describe();
+    if !described.is_empty() {
+        sink.emit(RunEvent::Baseline {
+            problems: described,
+        });
+    }
+
+    let mut tasks = Vec::new();
+    let mut pod_stores = Vec::new();
+    for api in pod_apis(&client, &opts) {
+        let (store, task) = reflect(api, watcher::Config::default());
+        pod_stores.push(store);
+        tasks.push(task);
+    }
+    let (node_store, task) = reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
+    tasks.push(task);
+    for s in &pod_stores {
+        let _ = s.wait_until_ready().await;
+    }
+    let _ = node_store.wait_until_ready().await;
+
+    let pod_stores = Arc::new(pod_stores);
+    {
+        let (guard, sink, opts, baseline, pod_stores, node_store) = (
+            Arc::clone(&guard),
+            sink.clone(),
+            opts.clone(),
+            baseline.clone(),
+            Arc::clone(&pod_stores),
+            node_store.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut reported: BTreeSet<(String, pods::ProblemKind)> = BTreeSet::new();
+            let mut tick = tokio::time::interval(EVALUATE_EVERY);
+            loop {
+                tick.tick().await;
+                let pods: Vec<Pod> = pod_stores
+                    .iter()
+                    .flat_map(|s| s.state())
+                    .map(|p| (*p).clone())
+                    .filter(|p| selected(p, &opts))
+                    .collect();
+                let nodes: Vec<Node> = node_store
+                    .state()
+                    .into_iter()
+                    .map(|n| (*n).clone())
+                    .filter(|n| {
+                        opts.node_selector
+                            .as_ref()
+                            .is_none_or(|s| s.matches(n.labels()))
+                    })
+                    .collect();
+                let problems = pods::new_problems(
+                    &baseline,
+                    &pods,
+                    &nodes,
+                    jiff::Timestamp::now(),
+                    thresholds,
+                    &guard.exempt_nodes(),
+                );
+                let fresh: Vec<&Problem> = problems
+                    .iter()
+                    .filter(|p| !reported.contains(&(p.object.clone(), p.kind)))
+                    .collect();
+                for p in &fresh {
+                    sink.emit(RunEvent::Problem {
+                        problem: (*p).clone(),
+                    });
+                }
+                let (node_problems, pod_problems): (Vec<&&Problem>, Vec<&&Problem>) = fresh
+                    .iter()
+                    .partition(|p| p.kind == pods::ProblemKind::NodeNotReady);
+                if !pod_problems.is_empty() {
+                    guard.report(&Signal::Pods, Outcome::Fail(evidence(&pod_problems)));
+                }
+                if !node_problems.is_empty() {
+                    guard.report(&Signal::Nodes, Outcome::Fail(evidence(&node_problems)));
+                }
+                // A problem that went away may be reported again if it comes back.
+                reported = problems
+                    .iter()
+                    .map(|p| (p.object.clone(), p.kind))
+                    .collect();
+            }
+        }));
+    }
+    if let Some(ping) = opts.ping.clone() {
+        let (guard, sink, opts, pod_stores) = (
+            Arc::clone(&guard),
+            sink.clone(),
+            opts.clone(),
+            Arc::clone(&pod_stores),
+        );
+        tasks.push(tokio::spawn(async move {
+            ping_loop(ping, opts, pod_stores, guard, sink).await
+        }));
+    }
+    if let Some(runner) = guard.probe_runner() {
+        for probe in guard.periodic_probes() {
+            let (guard, runner) = (Arc::clone(&guard), Arc::clone(&runner));
+            let interval = probe.interval.unwrap_or(Duration::from_secs(60));
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    guard
+                        .run_probe(&runner, &probe, ProbeWhen::Periodic, None, None)
+                        .await;
+                }
+            }));
+        }
+    }
+    Ok(Monitor { tasks, baseline })
+}
+
+fn evidence(problems: &[&&Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{}{}: {}",
+                p.object,
+                p.node
+                    .as_ref()
+                    .map(|n| format!(" on node {n}"))
+                    .unwrap_or_default(),
+                p.detail
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn ping_loop(
+    ping: PingOptions,
+    opts: MonitorOptions,
+    stores: Arc<Vec<Store<Pod>>>,
+    guard: Arc<Guard>,
+    sink: EventSink,
+) {
+    let mut misses: HashMap<String, u32> = HashMap::new();
+    let mut tick = tokio::time::interval(ping.interval);
+    loop {
+        tick.tick().await;
+        let exempt = guard.exempt_nodes();
+        let targets: Vec<(String, String)> = stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter(|p| {
+                selected(p, &opts)
+                    && ping.selector.matches(p.labels())
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .filter(|p| {
+                !p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_some_and(|n| exempt.contains(n))
+            })
+            .filter_map(|p| {
+                Some((
+                    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+                    p.status.as_ref()?.pod_ip.clone()?,
+                ))
+            })
+            .collect();
+        let Some(port) = ping.port else {
+            guard.report(
+                &Signal::Pings,
+                Outcome::Inconclusive(
+                    "ICMP pings are not supported yet: set monitor.ping.port for TCP".into(),
+                ),
+            );
+            continue;
+        };
+        let results: Vec<(String, String, bool)> = futures::stream::iter(targets)
+            .map(|(pod, ip)| async move {
+                let ok = tokio::time::timeout(
+                    PING_TIMEOUT,
+                    tokio::net::TcpStream::connect((ip.as_str(), port)),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok());
+                (pod, ip, ok)
+            })
+            .buffer_unordered(PING_CONCURRENCY)
+            .collect()
+            .await;
+        let live: BTreeSet<&String> = results.iter().map(|(p, _, _)| p).collect();
+        misses.retain(|p, _| live.contains(p));
+        let mut unreachable = Vec::new();
+        for (pod, ip, ok) in &results {
+            let m = misses.entry(pod.clone()).or_default();
+            *m = if *ok { 0 } else { *m + 1 };
+            if *m == ping.misses {
+                unreachable.push(format!(
+                    "{pod} ({ip}:{port}) unreachable {} times in a row",
+                    ping.misses
+                ));
+                sink.emit(RunEvent::Problem {
+                    problem: Problem {
+                        object: pod.clone(),
+                        node: None,
+                        kind: pods::ProblemKind::Unreachable,
+                        detail: format!("{ip}:{port} does not accept connections"),
+                    },
+                });
+            }
+        }
+        if unreachable.is_empty() {
+            if misses.values().all(|m| *m == 0) {
+                guard.report(&Signal::Pings, Outcome::Pass);
+            }
+        } else {
+            guard.report(&Signal::Pings, Outcome::Fail(unreachable.join("; ")));
+        }
+    }
+}
+
+/// Counts of what the monitor watches, for `rollgate monitor`'s view.
+pub fn summarize(problems: &[Problem]) -> BTreeMap<pods::ProblemKind, usize> {
+    let mut m = BTreeMap::new();
+    for p in problems {
+        *m.entry(p.kind).or_default() += 1;
+    }
+    m
+}

@@ -1,0 +1,420 @@
+//! Slack notifications, a consumer of run events. With a bot token: one message per run,
+//! updated with progress, and a threaded reply per node done/failed and per gate decision.
+//! With an incoming webhook: the same messages, without threading or updates.
+//!
+//! Delivery never blocks or crashes the rollout: events are queued and a background task sends
+//! them in order, each request bounded (5 s), retried at most 3 times honouring Retry-After on
+//! 429; a message that still fails stays queued and is retried on the next event or tick. At the
+//! end of the run the queue gets one last bounded flush. The token is only ever put in the
+//! Authorization header; it is never logged.
+//!
+//! The Slack Web API is three calls here, so this speaks it with reqwest (already used for
+//! probes) rather than slack-morphism, whose default connector cannot reach a plain-http test
+//! server and which would bring a second HTTP stack.
+
+use super::{Consumer, short_duration};
+use crate::engine::{Outcome, RunEvent, Stamped, StopReason};
+use crate::health::GateDecision;
+use crate::playbook::Decision;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const ATTEMPTS: u32 = 3;
+const RETRY_TICK: Duration = Duration::from_secs(5);
+const FINAL_FLUSH: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub enum SlackTarget {
+    Bot {
+        api_url: String,
+        token: String,
+        channel: String,
+    },
+    Webhook {
+        url: String,
+    },
+}
+
+impl std::fmt::Debug for SlackTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlackTarget::Bot {
+                api_url, channel, ..
+            } => write!(f, "Slack bot ({api_url}, {channel}, token redacted)"),
+            SlackTarget::Webhook { .. } => write!(f, "Slack incoming webhook (URL redacted)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Message {
+    /// The run's message (its ts becomes the thread for replies).
+    Root(String),
+    UpdateRoot(String),
+    Reply(String),
+}
+
+/// Forwards events to the delivery task.
+pub struct Slack {
+    tx: Option<mpsc::UnboundedSender<Stamped>>,
+}
+
+impl Slack {
+    /// The consumer, and the delivery task to await (bounded) once the events are done.
+    pub fn start(
+        target: SlackTarget,
+        run_id: &str,
+        playbook: &str,
+        mention: Option<String>,
+    ) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(deliver(
+            target,
+            rx,
+            Texts {
+                run_id: run_id.into(),
+                playbook: playbook.into(),
+                mention,
+                total: 0,
+                done: 0,
+                failed: 0,
+            },
+        ));
+        (Self { tx: Some(tx) }, task)
+    }
+}
+
+impl Consumer for Slack {
+    fn handle(&mut self, event: &Stamped) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(event.clone());
+        }
+    }
+
+    fn finish(&mut self) {
+        self.tx.take();
+    }
+}
+
+struct Texts {
+    run_id: String,
+    playbook: String,
+    mention: Option<String>,
+    total: usize,
+    done: usize,
+    failed: usize,
+}
+
+fn decision_word(d: Decision) -> &'static str {
+    match d {
+        Decision::Abort => "ABORTED",
+        Decision::Pause => "PAUSED",
+        Decision::Warn => "warning",
+    }
+}
+
+impl Texts {
+    fn header(&self, state: &str) -> String {
+        format!(
+            "rollgate run `{}`: *{}* ({state}) — {}/{} nodes done, {} failed",
+            self.run_id, self.playbook, self.done, self.total, self.failed
+        )
+    }
+
+    fn gate(&self, d: &GateDecision) -> String {
+        let mention = match (&self.mention, d.decision) {
+            (Some(m), Decision::Abort | Decision::Pause) => format!("{m} "),
+            _ => String::new(),
+        };
+        let nodes = if d.in_flight.is_empty() {
+            "no node was in flight".to_owned()
+        } else {
+            format!(
+                "nodes in flight: {}",
+                d.in_flight
+                    .iter()
+                    .map(|(n, s)| format!("{n} (at {s})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let next = match d.decision {
+            Decision::Abort => format!(
+                "Nodes in flight stopped at their next safe point and stay cordoned with the reason in `rollgate.dev/reason`. Next: fix the cause, then `kubectl uncordon` them or rerun the playbook (`rollgate run` skips nothing yet; see `rollgate plan`). Run id `{}`.",
+                self.run_id
+            ),
+            Decision::Pause => format!(
+                "No new node starts. Next: check the cause, then `rollgate resume {}` to continue, or stop the run with Ctrl-C.",
+                self.run_id
+            ),
+            Decision::Warn => "The run goes on.".to_owned(),
+        };
+        format!(
+            "{mention}*{}* by gate `{}`: {}\n{nodes}\n{next}",
+            decision_word(d.decision),
+            d.signal,
+            d.evidence
+        )
+    }
+
+    /// What to post for an event.
+    fn messages(&mut self, event: &RunEvent) -> Vec<Message> {
+        match event {
+            RunEvent::RunStarted { nodes, dry_run, .. } => {
+                self.total = *nodes;
+                let state = if *dry_run { "dry run" } else { "running" };
+                vec![Message::Root(self.header(state))]
+            }
+            RunEvent::NodeDone { node, elapsed_ms } => {
+                self.done += 1;
+                vec![
+                    Message::Reply(format!(
+                        "node `{node}` upgraded in {}",
+                        short_duration(*elapsed_ms)
+                    )),
+                    Message::UpdateRoot(self.header("running")),
+                ]
+            }
+            RunEvent::NodeFailed { node, step, reason } => {
+                self.failed += 1;
+                vec![
+                    Message::Reply(format!(
+                        "node `{node}` FAILED at {step}: {reason}\nIt stays cordoned (`rollgate.dev/reason` on the node)."
+                    )),
+                    Message::UpdateRoot(self.header("running")),
+                ]
+            }
+            RunEvent::GateDecision { decision } => vec![Message::Reply(self.gate(decision))],
+            RunEvent::Paused { decision, .. } => vec![Message::UpdateRoot(
+                self.header(&format!("paused by {}", decision.signal)),
+            )],
+            RunEvent::Resumed => vec![
+                Message::Reply("resumed by the operator".into()),
+                Message::UpdateRoot(self.header("running")),
+            ],
+            RunEvent::RunFinished {
+                outcome,
+                not_started,
+                elapsed_ms,
+                ..
+            } => {
+                let state = match outcome {
+                    Outcome::Succeeded => "finished".to_owned(),
+                    Outcome::SucceededWithFailures => "finished with failures".to_owned(),
+                    Outcome::Stopped(StopReason::GateAbort) => {
+                        "ABORTED by a health gate".to_owned()
+                    }
+                    Outcome::Stopped(StopReason::NodeFailures) => {
+                        "STOPPED: nodes failed".to_owned()
+                    }
+                    Outcome::Stopped(_) => "stopped by the operator".to_owned(),
+                };
+                vec![
+                    Message::UpdateRoot(self.header(&state)),
+                    Message::Reply(format!(
+                        "run {state} after {}: {} done, {} failed, {not_started} not started",
+                        short_duration(*elapsed_ms),
+                        self.done,
+                        self.failed
+                    )),
+                ]
+            }
+            _ => vec![],
+        }
+    }
+}
+
+enum Failure {
+    /// Worth trying again later (5xx, 429, timeouts).
+    Transient(String),
+    /// Slack said no for good (bad token, unknown channel): dropped with a warning.
+    Permanent(String),
+}
+
+struct Sender {
+    http: reqwest::Client,
+    target: SlackTarget,
+    root_ts: Option<String>,
+    channel_id: Option<String>,
+}
+
+impl Sender {
+    async fn post(
+        &self,
+        url: &str,
+        body: serde_json::Value,
+        bearer: Option<&str>,
+    ) -> Result<serde_json::Value, Failure> {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            let mut req = self.http.post(url).timeout(REQUEST_TIMEOUT).json(&body);
+            if let Some(t) = bearer {
+                req = req.bearer_auth(t);
+            }
+            match req.send().await {
+                Err(e) => last = format!("request failed: {}", e.without_url()),
+                Ok(resp) if resp.status().as_u16() == 429 => {
+                    let wait = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1u64);
+                    last = format!("rate limited (Retry-After {wait}s)");
+                    if attempt + 1 < ATTEMPTS {
+                        tokio::time::sleep(Duration::from_secs(wait.min(10))).await;
+                    }
+                    continue;
+                }
+                Ok(resp) if resp.status().is_server_error() => {
+                    last = format!("HTTP {}", resp.status())
+                }
+                Ok(resp) if !resp.status().is_success() => {
+                    return Err(Failure::Permanent(format!("HTTP {}", resp.status())));
+                }
+                Ok(resp) => {
+                    let text = resp.text().await.unwrap_or_default();
+                    let v: serde_json::Value =
+                        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+                    // Webhooks answer "ok" as text; the Web API answers {"ok": ...}.
+                    if v.is_null() || v["ok"] == true {
+                        return Ok(v);
+                    }
+                    return Err(Failure::Permanent(format!("Slack error {}", v["error"])));
+                }
+            }
+            if attempt + 1 < ATTEMPTS {
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+        }
+        Err(Failure::Transient(last))
+    }
+
+    async fn send(&mut self, m: &Message) -> Result<(), Failure> {
+        match (&self.target, m) {
+            (SlackTarget::Webhook { url }, Message::Root(text) | Message::Reply(text)) => self
+                .post(url, serde_json::json!({"text": text}), None)
+                .await
+                .map(|_| ()),
+            // A webhook cannot edit messages.
+            (SlackTarget::Webhook { .. }, Message::UpdateRoot(_)) => Ok(()),
+            (
+                SlackTarget::Bot {
+                    api_url,
+                    token,
+                    channel,
+                },
+                Message::Root(text),
+            ) => {
+                let v = self
+                    .post(
+                        &format!("{}chat.postMessage", api_url),
+                        serde_json::json!({"channel": channel, "text": text}),
+                        Some(token),
+                    )
+                    .await?;
+                self.root_ts = v["ts"].as_str().map(str::to_owned);
+                self.channel_id = v["channel"].as_str().map(str::to_owned);
+                Ok(())
+            }
+            (
+                SlackTarget::Bot {
+                    api_url,
+                    token,
+                    channel,
+                },
+                Message::Reply(text),
+            ) => {
+                let body = serde_json::json!({"channel": channel, "text": text, "thread_ts": self.root_ts});
+                self.post(&format!("{}chat.postMessage", api_url), body, Some(token))
+                    .await
+                    .map(|_| ())
+            }
+            (
+                SlackTarget::Bot {
+                    api_url,
+                    token,
+                    channel,
+                },
+                Message::UpdateRoot(text),
+            ) => {
+                let Some(ts) = &self.root_ts else {
+                    return Ok(());
+                };
+                let body = serde_json::json!({"channel": self.channel_id.as_deref().unwrap_or(channel), "ts": ts, "text": text});
+                self.post(&format!("{}chat.update", api_url), body, Some(token))
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Sends queued messages in order; stops at the first transient failure (kept for later).
+    async fn flush(&mut self, queue: &mut VecDeque<Message>) {
+        while let Some(m) = queue.front().cloned() {
+            match self.send(&m).await {
+                Ok(()) => {
+                    queue.pop_front();
+                }
+                Err(Failure::Permanent(e)) => {
+                    tracing::warn!(error = %e, "Slack refused a message; dropping it");
+                    queue.pop_front();
+                }
+                Err(Failure::Transient(e)) => {
+                    tracing::warn!(error = %e, queued = queue.len(), "Slack is unreachable; will retry later in the run");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn deliver(target: SlackTarget, mut rx: mpsc::UnboundedReceiver<Stamped>, mut texts: Texts) {
+    let http = reqwest::Client::builder()
+        .connect_timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("an HTTP client with default settings");
+    let mut sender = Sender {
+        http,
+        target,
+        root_ts: None,
+        channel_id: None,
+    };
+    let mut queue: VecDeque<Message> = VecDeque::new();
+    let mut tick = tokio::time::interval(RETRY_TICK);
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(e) => {
+                    let new = texts.messages(&e.event);
+                    if new.is_empty() { continue; }
+                    queue.extend(new);
+                    sender.flush(&mut queue).await;
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                if !queue.is_empty() {
+                    sender.flush(&mut queue).await;
+                }
+            }
+        }
+    }
+    // The run is over: one last bounded attempt for what is still queued.
+    let deadline = Instant::now() + FINAL_FLUSH;
+    while !queue.is_empty() && Instant::now() < deadline {
+        sender.flush(&mut queue).await;
+        if !queue.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    if !queue.is_empty() {
+        tracing::warn!(
+            lost = queue.len(),
+            "Slack messages could not be delivered before the end of the run"
+        );
+    }
+}
