@@ -117,7 +117,8 @@ mod tests {
     fn decisions_follow_failure_limit_and_consecutive_errors() {
         let fail = Outcome::Fail("x".into());
         let inc = Outcome::Inconclusive("prometheus unreachable".into());
-        let cases: Vec<(Gate, Vec<&Outcome>, Vec<Option<Decision>>)> = vec![
+        type Case<'a> = (Gate, Vec<&'a Outcome>, Vec<Option<Decision>>);
+        let cases: Vec<Case> = vec![
             (gate(1, 3), vec![&fail], vec![Some(Decision::Abort)]),
             (
                 gate(2, 3),

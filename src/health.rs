@@ -110,9 +110,7 @@ impl Guard {
                 .filter_map(|t| t.record(&outcome))
                 .max_by_key(|d| severity(*d))
         };
-        let Some(decision) = decision else {
-            return None;
-        };
+        let decision = decision?;
         let evidence = match &outcome {
             Outcome::Fail(e) => e.clone(),
             Outcome::Inconclusive(e) => format!("inconclusive: {e}"),

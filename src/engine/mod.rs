@@ -141,9 +141,11 @@ impl<S: NodeSteps> Engine<S> {
         let mut started_nodes = std::collections::HashSet::new();
         // The step each in-flight node is in, for reporting abandoned nodes.
         let current_step: Arc<std::sync::Mutex<HashMap<String, Step>>> = Default::default();
+        // Without a guard, a channel that never changes (its sender is kept for the whole run).
+        let (_no_guard, unguarded) = watch::channel(HealthState::Running);
         let mut health = match &self.guard {
             Some(g) => g.subscribe(),
-            None => watch::channel(HealthState::Running).1,
+            None => unguarded.clone(),
         };
         let mut paused_reported = false;
 
@@ -225,7 +227,7 @@ impl<S: NodeSteps> Engine<S> {
                         changed = health.changed() => {
                             if changed.is_err() {
                                 // The guard is gone: no more decisions can come; keep going without it.
-                                health = watch::channel(HealthState::Running).1;
+                                health = unguarded.clone();
                             }
                         }
                         Some(joined) = in_flight.join_next() => {

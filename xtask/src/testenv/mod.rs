@@ -523,7 +523,7 @@ pub fn run_test_suite(cargo_test_args: &[String], no_lint: bool) -> Result<ExitC
             args.extend(cargo_test_args.iter().cloned());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cargo(&root, &args)
+        cargo_bounded(&root, &args, TEST_DEADLINE)
     });
     let stopped = down();
     eprintln!(
@@ -533,6 +533,34 @@ pub fn run_test_suite(cargo_test_args: &[String], no_lint: bool) -> Result<ExitC
     result?;
     stopped?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A hung test must not hang CI: the whole `cargo test` is bounded (CI allows 90 minutes).
+const TEST_DEADLINE: Duration = Duration::from_secs(45 * 60);
+
+fn cargo_bounded(root: &Path, args: &[&str], deadline: Duration) -> Result<()> {
+    eprintln!(
+        "[xtask] cargo {} (at most {} min)",
+        args.join(" "),
+        deadline.as_secs() / 60
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new("timeout")
+        .args(["--kill-after=30", &deadline.as_secs().to_string(), &cargo])
+        .args(args)
+        .current_dir(root)
+        .env("ROLLGATE_TESTENV_STATE", state_dir())
+        .status()
+        .context("run cargo under timeout")?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(124) | Some(137) => Err(format!(
+            "cargo {} did not finish within {} minutes",
+            args.join(" "),
+            deadline.as_secs() / 60
+        )),
+        _ => Err(format!("cargo {} failed ({status})", args.join(" "))),
+    }
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
