@@ -1,0 +1,667 @@
+//! The health monitor and gates during real runs (issue 5): pod crash loops, failing probes,
+//! baselines, ping gates with pause and resume, Prometheus alerts, Slack outages.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+use support::*;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const TOKEN_VAR: &str = "ROLLGATE_TEST_SLACK_TOKEN";
+
+/// A config pointing Slack at the stand-in (a channel per test) and gates at the real Prometheus.
+fn config(dir: &Path, channel: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[slack]\nchannel = \"{channel}\"\ntoken-env = \"{TOKEN_VAR}\"\napi-url = \"{}/api/\"\n[prometheus]\nurl = \"{}\"\n",
+            env().slack_url,
+            env().prometheus_url
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn rollgate_run(dir: &Path, channel: &str, playbook: &str) -> Command {
+    let pb = dir.join("playbook.toml");
+    std::fs::write(&pb, playbook).unwrap();
+    let mut cmd = rollgate(dir);
+    cmd.arg("--config")
+        .arg(config(dir, channel))
+        .env(TOKEN_VAR, &env().slack_token)
+        .args(["--log-format", "json", "run", "--yes"])
+        .arg(&pb);
+    cmd
+}
+
+fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+fn unschedulable(name: &str) -> bool {
+    kubectl_ok(&["get", "node", name, "-o", "jsonpath={.spec.unschedulable}"]).trim() == "true"
+}
+
+fn annotation(node: &str, key: &str) -> String {
+    let out = kubectl_ok(&[
+        "get",
+        "node",
+        node,
+        "-o",
+        "jsonpath={.metadata.annotations}",
+    ]);
+    serde_json::from_str::<Value>(&out)
+        .ok()
+        .and_then(|v| v[key].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn http_get(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+fn http_post(url: &str, body: &str) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "POST {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+}
+
+/// Texts of the Slack requests for this channel that the stand-in answered.
+fn slack_texts(channel: &str) -> Vec<String> {
+    let recorded: Vec<Value> =
+        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    recorded
+        .iter()
+        .filter(|r| {
+            r["body"]["channel"] == channel
+                || r["body"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(channel))
+        })
+        .filter_map(|r| r["body"]["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn scope(suite: &str, ns: &str) -> String {
+    format!("[monitor]\nnamespaces = [\"{ns}\"]\nnode-selector = \"rollgate.test/suite={suite}\"\n")
+}
+
+fn spawn(mut cmd: Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child) -> (i32, Vec<Value>, String) {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let dog = std::thread::spawn(move || {
+        if rx.recv_timeout(3 * MINUTE).is_err() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = tx.send(());
+    let _ = dog.join();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), events(&stderr), stderr)
+}
+
+fn at(e: &Value) -> jiff::Timestamp {
+    e["at"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_pod_crash_looping_elsewhere_during_a_drain_aborts_within_two_seconds_and_tells_slack() {
+    let suite = unique("abort");
+    let mut nodes = TestNodes::new(&suite);
+    let names: Vec<String> = (1..=4).map(|i| format!("{suite}-n{i}")).collect();
+    for n in &names {
+        nodes.add(n, &[], &[], "v1.35.4");
+    }
+    let ns = TestNamespace::new("abort");
+    // Node 2's drain is held by a PDB, so the fault lands during it.
+    kubectl_apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: held, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: held}}}}\n  template:\n    metadata: {{labels: {{app: held}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {n2}}}\n      containers: [{{name: c, image: db}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: held, namespace: {ns}}}\nspec:\n  maxUnavailable: 0\n  selector: {{matchLabels: {{app: held}}}}\n",
+        ns = ns.0,
+        n2 = names[1]
+    ));
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: victim, namespace: {}}}\nspec: {{nodeName: {}, containers: [{{name: c, image: app}}]}}\n",
+        ns.0, names[3]
+    ));
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "wait",
+        "--for=condition=Available",
+        "deployment/held",
+        "--timeout=60s",
+    ]);
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "wait",
+        "--for=condition=Ready",
+        "pod/victim",
+        "--timeout=60s",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let channel = format!("#{suite}");
+    let child = spawn(rollgate_run(
+        dir.path(),
+        &channel,
+        &format!(
+            "name = \"abort\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\", \"{}\", \"{}\"]\n[drain]\ntimeout = \"2m\"\n[command]\nrun = \"true\"\n{}",
+            names[0],
+            names[1],
+            names[2],
+            names[3],
+            scope(&suite, &ns.0)
+        ),
+    ));
+    let n2 = names[1].clone();
+    eventually("node 2 to be draining", MINUTE, || {
+        let n2 = n2.clone();
+        async move { annotation(&n2, "rollgate.dev/step") == "drain" }
+    })
+    .await;
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "label",
+        "pod",
+        "victim",
+        "rollgate.test/crashloop=true",
+    ]);
+    let (code, events, stderr) = finish(child);
+    assert_eq!(code, 5, "exit 5 (gate abort): {stderr}");
+
+    // Stopped within 2 s of the pod's crash loop (the time kwok wrote into its status).
+    let victim = kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "get",
+        "pod",
+        "victim",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].lastState.terminated.finishedAt}",
+    ]);
+    let crashed: jiff::Timestamp = victim.trim().parse().unwrap();
+    let stopping = named(&events, "stopping");
+    assert_eq!(stopping[0]["reason"], "gate-abort");
+    let latency = at(stopping[0]).duration_since(crashed);
+    assert!(
+        latency < jiff::SignedDuration::from_secs(2),
+        "stopped {latency:?} after the crash loop began"
+    );
+
+    // Node 2 stopped mid-drain: cordoned, failure recorded; nodes 3 and 4 untouched.
+    assert!(unschedulable(&names[1]));
+    assert_eq!(annotation(&names[1], "rollgate.dev/failed-step"), "drain");
+    assert!(annotation(&names[1], "rollgate.dev/reason").contains(&format!("{}/victim", ns.0)));
+    assert!(!unschedulable(&names[2]) && !unschedulable(&names[3]));
+    assert_eq!(named(&events, "node-started").len(), 2);
+    let decision = &named(&events, "gate-decision")[0]["decision"];
+    assert_eq!(decision["signal"], "pods");
+    assert!(
+        decision["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("CrashLoopBackOff")
+    );
+
+    // Slack got the abort message naming the pod and the node.
+    let texts = slack_texts(&channel);
+    let abort = texts
+        .iter()
+        .find(|t| t.contains("ABORTED"))
+        .unwrap_or_else(|| panic!("no abort message in {texts:#?}"));
+    assert!(
+        abort.contains(&format!("{}/victim", ns.0))
+            && abort.contains(&names[1])
+            && abort.contains("Next:"),
+        "{abort}"
+    );
+    kubectl_ok(&["uncordon", &names[1]]);
+}
+
+#[tokio::test]
+async fn a_failing_probe_after_drain_aborts_before_the_remote_command() {
+    let suite = unique("probe");
+    let mut nodes = TestNodes::new(&suite);
+    let n1 = format!("{suite}-n1");
+    nodes.add(&n1, &[], &[], "v1.35.4");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("command-ran");
+    let (code, events, stderr) = finish(spawn(rollgate_run(
+        dir.path(),
+        "#probe",
+        &format!(
+            "name = \"probe\"\n[[phase]]\nname = \"all\"\nnodes = [\"{n1}\"]\n[command]\nrun = \"touch {}\"\n\
+             [[probe]]\nname = \"create-vm\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"echo creating VM on $ROLLGATE_NODE; echo 'queue: no consumer' >&2; exit 1\"]\nwhen = [\"after-drain\"]\n{}",
+            marker.display(),
+            scope(&suite, "rollgate-unwatched")
+        ),
+    )));
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        !marker.exists(),
+        "the remote command must not run after a failed probe"
+    );
+    let failed = &named(&events, "node-failed")[0];
+    assert_eq!(failed["step"], "command");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("probe:create-vm"),
+        "{failed}"
+    );
+    let probe = &named(&events, "probe-result")[0];
+    assert!(
+        probe["outcome"]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("queue: no consumer"),
+        "{probe}"
+    );
+    assert!(unschedulable(&n1));
+    kubectl_ok(&["uncordon", &n1]);
+}
+
+/// A /metrics target the test controls.
+fn serve_gauge(value: Arc<AtomicU32>, suite: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let body = format!(
+                "rollgate_test_alerting{{suite=\"{suite}\"}} {}\n",
+                value.load(Ordering::SeqCst)
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_firing_prometheus_alert_refuses_to_start_the_run_and_when_it_clears_the_run_starts() {
+    let e = env();
+    let suite = unique("alert").replace('-', "_");
+    let mut nodes = TestNodes::new(&suite.replace('_', "-"));
+    let n1 = format!("{}-n1", suite.replace('_', "-"));
+    nodes.add(&n1, &[], &[], "v1.35.4");
+    let value = Arc::new(AtomicU32::new(1));
+    let port = serve_gauge(Arc::clone(&value), suite.clone());
+    std::fs::write(
+        e.prometheus_targets_dir.join(format!("{suite}.json")),
+        format!(r#"[{{"targets":["127.0.0.1:{port}"]}}]"#),
+    )
+    .unwrap();
+    std::fs::write(
+        e.prometheus_rules_dir.join(format!("{suite}.yml")),
+        format!("groups:\n- name: {suite}\n  rules:\n  - alert: Broken_{suite}\n    expr: rollgate_test_alerting{{suite=\"{suite}\"}} > 0\n"),
+    )
+    .unwrap();
+    http_post(&format!("{}/-/reload", e.prometheus_url), "");
+    let firing = |want: bool| {
+        let suite = suite.clone();
+        move || {
+            let body = http_get(&format!("{}/api/v1/alerts", env().prometheus_url));
+            let is = body.contains(&format!("Broken_{suite}")) && body.contains("firing");
+            async move { is == want }
+        }
+    };
+    eventually("the alert to fire", MINUTE, firing(true)).await;
+    let playbook = format!(
+        "name = \"alert\"\n[[phase]]\nname = \"all\"\nnodes = [\"{n1}\"]\n[command]\nrun = \"true\"\n\
+         [[probe]]\nname = \"no-alerts\"\nkind = \"prometheus\"\nalerts-matching = \"^Broken_{suite}$\"\nwhen = [\"before-run\"]\n{}",
+        scope(&suite, "rollgate-unwatched")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = finish(spawn(rollgate_run(dir.path(), "#alert", &playbook)));
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.contains("refusing to start") && stderr.contains(&format!("Broken_{suite}")),
+        "{stderr}"
+    );
+    assert!(!unschedulable(&n1), "nothing was changed");
+
+    value.store(0, Ordering::SeqCst);
+    eventually("the alert to clear", MINUTE, firing(false)).await;
+    let (code, events, stderr) = finish(spawn(rollgate_run(dir.path(), "#alert", &playbook)));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(named(&events, "node-done").len(), 1);
+    let _ = std::fs::remove_file(e.prometheus_rules_dir.join(format!("{suite}.yml")));
+    let _ = std::fs::remove_file(e.prometheus_targets_dir.join(format!("{suite}.json")));
+    http_post(&format!("{}/-/reload", e.prometheus_url), "");
+}
+
+/// Accepts TCP connections on `ip:port` while `open` is true.
+fn tcp_service(ip: &str, port: u16, open: Arc<AtomicBool>) {
+    let listener = TcpListener::bind((ip, port)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let mut current = Some(listener);
+        let addr = current.as_ref().unwrap().local_addr().unwrap();
+        loop {
+            let want = open.load(Ordering::SeqCst);
+            match (&current, want) {
+                (Some(_), false) => current = None,
+                (None, true) => {
+                    current = TcpListener::bind(addr).ok();
+                    if let Some(l) = &current {
+                        l.set_nonblocking(true).unwrap();
+                    }
+                }
+                _ => {}
+            }
+            if let Some(l) = &current {
+                while let Ok((s, _)) = l.accept() {
+                    drop(s);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_ping_gate_pauses_when_a_pod_stops_answering_and_rollgate_resume_continues() {
+    let suite = unique("ping");
+    let mut nodes = TestNodes::new(&suite);
+    let svc = format!("{suite}-svc");
+    nodes.add(&svc, &["role=service"], &[], "v1.35.4");
+    let workers: Vec<String> = (1..=3).map(|i| format!("{suite}-w{i}")).collect();
+    for w in &workers {
+        nodes.add(w, &["role=worker"], &[], "v1.35.4");
+    }
+    let ns = TestNamespace::new("ping");
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: rabbit, namespace: {}, labels: {{app: rabbit}}}}\nspec: {{nodeName: {svc}, containers: [{{name: c, image: rabbitmq}}]}}\n",
+        ns.0
+    ));
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "wait",
+        "--for=condition=Ready",
+        "pod/rabbit",
+        "--timeout=60s",
+    ]);
+    let ip = kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "get",
+        "pod",
+        "rabbit",
+        "-o",
+        "jsonpath={.status.podIP}",
+    ])
+    .trim()
+    .to_owned();
+    let port = 25672;
+    let open = Arc::new(AtomicBool::new(true));
+    tcp_service(&ip, port, Arc::clone(&open));
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn(rollgate_run(
+        dir.path(),
+        "#ping",
+        &format!(
+            "name = \"ping\"\n[[phase]]\nname = \"workers\"\nselector = \"rollgate.test/suite={suite}, role=worker\"\norder = \"name\"\n[command]\nrun = \"sleep 2\"\n\
+             {}[monitor.ping]\nselector = \"app=rabbit\"\nport = {port}\ninterval = \"300ms\"\nmisses = 2\n",
+            scope(&suite, &ns.0)
+        ),
+    ));
+    let first = workers[0].clone();
+    eventually("the first worker to run its command", MINUTE, || {
+        let first = first.clone();
+        async move { annotation(&first, "rollgate.dev/step") == "command" }
+    })
+    .await;
+    open.store(false, Ordering::SeqCst);
+    let runs = dir.path().join("runs");
+    let paused = || {
+        let runs = runs.clone();
+        async move {
+            std::fs::read_to_string(runs.join("latest"))
+                .map(|id| runs.join(id.trim()).join("paused").exists())
+                .unwrap_or(false)
+        }
+    };
+    eventually("the run to pause", MINUTE, paused).await;
+    // Paused: the node in flight finished, no new node starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !unschedulable(&workers[1])
+            && annotation(&workers[1], "rollgate.dev/cordoned-by").is_empty(),
+        "no node starts while paused"
+    );
+
+    open.store(true, Ordering::SeqCst);
+    let mut resume = rollgate(dir.path());
+    resume.arg("resume");
+    let (code, _, stderr) = run_rollgate(resume, MINUTE);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, events, stderr) = finish(child);
+    assert_eq!(code, 0, "the run continued to the end: {stderr}");
+    assert_eq!(named(&events, "node-done").len(), 3);
+    assert!(
+        named(&events, "paused").len() == 1 && named(&events, "resumed").len() == 1,
+        "{stderr}"
+    );
+    assert_eq!(
+        named(&events, "gate-decision")[0]["decision"]["signal"],
+        "pings"
+    );
+}
+
+#[tokio::test]
+async fn a_pod_already_crash_looping_at_start_is_reported_not_held_against_the_run() {
+    let suite = unique("base");
+    let mut nodes = TestNodes::new(&suite);
+    let n1 = format!("{suite}-n1");
+    let other = format!("{suite}-other");
+    nodes.add(&n1, &[], &[], "v1.35.4");
+    nodes.add(&other, &[], &[], "v1.35.4");
+    let ns = TestNamespace::new("base");
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: old-crash, namespace: {}, labels: {{rollgate.test/crashloop: \"true\"}}}}\nspec: {{nodeName: {other}, containers: [{{name: c, image: app}}]}}\n",
+        ns.0
+    ));
+    eventually("the pod to crash-loop", MINUTE, || {
+        let ns = ns.0.clone();
+        async move {
+            kubectl_ok(&[
+                "-n",
+                &ns,
+                "get",
+                "pod",
+                "old-crash",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+            ]) == "CrashLoopBackOff"
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, events, stderr) = finish(spawn(rollgate_run(
+        dir.path(),
+        "#base",
+        &format!(
+            "name = \"base\"\n[[phase]]\nname = \"all\"\nnodes = [\"{n1}\"]\n[command]\nrun = \"sleep 3\"\n{}",
+            scope(&suite, &ns.0)
+        ),
+    )));
+    assert_eq!(
+        code, 0,
+        "a pre-existing crash loop does not abort: {stderr}"
+    );
+    let baseline = &named(&events, "baseline")[0]["problems"];
+    assert!(baseline.to_string().contains("old-crash"), "{baseline}");
+    assert!(named(&events, "gate-decision").is_empty(), "{stderr}");
+}
+
+#[tokio::test]
+async fn slack_failures_and_timeouts_do_not_block_the_run_and_missed_messages_arrive_later() {
+    let suite = unique("slack");
+    let mut nodes = TestNodes::new(&suite);
+    let names: Vec<String> = (1..=2).map(|i| format!("{suite}-n{i}")).collect();
+    for n in &names {
+        nodes.add(n, &[], &[], "v1.35.4");
+    }
+    let channel = format!("#{suite}");
+    // The next requests fail: three 500s, then two that take longer than the client's timeout.
+    http_post(
+        &format!("{}/_fail", env().slack_url),
+        r#"{"status":500,"count":3}"#,
+    );
+    http_post(
+        &format!("{}/_fail", env().slack_url),
+        r#"{"status":200,"delay_ms":6000,"count":2}"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let (code, events, stderr) = finish(spawn(rollgate_run(
+        dir.path(),
+        &channel,
+        &format!(
+            "name = \"slack\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\"]\n[command]\nrun = \"true\"\n{}",
+            names[0],
+            names[1],
+            scope(&suite, "rollgate-unwatched")
+        ),
+    )));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(named(&events, "node-done").len(), 2);
+    assert!(
+        started.elapsed() < MINUTE,
+        "Slack trouble must not hold the run up"
+    );
+    let texts = slack_texts(&channel);
+    for want in [
+        format!("node `{}` upgraded", names[0]),
+        format!("node `{}` upgraded", names[1]),
+        "run finished".to_string(),
+    ] {
+        assert!(
+            texts.iter().any(|t| t.contains(&want)),
+            "{want:?} was delivered eventually: {texts:#?}"
+        );
+    }
+    assert!(
+        !stderr.contains(&env().slack_token),
+        "the token never appears in logs"
+    );
+}
+
+#[tokio::test]
+async fn rollgate_monitor_streams_new_problems_as_json() {
+    let suite = unique("mon");
+    let mut nodes = TestNodes::new(&suite);
+    let n1 = format!("{suite}-n1");
+    nodes.add(&n1, &[], &[], "v1.35.4");
+    let ns = TestNamespace::new("mon");
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: {}}}\nspec: {{nodeName: {n1}, containers: [{{name: c, image: app}}]}}\n",
+        ns.0
+    ));
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "wait",
+        "--for=condition=Ready",
+        "pod/web",
+        "--timeout=60s",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let pb = dir.path().join("watch.toml");
+    std::fs::write(&pb, format!("name = \"watch\"\n[[phase]]\nname = \"x\"\nnodes = [\"{n1}\"]\n[command]\nrun = \"true\"\n{}", scope(&suite, &ns.0))).unwrap();
+    let mut cmd = rollgate(dir.path());
+    cmd.args(["monitor", "-o", "json"]).arg(&pb);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "label",
+        "pod",
+        "web",
+        "rollgate.test/crashloop=true",
+    ]);
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + MINUTE;
+    let mut found = None;
+    while std::time::Instant::now() < deadline && found.is_none() {
+        if let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
+            let v: Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["event"] == "problem" && v["problem"]["object"] == format!("{}/web", ns.0) {
+                found = Some(v);
+            }
+        }
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let found = found.expect("a problem event for the crash-looping pod");
+    assert_eq!(found["problem"]["kind"], "crash-loop");
+    assert_eq!(status.code(), Some(0), "Ctrl-C ends monitor cleanly");
+}
