@@ -44,6 +44,8 @@ enum Command {
         #[arg(long)]
         down: bool,
     },
+    /// Start the test environment, run the drain benchmark (side by side with kubectl drain), stop it.
+    Bench,
     /// Run the Slack Web API stand-in in the foreground.
     SlackStandin(slack_standin::Args),
 }
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
             no_lint,
         } => testenv::run_test_suite(&cargo_test_args, no_lint),
         Command::Demo { down } => demo::run(down),
+        Command::Bench => testenv::run_bench(),
         Command::SlackStandin(args) => slack_standin::serve(args),
     };
     match result {

@@ -535,6 +535,17 @@ pub fn run_test_suite(cargo_test_args: &[String], no_lint: bool) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cargo xtask bench`: install, (re)start the environment, run the benchmarks, stop.
+pub fn run_bench() -> Result<ExitCode> {
+    install()?;
+    down()?;
+    let result = up().and_then(|_| cargo(&paths::workspace_root(), &["bench", "--bench", "drain"]));
+    let stopped = down();
+    result?;
+    stopped?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A hung test must not hang CI: the whole `cargo test` is bounded (CI allows 90 minutes).
 const TEST_DEADLINE: Duration = Duration::from_secs(45 * 60);
 
