@@ -134,4 +134,14 @@ pub struct RunArgs {
     /// Show the remote command's output lines live (they are always in the per-node logs).
     #[arg(long)]
     pub show_output: bool,
+    /// Take the cluster lock even if another run holds it. Only when you know that run is gone.
+    #[arg(long)]
+    pub force_unlock: bool,
+    /// Name of the cluster lock (Lease kube-system/rollgate-lock-NAME). Runs with different names
+    /// do not exclude each other: use only for runs over disjoint nodes.
+    #[arg(long, env = "ROLLGATE_LOCK_NAME", default_value = "default")]
+    pub lock_name: String,
+    /// How long the lock outlives a runner that stopped renewing it (crashed, killed).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lock_duration: std::time::Duration,
 }

@@ -763,3 +763,81 @@ async fn a_host_key_mismatch_or_a_dead_sshd_fails_the_node_before_any_command_ru
     assert!(unschedulable(&n2));
     assert!(!marker.exists());
 }
+
+#[tokio::test]
+async fn a_second_runner_is_refused_while_the_first_holds_the_lock_and_takes_over_once_it_expires()
+{
+    let suite = unique("lock");
+    let mut nodes = TestNodes::new(&suite);
+    let n1 = format!("{suite}-n1");
+    let n2 = format!("{suite}-n2");
+    nodes.add(&n1, &[], &[], "v1.35.4");
+    nodes.add(&n2, &[], &[], "v1.35.4");
+    let lock = unique("shared");
+    let dir1 = tempfile::tempdir().unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let book = |node: &str, run: &str| {
+        format!(
+            "name = \"lock\"\n[[phase]]\nname = \"one\"\nnodes = [\"{node}\"]\n[command]\nrun = \"{run}\"\n"
+        )
+    };
+    let first_playbook = write_playbook(dir1.path(), &book(&n1, "sleep 60"));
+    let second_playbook = write_playbook(dir2.path(), &book(&n2, "true"));
+    let runner = |dir: &Path, playbook: &Path| {
+        let mut cmd = rollgate(dir);
+        cmd.env("ROLLGATE_LOCK_NAME", &lock)
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--yes",
+                "--lock-duration",
+                "4s",
+            ])
+            .arg(playbook);
+        cmd
+    };
+    let mut first = runner(dir1.path(), &first_playbook)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let n1c = n1.clone();
+    eventually("the first run to start its node", MINUTE, || {
+        let n1 = n1c.clone();
+        async move { unschedulable(&n1) }
+    })
+    .await;
+
+    let (code, _, stderr) = run_rollgate(runner(dir2.path(), &second_playbook), MINUTE);
+    assert_eq!(code, 7, "{stderr}");
+    assert!(
+        stderr.contains("another rollgate run holds the cluster lock")
+            && stderr.contains(" pid ")
+            && stderr.contains("since"),
+        "{stderr}"
+    );
+    assert!(!unschedulable(&n2), "the refused run touched nothing");
+
+    // The first runner dies without releasing; its lease expires and the second takes over.
+    first.kill().unwrap();
+    let _ = first.wait();
+    let killed_at = std::time::Instant::now();
+    let (code, _, stderr) = run_rollgate(runner(dir2.path(), &second_playbook), MINUTE);
+    if code == 7 {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(4),
+            "refused although the lease had expired: {stderr}"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (code, _, stderr) = run_rollgate(runner(dir2.path(), &second_playbook), MINUTE);
+        assert_eq!(code, 0, "took over the expired lease: {stderr}");
+    } else {
+        assert_eq!(code, 0, "{stderr}");
+    }
+    assert!(!unschedulable(&n2));
+    // The killed run's node stays cordoned, recorded as rollgate's.
+    assert!(unschedulable(&n1) && annotations(&n1)["rollgate.dev/step"] == "command");
+    kubectl_ok(&["uncordon", &n1]);
+}

@@ -191,6 +191,38 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
     }
 
     let run_id = new_run_id();
+    // One runner per cluster (a dry run changes nothing and takes no lock).
+    let lock = if args.dry_run {
+        None
+    } else {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown-host".into());
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown-user".into());
+        let holder = format!("{user}@{host} pid {} run {run_id}", std::process::id());
+        if args.force_unlock {
+            eprintln!(
+                "WARNING: --force-unlock: taking the cluster lock {:?} even if another run holds it",
+                args.lock_name
+            );
+        }
+        match crate::lock::acquire(
+            clients.api.clone(),
+            &args.lock_name,
+            &holder,
+            args.lock_duration,
+            args.force_unlock,
+        )
+        .await
+        {
+            Ok(l) => Some(l),
+            Err(e @ crate::lock::LockError::Held { .. }) => {
+                return Err(Failure::new(exit::LOCKED, format!("error: {e}
+  hint: wait for it to finish; if that run is gone, its lock expires after {}; --force-unlock takes it now", humantime::format_duration(args.lock_duration))));
+            }
+            Err(e) => return Err(Failure::new(exit::CLUSTER, format!("error: {e}"))),
+        }
+    };
     let runs_dir = config.state_dir.join("runs");
     let run_dir = runs_dir.join(&run_id);
     let (sink, rx) = EventSink::channel();
@@ -229,6 +261,15 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
     let reporting = tokio::spawn(report::dispatch(rx, consumers));
 
     let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
+    if let Some(l) = &lock {
+        // Lost the lock (someone forced it away): stop starting nodes.
+        let (mut lost, stop) = (l.lost.clone(), stop_tx.clone());
+        tokio::spawn(async move {
+            if lost.wait_for(|l| *l).await.is_ok() {
+                let _ = stop.send(StopRequest::Graceful);
+            }
+        });
+    }
     watch_signals(stop_tx);
     let confirm: Option<Confirm> = args
         .step
@@ -279,6 +320,9 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
             drop(monitor);
             drop(sink);
             drop(guard);
+            if let Some(l) = lock {
+                l.release().await;
+            }
             let _ = reporting.await;
             if let Some(t) = slack_task {
                 let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
@@ -330,6 +374,9 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
         Some(summary)
     };
     let summary = summary.expect("the run produced a summary");
+    if let Some(l) = lock {
+        l.release().await;
+    }
     let _ = reporting.await;
     if let Some(t) = slack_task {
         let _ = tokio::time::timeout(Duration::from_secs(40), t).await;

@@ -263,6 +263,8 @@ pub fn rollgate(state_dir: &Path) -> Command {
     // Environment (not flags) so a test can still override them with the flags.
     cmd.env("KUBECONFIG", &env().kubeconfig)
         .env("ROLLGATE_SSH_CONFIG", &env().ssh_config)
+        // Tests run in parallel over disjoint nodes: each command its own cluster lock.
+        .env("ROLLGATE_LOCK_NAME", unique("lock"))
         .arg("--state-dir")
         .arg(state_dir);
     cmd.env_remove("ROLLGATE_CONFIG")
