@@ -150,22 +150,21 @@ impl HeldLock {
     /// Gives the lease up (best effort: an unreleased lease expires by itself).
     pub async fn release(self) {
         self.renew.abort();
-        if let Ok(mut lease) = self.api.get(&self.name).await {
-            if lease
+        if let Ok(mut lease) = self.api.get(&self.name).await
+            && lease
                 .spec
                 .as_ref()
                 .and_then(|s| s.holder_identity.as_deref())
                 == Some(self.holder.as_str())
-            {
-                if let Some(spec) = lease.spec.as_mut() {
-                    spec.holder_identity = None;
-                    spec.renew_time = None;
-                }
-                let _ = self
-                    .api
-                    .replace(&self.name, &PostParams::default(), &lease)
-                    .await;
+        {
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.holder_identity = None;
+                spec.renew_time = None;
             }
+            let _ = self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await;
         }
     }
 }
