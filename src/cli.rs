@@ -141,6 +141,9 @@ pub struct RunArgs {
     /// do not exclude each other: use only for runs over disjoint nodes.
     #[arg(long, env = "ROLLGATE_LOCK_NAME", default_value = "default")]
     pub lock_name: String,
+    /// Address of the Prometheus metrics endpoint (overrides `metrics.listen`).
+    #[arg(long, env = "ROLLGATE_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
     /// How long the lock outlives a runner that stopped renewing it (crashed, killed).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub lock_duration: std::time::Duration,

@@ -665,3 +665,70 @@ async fn rollgate_monitor_streams_new_problems_as_json() {
     assert_eq!(found["problem"]["kind"], "crash-loop");
     assert_eq!(status.code(), Some(0), "Ctrl-C ends monitor cleanly");
 }
+
+#[tokio::test]
+async fn the_metrics_endpoint_scraped_by_prometheus_shows_the_run_progress() {
+    let e = env();
+    let suite = unique("metrics");
+    let mut nodes = TestNodes::new(&suite);
+    let names: Vec<String> = (1..=2).map(|i| format!("{suite}-n{i}")).collect();
+    for n in &names {
+        nodes.add(n, &[], &[], "v1.35.4");
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let job = suite.replace('-', "_");
+    std::fs::write(
+        e.prometheus_targets_dir.join(format!("{job}.json")),
+        format!(r#"[{{"targets":["127.0.0.1:{port}"],"labels":{{"suite":"{job}"}}}}]"#),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = rollgate_run(
+        dir.path(),
+        "#metrics",
+        &format!(
+            "name = \"metrics\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\"]\n[command]\nrun = \"sleep 3\"\n{}",
+            names[0],
+            names[1],
+            scope(&suite, "rollgate-unwatched")
+        ),
+    );
+    cmd.env("ROLLGATE_METRICS_LISTEN", format!("127.0.0.1:{port}"));
+    let (code, _, stderr) = finish(spawn(cmd));
+    assert_eq!(code, 0, "{stderr}");
+    let query = |q: &str| {
+        let enc: String = q
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        http_get(&format!(
+            "{}/api/v1/query?query={enc}",
+            env().prometheus_url
+        ))
+    };
+    let done = query(&format!(
+        "max_over_time(rollgate_nodes{{suite=\"{job}\",phase=\"all\",state=\"done\"}}[5m])"
+    ));
+    assert!(
+        done.contains("\"value\":[") && (done.contains("\"1\"]") || done.contains("\"2\"]")),
+        "Prometheus saw nodes done: {done}"
+    );
+    let steps = query(&format!(
+        "max_over_time(rollgate_node_step{{suite=\"{job}\",step=\"command\"}}[5m])"
+    ));
+    assert!(
+        steps.contains(&names[0]),
+        "Prometheus saw the node in its command step: {steps}"
+    );
+    let _ = std::fs::remove_file(e.prometheus_targets_dir.join(format!("{job}.json")));
+}

@@ -247,6 +247,23 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
         }
     }
     let _ = std::fs::write(runs_dir.join(LATEST_FILE), &run_id);
+    let metrics = report::metrics::Metrics::new(&run_id);
+    consumers.push(Box::new(report::metrics::MetricsConsumer(Arc::clone(
+        &metrics,
+    ))));
+    let listen = args
+        .metrics_listen
+        .clone()
+        .unwrap_or_else(|| config.metrics_listen.clone());
+    let metrics_server = match report::metrics::serve(&listen, Arc::clone(&metrics)).await {
+        Ok(task) => Some(task),
+        Err(e) => {
+            eprintln!(
+                "warning: metrics endpoint not started on {listen}: {e} (the run goes on; set metrics.listen or --metrics-listen)"
+            );
+            None
+        }
+    };
     let mut slack_task = None;
     if let Some(target) = slack_target.filter(|_| playbook.notify.slack && !args.dry_run) {
         let (consumer, task) = slack::Slack::start(
@@ -374,6 +391,9 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
         Some(summary)
     };
     let summary = summary.expect("the run produced a summary");
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     if let Some(l) = lock {
         l.release().await;
     }

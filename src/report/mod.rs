@@ -2,6 +2,7 @@
 //! files. [`dispatch`] feeds every event to every consumer until the engine's sink closes.
 
 pub mod json;
+pub mod metrics;
 pub mod node_log;
 pub mod slack;
 pub mod terminal;

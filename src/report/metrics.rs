@@ -1,0 +1,322 @@
+//! Prometheus metrics for a run, a consumer of run events, served at `/metrics` on
+//! `metrics.listen` (loopback by default). Names follow Prometheus conventions: `rollgate_`
+//! prefix, seconds, `_total` counters. Every series carries the run id.
+
+use super::Consumer;
+use crate::engine::{Outcome, RunEvent, Stamped};
+use crate::gate;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub struct Metrics {
+    registry: Registry,
+    nodes: IntGaugeVec,
+    node_step: IntGaugeVec,
+    step_seconds: HistogramVec,
+    evictions: IntCounterVec,
+    pdb_blocks: IntCounterVec,
+    probe_results: IntCounterVec,
+    probe_seconds: HistogramVec,
+    gate_decisions: IntCounterVec,
+    problems: IntCounterVec,
+    run_state: GaugeVec,
+    phase_of: HashMap<String, String>,
+    step_of: HashMap<String, String>,
+}
+
+fn opts(name: &str, help: &str, run_id: &str) -> Opts {
+    Opts::new(name, help).const_label("run_id", run_id)
+}
+
+impl Metrics {
+    pub fn new(run_id: &str) -> Arc<std::sync::Mutex<Self>> {
+        let registry = Registry::new();
+        let nodes = IntGaugeVec::new(
+            opts(
+                "rollgate_nodes",
+                "Nodes per phase and state (total, in_progress, done, failed).",
+                run_id,
+            ),
+            &["phase", "state"],
+        )
+        .expect("valid metric");
+        let node_step = IntGaugeVec::new(
+            opts(
+                "rollgate_node_step",
+                "1 for the step each node is in.",
+                run_id,
+            ),
+            &["node", "step"],
+        )
+        .expect("valid metric");
+        let step_seconds = HistogramVec::new(
+            HistogramOpts::from(opts(
+                "rollgate_step_duration_seconds",
+                "Duration of node steps.",
+                run_id,
+            ))
+            .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+            &["step"],
+        )
+        .expect("valid metric");
+        let evictions = IntCounterVec::new(
+            opts("rollgate_evictions_total", "Pods evicted.", run_id),
+            &["node"],
+        )
+        .expect("valid metric");
+        let pdb_blocks = IntCounterVec::new(
+            opts(
+                "rollgate_pdb_blocks_total",
+                "Evictions blocked by a PodDisruptionBudget.",
+                run_id,
+            ),
+            &["pdb"],
+        )
+        .expect("valid metric");
+        let probe_results = IntCounterVec::new(
+            opts("rollgate_probe_results_total", "Probe results.", run_id),
+            &["probe", "result"],
+        )
+        .expect("valid metric");
+        let probe_seconds = HistogramVec::new(
+            HistogramOpts::from(opts(
+                "rollgate_probe_duration_seconds",
+                "Probe durations.",
+                run_id,
+            )),
+            &["probe"],
+        )
+        .expect("valid metric");
+        let gate_decisions = IntCounterVec::new(
+            opts("rollgate_gate_decisions_total", "Gate decisions.", run_id),
+            &["signal", "decision"],
+        )
+        .expect("valid metric");
+        let problems = IntCounterVec::new(
+            opts(
+                "rollgate_health_problems_total",
+                "New health problems seen by the monitor.",
+                run_id,
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let run_state = GaugeVec::new(
+            opts(
+                "rollgate_run_state",
+                "1 for the run's current state.",
+                run_id,
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(nodes.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(node_step.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(step_seconds.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(evictions.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(pdb_blocks.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(probe_results.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(probe_seconds.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(gate_decisions.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(problems.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(run_state.clone()))
+            .expect("unique metric");
+        Arc::new(std::sync::Mutex::new(Self {
+            registry,
+            nodes,
+            node_step,
+            step_seconds,
+            evictions,
+            pdb_blocks,
+            probe_results,
+            probe_seconds,
+            gate_decisions,
+            problems,
+            run_state,
+            phase_of: HashMap::new(),
+            step_of: HashMap::new(),
+        }))
+    }
+
+    fn set_state(&self, state: &str) {
+        for s in ["running", "paused", "aborted", "stopped", "finished"] {
+            self.run_state
+                .with_label_values(&[s])
+                .set(if s == state { 1.0 } else { 0.0 });
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    fn handle(&mut self, event: &RunEvent) {
+        match event {
+            RunEvent::RunStarted { .. } => self.set_state("running"),
+            RunEvent::WaveStarted { phase, nodes, .. } => {
+                self.nodes
+                    .with_label_values(&[phase.as_str(), "total"])
+                    .add(nodes.len() as i64);
+                for s in ["in_progress", "done", "failed"] {
+                    self.nodes.with_label_values(&[phase.as_str(), s]).add(0);
+                }
+                for n in nodes {
+                    self.phase_of.insert(n.clone(), phase.clone());
+                }
+            }
+            RunEvent::NodeStarted { node, phase } => {
+                self.phase_of.insert(node.clone(), phase.clone());
+                self.nodes
+                    .with_label_values(&[phase.as_str(), "in_progress"])
+                    .inc();
+            }
+            RunEvent::StepStarted { node, step } => {
+                if let Some(old) = self.step_of.insert(node.clone(), step.name().to_owned()) {
+                    self.node_step
+                        .with_label_values(&[node.as_str(), old.as_str()])
+                        .set(0);
+                }
+                self.node_step
+                    .with_label_values(&[node.as_str(), step.name()])
+                    .set(1);
+            }
+            RunEvent::StepFinished {
+                step, elapsed_ms, ..
+            } => self
+                .step_seconds
+                .with_label_values(&[step.name()])
+                .observe(*elapsed_ms as f64 / 1000.0),
+            RunEvent::PodEvicted { node, .. } => {
+                self.evictions.with_label_values(&[node.as_str()]).inc()
+            }
+            RunEvent::EvictionBlocked { pdb, .. } => {
+                self.pdb_blocks.with_label_values(&[pdb.as_str()]).inc()
+            }
+            RunEvent::NodeDone { node, .. } | RunEvent::NodeFailed { node, .. } => {
+                let phase = self.phase_of.get(node).cloned().unwrap_or_default();
+                self.nodes
+                    .with_label_values(&[phase.as_str(), "in_progress"])
+                    .dec();
+                let state = if matches!(event, RunEvent::NodeDone { .. }) {
+                    "done"
+                } else {
+                    "failed"
+                };
+                self.nodes.with_label_values(&[phase.as_str(), state]).inc();
+                if let Some(old) = self.step_of.remove(node) {
+                    self.node_step
+                        .with_label_values(&[node.as_str(), old.as_str()])
+                        .set(0);
+                }
+            }
+            RunEvent::ProbeResult {
+                probe,
+                outcome,
+                elapsed_ms,
+                ..
+            } => {
+                let result = match outcome {
+                    gate::Outcome::Pass => "pass",
+                    gate::Outcome::Fail(_) => "fail",
+                    gate::Outcome::Inconclusive(_) => "inconclusive",
+                };
+                self.probe_results
+                    .with_label_values(&[probe.as_str(), result])
+                    .inc();
+                self.probe_seconds
+                    .with_label_values(&[probe.as_str()])
+                    .observe(*elapsed_ms as f64 / 1000.0);
+            }
+            RunEvent::GateDecision { decision } => {
+                let d = serde_json::to_value(decision.decision)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                self.gate_decisions
+                    .with_label_values(&[decision.signal.as_str(), d.as_str()])
+                    .inc();
+            }
+            RunEvent::Problem { problem } => {
+                let kind = serde_json::to_value(problem.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                self.problems.with_label_values(&[kind.as_str()]).inc();
+            }
+            RunEvent::Paused { .. } => self.set_state("paused"),
+            RunEvent::Resumed => self.set_state("running"),
+            RunEvent::RunFinished { outcome, .. } => self.set_state(match outcome {
+                Outcome::Succeeded | Outcome::SucceededWithFailures => "finished",
+                Outcome::Stopped(crate::engine::StopReason::GateAbort) => "aborted",
+                Outcome::Stopped(_) => "stopped",
+            }),
+            _ => {}
+        }
+    }
+}
+
+/// The consumer side: a shared handle.
+pub struct MetricsConsumer(pub Arc<std::sync::Mutex<Metrics>>);
+
+impl Consumer for MetricsConsumer {
+    fn handle(&mut self, event: &Stamped) {
+        self.0.lock().expect("lock").handle(&event.event);
+    }
+}
+
+/// Serves `/metrics` until the task is aborted. A bind failure is returned, not fatal to the run.
+pub async fn serve(
+    listen: &str,
+    metrics: Arc<std::sync::Mutex<Metrics>>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if request.starts_with("GET /metrics") {
+                    ("200 OK", metrics.lock().expect("lock").render())
+                } else {
+                    ("404 Not Found", "rollgate serves /metrics\n".to_owned())
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    }))
+}
