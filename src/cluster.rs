@@ -400,31 +400,24 @@ impl NodeSteps for KubeSteps {
             async move {
                 match kind.as_str() {
                     "ReplicaSet" => {
-                        let api: Api<ReplicaSet> = Api::namespaced(client, ns);
-                        await_condition(api, name, |rs: Option<&ReplicaSet>| {
-                            rs.is_none_or(|rs| {
-                                rs.status.as_ref().is_some_and(|s| {
-                                    s.ready_replicas.unwrap_or(0)
-                                        >= rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-                                })
-                            })
+                        all_ready(Api::<ReplicaSet>::namespaced(client, ns), name, |rs| {
+                            let want = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                            rs.status
+                                .as_ref()
+                                .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= want)
                         })
                         .await
-                        .map(|_| ())
                     }
                     "StatefulSet" => {
-                        let api: Api<StatefulSet> = Api::namespaced(client, ns);
-                        await_condition(api, name, |ss: Option<&StatefulSet>| {
-                            ss.is_none_or(|ss| {
-                                ss.status.as_ref().is_some_and(|s| {
-                                    s.ready_replicas.unwrap_or(0)
-                                        >= ss.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-                                })
-                            })
+                        all_ready(Api::<StatefulSet>::namespaced(client, ns), name, |ss| {
+                            let want = ss.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                            ss.status
+                                .as_ref()
+                                .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= want)
                         })
                         .await
-                        .map(|_| ())
                     }
+                    // Other owners (Jobs, custom controllers): nothing generic to wait for.
                     _ => Ok(()),
                 }
             }
@@ -462,6 +455,20 @@ impl NodeSteps for KubeSteps {
             });
         }
     }
+}
+
+/// Waits (by watch) until the workload is gone or `ready` holds for it.
+async fn all_ready<K>(
+    api: Api<K>,
+    name: &str,
+    ready: impl Fn(&K) -> bool,
+) -> Result<(), kube::runtime::wait::Error>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    await_condition(api, name, move |o: Option<&K>| o.is_none_or(&ready))
+        .await
+        .map(|_| ())
 }
 
 /// `--dry-run`: reads the cluster, changes nothing, reports what a real run would do.

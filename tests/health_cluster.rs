@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::Value;
-use std::io::{Read, Write};
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,33 +63,6 @@ fn annotation(node: &str, key: &str) -> String {
         .ok()
         .and_then(|v| v[key].as_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-fn http_get(url: &str) -> String {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    resp.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
-fn http_post(url: &str, body: &str) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "POST {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
 }
 
 /// Texts of the Slack requests for this channel that the stand-in answered.
@@ -300,29 +273,6 @@ async fn a_failing_probe_after_drain_aborts_before_the_remote_command() {
     kubectl_ok(&["uncordon", &n1]);
 }
 
-/// A /metrics target the test controls.
-fn serve_gauge(value: Arc<AtomicU32>, suite: String) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf);
-            let body = format!(
-                "rollgate_test_alerting{{suite=\"{suite}\"}} {}\n",
-                value.load(Ordering::SeqCst)
-            );
-            let _ = write!(
-                s,
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
-}
-
 #[tokio::test]
 async fn a_firing_prometheus_alert_refuses_to_start_the_run_and_when_it_clears_the_run_starts() {
     let e = env();
@@ -331,7 +281,7 @@ async fn a_firing_prometheus_alert_refuses_to_start_the_run_and_when_it_clears_t
     let n1 = format!("{}-n1", suite.replace('_', "-"));
     nodes.add(&n1, &[], &[], "v1.35.4");
     let value = Arc::new(AtomicU32::new(1));
-    let port = serve_gauge(Arc::clone(&value), suite.clone());
+    let port = serve_metric("rollgate_test_alerting", Arc::clone(&value), suite.clone());
     std::fs::write(
         e.prometheus_targets_dir.join(format!("{suite}.json")),
         format!(r#"[{{"targets":["127.0.0.1:{port}"]}}]"#),

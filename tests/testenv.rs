@@ -5,8 +5,7 @@ mod support;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use std::io::{Read, Write};
-use std::net::TcpListener;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -158,38 +157,6 @@ async fn faults_on_demand_crashloop_with_rising_restarts_and_node_not_ready() {
     .await;
 }
 
-fn http(
-    method: &str,
-    url: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, Vec<(String, String)>, String) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            l.split_once(": ")
-                .map(|(k, v)| (k.to_lowercase(), v.to_owned()))
-        })
-        .collect();
-    (status, headers, body.to_owned())
-}
-
 #[test]
 fn slack_standin_speaks_the_web_api_checks_tokens_fails_on_request_and_records() {
     let e = env();
@@ -286,35 +253,12 @@ fn slack_standin_speaks_the_web_api_checks_tokens_fails_on_request_and_records()
     assert_eq!(mine[2]["authorized"], false);
 }
 
-/// A /metrics target the test controls.
-fn serve_gauge(value: Arc<AtomicU32>, suite: String) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf);
-            let body = format!(
-                "# TYPE rollgate_test_broken gauge\nrollgate_test_broken{{suite=\"{suite}\"}} {}\n",
-                value.load(Ordering::SeqCst)
-            );
-            let _ = write!(
-                s,
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
-}
-
 #[tokio::test]
 async fn prometheus_scrapes_a_test_target_and_its_alert_fires_and_clears() {
     let e = env();
     let suite = unique("prom").replace('-', "_");
     let value = Arc::new(AtomicU32::new(0));
-    let port = serve_gauge(Arc::clone(&value), suite.clone());
+    let port = serve_metric("rollgate_test_broken", Arc::clone(&value), suite.clone());
     std::fs::write(
         e.prometheus_targets_dir.join(format!("{suite}.json")),
         format!(r#"[{{"targets":["127.0.0.1:{port}"],"labels":{{"suite":"{suite}"}}}}]"#),

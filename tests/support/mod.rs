@@ -8,6 +8,7 @@
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use serde::Deserialize;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -307,4 +308,72 @@ pub fn events(stderr: &str) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v.get("event").is_some())
         .collect()
+}
+
+/// A minimal HTTP/1.0 client for the environment's loopback services: (status, headers, body).
+pub fn http(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            l.split_once(": ")
+                .map(|(k, v)| (k.to_lowercase(), v.to_owned()))
+        })
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+pub fn http_get(url: &str) -> String {
+    http("GET", url, None, "").2
+}
+
+pub fn http_post(url: &str, body: &str) {
+    http("POST", url, None, body);
+}
+
+/// A /metrics target the test controls: `NAME{suite="SUITE"} VALUE`. Returns its port.
+pub fn serve_metric(
+    name: &'static str,
+    value: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    suite: String,
+) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let body = format!(
+                "# TYPE {name} gauge\n{name}{{suite=\"{suite}\"}} {}\n",
+                value.load(std::sync::atomic::Ordering::SeqCst)
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
 }
