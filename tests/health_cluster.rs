@@ -682,3 +682,115 @@ async fn the_metrics_endpoint_scraped_by_prometheus_shows_the_run_progress() {
     );
     let _ = std::fs::remove_file(e.prometheus_targets_dir.join(format!("{job}.json")));
 }
+
+/// Answers every HTTP request with `status` and `body` while running.
+fn http_service(status: Arc<AtomicU32>, body: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let code = status.load(Ordering::SeqCst);
+            let _ = write!(
+                s,
+                "HTTP/1.0 {code} X\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn job_and_http_probes_gate_the_run_and_the_probe_job_is_cleaned_up() {
+    let suite = unique("jobs");
+    let mut nodes = TestNodes::new(&suite);
+    let names: Vec<String> = (1..=2).map(|i| format!("{suite}-n{i}")).collect();
+    for n in &names {
+        nodes.add(n, &[], &[], "v1.35.4");
+    }
+    let ns = TestNamespace::new("jobs");
+    let dir = tempfile::tempdir().unwrap();
+    // A relative manifest path is resolved against the playbook's directory.
+    std::fs::write(
+        dir.path().join("smoke-job.yaml"),
+        format!("apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: smoke\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      nodeName: {}\n      containers: [{{name: smoke, image: busybox}}]\n", names[0]),
+    )
+    .unwrap();
+    let status = Arc::new(AtomicU32::new(200));
+    let port = http_service(Arc::clone(&status), "status: ok");
+    let playbook = |when: &str| {
+        format!(
+            "name = \"jobs\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\"]\n[command]\nrun = \"true\"\n\
+             [[probe]]\nname = \"smoke\"\nkind = \"job\"\nmanifest = \"./smoke-job.yaml\"\nnamespace = \"{ns}\"\ntimeout = \"1m\"\nwhen = [\"before-run\"]\n\
+             [[probe]]\nname = \"api\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{port}/healthz\"\nbody-contains = \"ok\"\nwhen = [\"{when}\"]\n{}",
+            names[0],
+            names[1],
+            scope(&suite, "rollgate-unwatched"),
+            ns = ns.0
+        )
+    };
+    let (code, events, stderr) = finish(spawn(rollgate_run(
+        dir.path(),
+        "#jobs",
+        &playbook("after-uncordon"),
+    )));
+    assert_eq!(code, 0, "{stderr}");
+    let results: Vec<(String, String)> = named(&events, "probe-result")
+        .iter()
+        .map(|e| {
+            (
+                e["probe"].as_str().unwrap().to_owned(),
+                e["outcome"]["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results
+            .iter()
+            .filter(|(p, r)| p == "smoke" && r == "pass")
+            .count(),
+        1,
+        "{results:?}"
+    );
+    assert_eq!(
+        results
+            .iter()
+            .filter(|(p, r)| p == "api" && r == "pass")
+            .count(),
+        2,
+        "{results:?}"
+    );
+    eventually("the probe Job to be deleted", MINUTE, || {
+        let ns = ns.0.clone();
+        async move {
+            kubectl_ok(&["-n", &ns, "get", "jobs", "-o", "name"])
+                .trim()
+                .is_empty()
+        }
+    })
+    .await;
+
+    // The service starts answering 503 after the first node: the http gate aborts the run.
+    status.store(503, Ordering::SeqCst);
+    let (code, events, stderr) = finish(spawn(rollgate_run(
+        dir.path(),
+        "#jobs",
+        &playbook("after-drain"),
+    )));
+    assert_eq!(code, 5, "{stderr}");
+    let decision = &named(&events, "gate-decision")[0]["decision"];
+    assert_eq!(decision["signal"], "probe:api");
+    assert!(
+        decision["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("status 503"),
+        "{decision}"
+    );
+    assert_eq!(named(&events, "node-started").len(), 1);
+    kubectl_ok(&["uncordon", &names[0]]);
+}
