@@ -794,3 +794,45 @@ async fn job_and_http_probes_gate_the_run_and_the_probe_job_is_cleaned_up() {
     assert_eq!(named(&events, "node-started").len(), 1);
     kubectl_ok(&["uncordon", &names[0]]);
 }
+
+#[tokio::test]
+async fn icmp_pings_reach_pod_ips_and_keep_the_gate_open() {
+    // The kernel answers for every loopback address, as it would for a live pod.
+    assert!(
+        rollgate::monitor::icmp::ping("127.0.0.1".parse().unwrap(), Duration::from_secs(1), 1)
+            .unwrap()
+    );
+    let suite = unique("icmp");
+    let mut nodes = TestNodes::new(&suite);
+    let svc = format!("{suite}-svc");
+    let n1 = format!("{suite}-n1");
+    nodes.add(&svc, &[], &[], "v1.35.4");
+    nodes.add(&n1, &[], &[], "v1.35.4");
+    let ns = TestNamespace::new("icmp");
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: mq, namespace: {}, labels: {{app: mq}}}}\nspec: {{nodeName: {svc}, containers: [{{name: c, image: rabbitmq}}]}}\n",
+        ns.0
+    ));
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "wait",
+        "--for=condition=Ready",
+        "pod/mq",
+        "--timeout=60s",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let (code, events, stderr) = finish(spawn(rollgate_run(
+        dir.path(),
+        "#icmp",
+        &format!(
+            "name = \"icmp\"\n[[phase]]\nname = \"one\"\nnodes = [\"{n1}\"]\n[command]\nrun = \"sleep 2\"\n{}[monitor.ping]\nselector = \"app=mq\"\ninterval = \"300ms\"\nmisses = 2\n",
+            scope(&suite, &ns.0)
+        ),
+    )));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        named(&events, "gate-decision").is_empty(),
+        "ICMP pings answered: {stderr}"
+    );
+}

@@ -5,10 +5,11 @@
 //! - A baseline is taken at start; every half second the stores are compared with it and only
 //!   new or worse problems go to the gates ([`pods`] holds the pure rules). Pods on nodes being
 //!   upgraded right now are exempt: their disruption is the point.
-//! - Pings: TCP connects to the selected pods' IPs, bounded concurrency; a pod is unreachable
+//! - Pings: ICMP echo ([`icmp`]) or TCP connects to the selected pods' IPs, bounded concurrency; a pod is unreachable
 //!   after `misses` failures in a row.
 //! - Periodic probes run on their own intervals.
 
+pub mod icmp;
 pub mod pods;
 
 use crate::engine::{EventSink, RunEvent};
@@ -265,6 +266,17 @@ async fn ping_loop(
 ) {
     let mut misses: HashMap<String, u32> = HashMap::new();
     let mut tick = tokio::time::interval(ping.interval);
+    let mut seq: u16 = 0;
+    // Without a port, pings are ICMP: say so once if this machine cannot open ICMP sockets.
+    if ping.port.is_none()
+        && let Err(e) = tokio::task::spawn_blocking(|| {
+            icmp::ping(std::net::Ipv4Addr::LOCALHOST, PING_TIMEOUT, 0)
+        })
+        .await
+        .unwrap_or(Ok(false))
+    {
+        guard.report(&Signal::Pings, Outcome::Inconclusive(format!("cannot send ICMP pings here ({e}): set monitor.ping.port for TCP, or allow unprivileged ICMP (net.ipv4.ping_group_range)")));
+    }
     loop {
         tick.tick().await;
         let exempt = guard.exempt_nodes();
@@ -289,23 +301,28 @@ async fn ping_loop(
                 ))
             })
             .collect();
-        let Some(port) = ping.port else {
-            guard.report(
-                &Signal::Pings,
-                Outcome::Inconclusive(
-                    "ICMP pings are not supported yet: set monitor.ping.port for TCP".into(),
-                ),
-            );
-            continue;
-        };
+        let port = ping.port;
+        seq = seq.wrapping_add(1);
         let results: Vec<(String, String, bool)> = futures::stream::iter(targets)
             .map(|(pod, ip)| async move {
-                let ok = tokio::time::timeout(
-                    PING_TIMEOUT,
-                    tokio::net::TcpStream::connect((ip.as_str(), port)),
-                )
-                .await
-                .is_ok_and(|r| r.is_ok());
+                let ok = match port {
+                    Some(port) => tokio::time::timeout(
+                        PING_TIMEOUT,
+                        tokio::net::TcpStream::connect((ip.as_str(), port)),
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+                    None => match ip.parse() {
+                        Ok(v4) => {
+                            tokio::task::spawn_blocking(move || icmp::ping(v4, PING_TIMEOUT, seq))
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                                .unwrap_or(false)
+                        }
+                        Err(_) => false, // IPv6 pod IPs: ICMPv6 is not implemented; use a TCP port
+                    },
+                };
                 (pod, ip, ok)
             })
             .buffer_unordered(PING_CONCURRENCY)
@@ -318,8 +335,11 @@ async fn ping_loop(
             let m = misses.entry(pod.clone()).or_default();
             *m = if *ok { 0 } else { *m + 1 };
             if *m == ping.misses {
+                let target = port
+                    .map(|p| format!("{ip}:{p}"))
+                    .unwrap_or_else(|| format!("{ip} (ICMP)"));
                 unreachable.push(format!(
-                    "{pod} ({ip}:{port}) unreachable {} times in a row",
+                    "{pod} ({target}) unreachable {} times in a row",
                     ping.misses
                 ));
                 sink.emit(RunEvent::Problem {
@@ -327,7 +347,7 @@ async fn ping_loop(
                         object: pod.clone(),
                         node: None,
                         kind: pods::ProblemKind::Unreachable,
-                        detail: format!("{ip}:{port} does not accept connections"),
+                        detail: format!("{target} does not answer"),
                     },
                 });
             }
