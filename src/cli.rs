@@ -101,6 +101,16 @@ pub enum Command {
         /// The run id (default: the latest run).
         run: Option<String>,
     },
+    /// Show a run's state from its journal: each node's state, step, since when, last error.
+    #[command(
+        after_help = "Examples:\n  rollgate status                      # the latest run\n  rollgate status 20261125-013000-ab12 -o json\n\nExit codes: 0 shown, 2 no such run."
+    )]
+    Status {
+        /// The run id (default: the latest run).
+        run: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
     /// Watch cluster health without upgrading anything: unhealthy pods, pings, probes.
     #[command(
         after_help = "Examples:\n  rollgate monitor\n  rollgate monitor playbooks/k8s-upgrade.toml   # its namespaces, pings and periodic probes\n  rollgate monitor -o json | jq 'select(.event == \"problem\")'\n\nCtrl-C stops it (exit 0)."

@@ -25,6 +25,7 @@ pub mod engine;
 pub mod exit;
 pub mod gate;
 pub mod health;
+pub mod journal;
 pub mod lock;
 pub mod monitor;
 pub mod plan;

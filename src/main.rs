@@ -46,6 +46,9 @@ fn main() -> ExitCode {
                 commands::plan::run(&cli.global, playbook, *output).await
             }
             Command::Run(args) => commands::run::run(&cli.global, args).await,
+            Command::Status { run, output } => {
+                commands::run::status(&cli.global, run.as_deref(), *output)
+            }
             Command::Resume { run } => commands::run::resume(&cli.global, run.as_deref()).await,
             Command::Monitor { playbook, output } => {
                 commands::monitor::run(&cli.global, playbook.as_deref(), *output).await

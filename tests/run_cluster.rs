@@ -837,6 +837,25 @@ async fn a_second_runner_is_refused_while_the_first_holds_the_lock_and_takes_ove
         assert_eq!(code, 0, "{stderr}");
     }
     assert!(!unschedulable(&n2));
+    // The journal of the killed run tells where it stopped; the finished one says so too.
+    let status = |dir: &Path| {
+        let mut cmd = rollgate(dir);
+        cmd.args(["status", "-o", "json"]);
+        let (code, stdout, stderr) = run_rollgate(cmd, MINUTE);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    };
+    let killed = status(dir1.path());
+    assert_eq!(
+        killed["state"], "running",
+        "no end in a killed run's journal: {killed}"
+    );
+    assert_eq!(killed["nodes"][&n1]["state"], "in-progress");
+    assert_eq!(killed["nodes"][&n1]["step"], "command");
+    assert!(killed["nodes"][&n1]["since"].as_str().is_some());
+    let finished = status(dir2.path());
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    assert_eq!(finished["nodes"][&n2]["state"], "done");
     // The killed run's node stays cordoned, recorded as rollgate's.
     assert!(unschedulable(&n1) && annotations(&n1)["rollgate.dev/step"] == "command");
     kubectl_ok(&["uncordon", &n1]);

@@ -225,7 +225,19 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
     };
     let runs_dir = config.state_dir.join("runs");
     let run_dir = runs_dir.join(&run_id);
+    let header = serde_json::json!({
+        "journal": 1,
+        "run_id": run_id,
+        "playbook": playbook.name,
+        "playbook_file": std::fs::canonicalize(&args.playbook).unwrap_or_else(|_| args.playbook.clone()),
+        "dry_run": args.dry_run,
+        "nodes": report.plan.phases.iter().flat_map(|p| p.waves.iter().flat_map(move |w| w.nodes.iter().map(move |n| [n.as_str(), p.name.as_str()]))).collect::<Vec<_>>(),
+    });
+    let journal = crate::journal::Journal::create(&run_dir, &header).map_err(|e| {
+        Failure::new(exit::BAD_INPUT, format!("error: cannot create the run journal in {}: {e}\n  hint: set `state.dir` in the config or --state-dir", run_dir.display()))
+    })?;
     let (sink, rx) = EventSink::channel();
+    let sink = sink.with_journal(Arc::new(journal));
     let mut consumers: Vec<Box<dyn Consumer>> = Vec::new();
     if json {
         consumers.push(Box::new(report::json::JsonLines::stderr(&run_id)));
@@ -420,16 +432,68 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
     Ok(exit_code(&summary))
 }
 
+fn latest_run(runs: &std::path::Path, run: Option<&str>) -> Result<String, Failure> {
+    match run {
+        Some(r) => Ok(r.to_owned()),
+        None => std::fs::read_to_string(runs.join(LATEST_FILE)).map(|s| s.trim().to_owned()).map_err(|_| {
+            Failure::new(exit::BAD_INPUT, format!("error: no run found in {}\n  hint: pass the run id, or the --state-dir the run uses", runs.display()))
+        }),
+    }
+}
+
+/// `rollgate status [RUN]`: each node's state, step, since when and last error, from the journal.
+pub fn status(
+    global: &GlobalArgs,
+    run: Option<&str>,
+    output: crate::cli::OutputFormat,
+) -> Result<u8, Failure> {
+    let config = load_config(global)?;
+    let runs = config.state_dir.join("runs");
+    let run_id = latest_run(&runs, run)?;
+    let path = runs.join(&run_id).join(crate::journal::FILE);
+    let status = crate::journal::RunStatus::from_journal(&path).map_err(|e| {
+        Failure::new(
+            exit::BAD_INPUT,
+            format!("error: cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if output == crate::cli::OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("serialisable")
+        );
+        return Ok(exit::OK);
+    }
+    println!(
+        "run {}: {} — {}",
+        status.run_id, status.playbook, status.state
+    );
+    println!(
+        "  {:<28} {:<14} {:<12} {:<12} {:<26} last error",
+        "NODE", "PHASE", "STATE", "STEP", "SINCE"
+    );
+    for (node, n) in &status.nodes {
+        println!(
+            "  {:<28} {:<14} {:<12} {:<12} {:<26} {}",
+            node,
+            n.phase,
+            n.state,
+            n.step.as_deref().unwrap_or("-"),
+            n.since.as_deref().unwrap_or("-"),
+            n.last_error.as_deref().unwrap_or("")
+        );
+    }
+    for d in &status.decisions {
+        println!("  gate: {d}");
+    }
+    Ok(exit::OK)
+}
+
 /// `rollgate resume [RUN]`: asks a paused run (in this state directory) to continue.
 pub async fn resume(global: &GlobalArgs, run: Option<&str>) -> Result<u8, Failure> {
     let config = load_config(global)?;
     let runs = config.state_dir.join("runs");
-    let run_id = match run {
-        Some(r) => r.to_owned(),
-        None => std::fs::read_to_string(runs.join(LATEST_FILE)).map(|s| s.trim().to_owned()).map_err(|_| {
-            Failure::new(exit::BAD_INPUT, format!("error: no run found in {}\n  hint: pass the run id, or the --state-dir the run uses", runs.display()))
-        })?,
-    };
+    let run_id = latest_run(&runs, run)?;
     let dir = runs.join(&run_id);
     if !dir.exists() {
         return Err(Failure::new(

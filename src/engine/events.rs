@@ -230,19 +230,31 @@ mod humantime_serde_compat {
 #[derive(Clone)]
 pub struct EventSink {
     tx: mpsc::UnboundedSender<Stamped>,
+    journal: Option<std::sync::Arc<crate::journal::Journal>>,
 }
 
 impl EventSink {
     pub fn channel() -> (Self, mpsc::UnboundedReceiver<Stamped>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, rx)
+        (Self { tx, journal: None }, rx)
+    }
+
+    /// Decisions and step transitions are also appended to this journal, synchronously, before
+    /// `emit` returns, so they are on disk before the step they announce takes effect.
+    pub fn with_journal(mut self, journal: std::sync::Arc<crate::journal::Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     pub fn emit(&self, event: RunEvent) {
-        // A closed receiver means reporting has shut down; the run itself goes on.
-        let _ = self.tx.send(Stamped {
+        let stamped = Stamped {
             at: SystemTime::now(),
             event,
-        });
+        };
+        if let Some(j) = &self.journal {
+            j.record(&stamped);
+        }
+        // A closed receiver means reporting has shut down; the run itself goes on.
+        let _ = self.tx.send(stamped);
     }
 }

@@ -1,0 +1,244 @@
+//! The run journal: `STATE_DIR/runs/RUN_ID/journal.jsonl`, append-only, one JSON object per line,
+//! fsynced after each write. The first line describes the run (playbook, plan order); then every
+//! decision and step transition, written before it takes effect (see [`crate::engine::EventSink`]).
+//! [`RunStatus::from_journal`] rebuilds each node's state from it for `rollgate status`; a crashed
+//! run's journal still reads up to its last complete line.
+
+use crate::engine::{RunEvent, Stamped};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub const FILE: &str = "journal.jsonl";
+
+pub struct Journal {
+    file: Mutex<File>,
+    path: PathBuf,
+}
+
+/// Whether an event belongs in the journal (decisions and transitions, not output lines).
+fn journaled(e: &RunEvent) -> bool {
+    matches!(
+        e,
+        RunEvent::RunStarted { .. }
+            | RunEvent::WaveStarted { .. }
+            | RunEvent::NodeStarted { .. }
+            | RunEvent::StepStarted { .. }
+            | RunEvent::StepFinished { .. }
+            | RunEvent::NodeDone { .. }
+            | RunEvent::NodeFailed { .. }
+            | RunEvent::NodeAbandoned { .. }
+            | RunEvent::Stopping { .. }
+            | RunEvent::GateDecision { .. }
+            | RunEvent::Paused { .. }
+            | RunEvent::Resumed
+            | RunEvent::RunFinished { .. }
+    )
+}
+
+impl Journal {
+    /// Creates the journal with its header line.
+    pub fn create(dir: &Path, header: &serde_json::Value) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(FILE);
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        writeln!(file, "{header}")?;
+        file.sync_data()?;
+        Ok(Self {
+            file: Mutex::new(file),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn record(&self, event: &Stamped) {
+        if !journaled(&event.event) {
+            return;
+        }
+        let line = serde_json::to_string(event).unwrap_or_default();
+        let mut f = self.file.lock().expect("lock");
+        if writeln!(f, "{line}").and_then(|_| f.sync_data()).is_err() {
+            tracing::error!(path = %self.path.display(), "cannot write the run journal");
+        }
+    }
+}
+
+/// One node's state as the journal tells it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NodeStatus {
+    pub phase: String,
+    /// `pending`, `in-progress`, `done`, `failed`, `abandoned`.
+    pub state: String,
+    pub step: Option<String>,
+    pub since: Option<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunStatus {
+    pub run_id: String,
+    pub playbook: String,
+    /// `running` (or crashed: the journal has no end), `paused`, `finished`, `stopped: REASON`.
+    pub state: String,
+    pub nodes: BTreeMap<String, NodeStatus>,
+    pub decisions: Vec<String>,
+}
+
+impl RunStatus {
+    pub fn from_journal(path: &Path) -> std::io::Result<Self> {
+        let reader = std::io::BufReader::new(File::open(path)?);
+        let mut lines = reader.lines();
+        let header: serde_json::Value = lines
+            .next()
+            .transpose()?
+            .and_then(|l| serde_json::from_str(&l).ok())
+            .unwrap_or_default();
+        let mut status = RunStatus {
+            run_id: header["run_id"].as_str().unwrap_or("").into(),
+            playbook: header["playbook"].as_str().unwrap_or("").into(),
+            state: "running".into(),
+            nodes: BTreeMap::new(),
+            decisions: vec![],
+        };
+        for (node, phase) in header["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| Some((n[0].as_str()?, n[1].as_str()?)))
+        {
+            status.nodes.insert(
+                node.into(),
+                NodeStatus {
+                    phase: phase.into(),
+                    state: "pending".into(),
+                    step: None,
+                    since: None,
+                    last_error: None,
+                },
+            );
+        }
+        // A crash can leave a half-written last line: stop at the first line that does not parse.
+        for line in lines.map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                break;
+            };
+            let at = v["at"].as_str().map(str::to_owned);
+            let node = v["node"].as_str().map(str::to_owned);
+            let mut update = |f: &mut dyn FnMut(&mut NodeStatus)| {
+                if let Some(n) = &node {
+                    let entry = status.nodes.entry(n.clone()).or_insert(NodeStatus {
+                        phase: String::new(),
+                        state: "pending".into(),
+                        step: None,
+                        since: None,
+                        last_error: None,
+                    });
+                    f(entry);
+                }
+            };
+            match v["event"].as_str().unwrap_or("") {
+                "node-started" => update(&mut |n| {
+                    n.state = "in-progress".into();
+                    n.last_error = None;
+                }),
+                "step-started" => update(&mut |n| {
+                    n.step = v["step"].as_str().map(str::to_owned);
+                    n.since = at.clone();
+                }),
+                "node-done" => update(&mut |n| {
+                    n.state = "done".into();
+                    n.step = None;
+                    n.since = at.clone();
+                }),
+                "node-failed" => update(&mut |n| {
+                    n.state = "failed".into();
+                    n.last_error = v["reason"].as_str().map(str::to_owned);
+                }),
+                "node-abandoned" => update(&mut |n| n.state = "abandoned".into()),
+                "gate-decision" => status.decisions.push(format!(
+                    "{} by {}: {}",
+                    v["decision"]["decision"].as_str().unwrap_or(""),
+                    v["decision"]["signal"].as_str().unwrap_or(""),
+                    v["decision"]["evidence"].as_str().unwrap_or("")
+                )),
+                "paused" => status.state = "paused".into(),
+                "resumed" => status.state = "running".into(),
+                "run-finished" => {
+                    status.state = match &v["outcome"] {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => format!("stopped: {}", other["stopped"].as_str().unwrap_or("?")),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Step;
+
+    #[test]
+    fn status_is_rebuilt_from_the_journal_even_after_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), &serde_json::json!({"run_id": "r1", "playbook": "p", "nodes": [["a", "w"], ["b", "w"], ["c", "w"]]})).unwrap();
+        let at = std::time::SystemTime::now();
+        for event in [
+            RunEvent::NodeStarted {
+                node: "a".into(),
+                phase: "w".into(),
+            },
+            RunEvent::StepStarted {
+                node: "a".into(),
+                step: Step::Cordon,
+            },
+            RunEvent::NodeDone {
+                node: "a".into(),
+                elapsed_ms: 5,
+            },
+            RunEvent::NodeStarted {
+                node: "b".into(),
+                phase: "w".into(),
+            },
+            RunEvent::StepStarted {
+                node: "b".into(),
+                step: Step::Command,
+            },
+            RunEvent::CommandOutput {
+                node: "b".into(),
+                stream: crate::engine::Stream::Stdout,
+                line: "not journaled".into(),
+            },
+        ] {
+            j.record(&Stamped { at, event });
+        }
+        drop(j);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(FILE))
+            .unwrap();
+        write!(f, r#"{{"event":"node-do"#).unwrap();
+        let s = RunStatus::from_journal(&dir.path().join(FILE)).unwrap();
+        assert_eq!(s.nodes["a"].state, "done");
+        assert_eq!(
+            (s.nodes["b"].state.as_str(), s.nodes["b"].step.as_deref()),
+            ("in-progress", Some("command"))
+        );
+        assert_eq!(s.nodes["c"].state, "pending");
+        assert_eq!(s.state, "running");
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(!text.contains("not journaled"));
+    }
+}
