@@ -93,13 +93,16 @@ pub enum Command {
         after_help = "Examples:\n  rollgate run playbooks/k8s-upgrade.toml --dry-run\n  rollgate run playbooks/k8s-upgrade.toml --step\n  rollgate run playbooks/k8s-upgrade.toml --yes --log-format json\n\nCtrl-C once: finish the nodes in flight, start no new ones. Twice: stop now (nodes in flight stay cordoned).\nExit codes: 0 done, 2 bad input, 3 cluster, 4 nodes failed, 6 interrupted."
     )]
     Run(RunArgs),
-    /// Continue a run that a health gate paused (from another shell).
+    /// Continue a run that a health gate paused, or one that crashed or was killed (from its journal).
     #[command(
         after_help = "Examples:\n  rollgate resume                      # the latest run in the state directory\n  rollgate resume 20261125-013000-ab12\n\nExit codes: 0 resumed, 2 no such paused run."
     )]
     Resume {
         /// The run id (default: the latest run).
         run: Option<String>,
+        /// The remote command finished on this node although the journal cannot tell (repeatable).
+        #[arg(long, value_name = "NODE")]
+        command_done: Vec<String>,
     },
     /// Show a run's state from its journal: each node's state, step, since when, last error.
     #[command(

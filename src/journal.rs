@@ -56,6 +56,16 @@ impl Journal {
         })
     }
 
+    /// Reopens a crashed run's journal to append to it.
+    pub fn open_append(dir: &Path) -> std::io::Result<Self> {
+        let path = dir.join(FILE);
+        let file = OpenOptions::new().append(true).open(&path)?;
+        Ok(Self {
+            file: Mutex::new(file),
+            path,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -185,6 +195,95 @@ impl RunStatus {
     }
 }
 
+/// Where a crashed run picks up again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResumePoints {
+    pub run_id: String,
+    pub playbook_file: PathBuf,
+    /// Finished nodes: skipped.
+    pub done: std::collections::BTreeSet<String>,
+    /// Nodes that had started: the step they start from now.
+    pub from: std::collections::HashMap<String, crate::engine::Step>,
+}
+
+/// Reads the journal and decides, per node, where to start again: a node interrupted while
+/// cordoning or draining is drained again; one whose remote command may have started runs it
+/// again only when the playbook marks it safe to repeat (or it is listed in `command_done`,
+/// the operator's word that it finished); later steps restart where they stopped.
+pub fn resume_points(
+    path: &Path,
+    safe_to_rerun: bool,
+    command_done: &[String],
+) -> Result<ResumePoints, String> {
+    use crate::engine::Step;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut lines = text.lines();
+    let header: serde_json::Value = lines
+        .next()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| format!("{} has no header", path.display()))?;
+    let mut points = ResumePoints {
+        run_id: header["run_id"].as_str().unwrap_or("").into(),
+        playbook_file: PathBuf::from(header["playbook_file"].as_str().unwrap_or("")),
+        ..Default::default()
+    };
+    // Per node: (last step started, whether it finished).
+    let mut last: BTreeMap<String, (Step, bool)> = BTreeMap::new();
+    let step_of = |v: &serde_json::Value| serde_json::from_value::<Step>(v["step"].clone()).ok();
+    for line in lines {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            break;
+        };
+        let Some(node) = v["node"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        match v["event"].as_str().unwrap_or("") {
+            "step-started" => {
+                if let Some(s) = step_of(&v) {
+                    last.insert(node, (s, false));
+                }
+            }
+            "step-finished" => {
+                if let (Some(s), Some(entry)) = (step_of(&v), last.get_mut(&node))
+                    && entry.0 == s
+                {
+                    entry.1 = true;
+                }
+            }
+            "node-done" => {
+                last.remove(&node);
+                points.done.insert(node);
+            }
+            _ => {}
+        }
+    }
+    let mut refused = Vec::new();
+    for (node, (step, finished)) in last {
+        let from = match (step, finished) {
+            (Step::Settle, true) => Step::Settle,
+            (s, true) => Step::ALL[Step::ALL.iter().position(|x| *x == s).expect("a step") + 1],
+            (Step::Cordon | Step::Drain, false) => Step::Cordon,
+            (Step::Command, false) if safe_to_rerun => Step::Command,
+            (Step::Command, false) if command_done.contains(&node) => Step::WaitReady,
+            (Step::Command, false) => {
+                refused.push(node);
+                continue;
+            }
+            (s, false) => s,
+        };
+        points.from.insert(node, from);
+    }
+    if !refused.is_empty() {
+        return Err(format!(
+            "the remote command may have started on {} and the playbook does not mark it safe-to-rerun.\n  \
+             Check the node(s); then resume with --command-done NODE (it finished) for each, or set safe-to-rerun = true in the playbook",
+            refused.join(", ")
+        ));
+    }
+    Ok(points)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +339,59 @@ mod tests {
         assert_eq!(s.state, "running");
         let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
         assert!(!text.contains("not journaled"));
+    }
+
+    #[test]
+    fn resume_points_follow_the_last_step_of_each_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(
+            dir.path(),
+            &serde_json::json!({"run_id": "r1", "playbook_file": "/p.toml"}),
+        )
+        .unwrap();
+        let at = std::time::SystemTime::now();
+        let started = |n: &str, s| RunEvent::StepStarted {
+            node: n.into(),
+            step: s,
+        };
+        let finished = |n: &str, s| RunEvent::StepFinished {
+            node: n.into(),
+            step: s,
+            elapsed_ms: 1,
+            detail: None,
+        };
+        for event in [
+            started("done", Step::Settle),
+            RunEvent::NodeDone {
+                node: "done".into(),
+                elapsed_ms: 1,
+            },
+            started("draining", Step::Cordon),
+            finished("draining", Step::Cordon),
+            started("draining", Step::Drain),
+            started("commanded", Step::Command),
+            finished("commanded", Step::Command),
+            started("in-command", Step::Command),
+            started("settling", Step::Settle),
+        ] {
+            j.record(&Stamped { at, event });
+        }
+        let path = dir.path().join(FILE);
+        let err = resume_points(&path, false, &[]).unwrap_err();
+        assert!(
+            err.contains("in-command") && err.contains("--command-done"),
+            "{err}"
+        );
+        let p = resume_points(&path, false, &["in-command".into()]).unwrap();
+        assert_eq!(p.run_id, "r1");
+        assert!(p.done.contains("done") && !p.from.contains_key("done"));
+        assert_eq!(p.from["draining"], Step::Cordon);
+        assert_eq!(p.from["commanded"], Step::WaitReady);
+        assert_eq!(p.from["in-command"], Step::WaitReady);
+        assert_eq!(p.from["settling"], Step::Settle);
+        assert_eq!(
+            resume_points(&path, true, &[]).unwrap().from["in-command"],
+            Step::Command
+        );
     }
 }

@@ -49,7 +49,9 @@ fn main() -> ExitCode {
             Command::Status { run, output } => {
                 commands::run::status(&cli.global, run.as_deref(), *output)
             }
-            Command::Resume { run } => commands::run::resume(&cli.global, run.as_deref()).await,
+            Command::Resume { run, command_done } => {
+                commands::run::resume(&cli.global, run.as_deref(), command_done).await
+            }
             Command::Monitor { playbook, output } => {
                 commands::monitor::run(&cli.global, playbook.as_deref(), *output).await
             }

@@ -860,3 +860,135 @@ async fn a_second_runner_is_refused_while_the_first_holds_the_lock_and_takes_ove
     assert!(unschedulable(&n1) && annotations(&n1)["rollgate.dev/step"] == "command");
     kubectl_ok(&["uncordon", &n1]);
 }
+
+/// Kills the runner with SIGKILL when `at` says so, then `rollgate resume` finishes the run.
+async fn kill_and_resume(kill_step: &str) {
+    let suite = unique(&format!("kill-{kill_step}"));
+    let mut nodes = TestNodes::new(&suite);
+    let names: Vec<String> = (1..=2).map(|i| format!("{suite}-n{i}")).collect();
+    for n in &names {
+        nodes.add(n, &[], &[], "v1.35.4");
+    }
+    let ns = TestNamespace::new("kill");
+    // A pod on node 1 whose PDB holds the drain until the test lifts it.
+    kubectl_apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: held, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: held}}}}\n  template:\n    metadata: {{labels: {{app: held}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {n1}}}\n      containers: [{{name: c, image: db}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: held, namespace: {ns}}}\nspec:\n  maxUnavailable: 0\n  selector: {{matchLabels: {{app: held}}}}\n",
+        ns = ns.0,
+        n1 = names[0]
+    ));
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "wait",
+        "--for=condition=Available",
+        "deployment/held",
+        "--timeout=60s",
+    ]);
+    if kill_step != "drain" {
+        kubectl_ok(&["-n", &ns.0, "delete", "pdb", "held"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let markers = dir.path().join("markers");
+    let playbook = write_playbook(
+        dir.path(),
+        &format!(
+            "name = \"kill\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\"]\n[drain]\ntimeout = \"2m\"\n[command]\nrun = 'echo \"$ROLLGATE_NODE\" >> {}; sleep 2'\n[settle]\nsoak = \"4s\"\n",
+            names[0],
+            names[1],
+            markers.display()
+        ),
+    );
+    let lock = unique("kill-lock");
+    let mut cmd = rollgate(dir.path());
+    cmd.env("ROLLGATE_LOCK_NAME", &lock)
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--yes",
+            "--lock-duration",
+            "3s",
+        ])
+        .arg(&playbook);
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let n1 = names[0].clone();
+    let step = kill_step.to_owned();
+    let marker_file = markers.clone();
+    eventually(&format!("node 1 to reach {kill_step}"), MINUTE, || {
+        let (n1, step, marker_file) = (n1.clone(), step.clone(), marker_file.clone());
+        async move {
+            let a = annotations(&n1);
+            match step.as_str() {
+                // Settling: uncordoned, upgraded, soaking.
+                "settle" => a.get("rollgate.dev/last-run").is_some(),
+                // The command has really started on the node (it wrote its marker).
+                "command" => {
+                    a["rollgate.dev/step"] == "command"
+                        && std::fs::read_to_string(&marker_file).is_ok_and(|m| m.contains(&n1))
+                }
+                s => a["rollgate.dev/step"] == s,
+            }
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    if kill_step == "drain" {
+        kubectl_ok(&["-n", &ns.0, "delete", "pdb", "held"]);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await; // the killed runner's lock expires
+    let resume = |extra: &[&str]| {
+        let mut cmd = rollgate(dir.path());
+        cmd.env("ROLLGATE_LOCK_NAME", &lock)
+            .args(["--log-format", "json", "resume"])
+            .args(extra);
+        run_rollgate(cmd, 2 * MINUTE)
+    };
+    let (mut code, _, mut stderr) = resume(&[]);
+    if kill_step == "command" {
+        assert_eq!(
+            code, 2,
+            "a command that may have run is not rerun blindly: {stderr}"
+        );
+        assert!(
+            stderr.contains(&names[0]) && stderr.contains("--command-done"),
+            "{stderr}"
+        );
+        (code, _, stderr) = resume(&["--command-done", &names[0]]);
+    }
+    assert_eq!(code, 0, "resume after a kill during {kill_step}: {stderr}");
+    for n in &names {
+        assert!(
+            !unschedulable(n),
+            "{n} is uncordoned after resume ({kill_step})"
+        );
+    }
+    let markers = std::fs::read_to_string(&markers).unwrap();
+    for n in &names {
+        assert_eq!(
+            markers.lines().filter(|l| l == n).count(),
+            1,
+            "the command ran once on {n} ({kill_step}): {markers}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn after_sigkill_mid_drain_resume_drains_again_and_completes() {
+    kill_and_resume("drain").await;
+}
+
+#[tokio::test]
+async fn after_sigkill_during_the_command_resume_does_not_rerun_it_unless_told() {
+    kill_and_resume("command").await;
+}
+
+#[tokio::test]
+async fn after_sigkill_during_settle_resume_completes() {
+    kill_and_resume("settle").await;
+}

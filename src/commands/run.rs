@@ -24,6 +24,7 @@ use tokio::sync::watch;
 const PAUSED_FILE: &str = "paused";
 const RESUME_FILE: &str = "resume";
 const LATEST_FILE: &str = "latest";
+const PID_FILE: &str = "pid";
 
 /// A sortable, readable run id: UTC time plus a few random hex digits.
 pub fn new_run_id() -> String {
@@ -162,6 +163,15 @@ fn watch_resume_requests(
 }
 
 pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
+    run_with(global, args, None).await
+}
+
+/// A run, or (with `resume`) the continuation of a crashed one under the same run id.
+async fn run_with(
+    global: &GlobalArgs,
+    args: &RunArgs,
+    resume: Option<crate::journal::ResumePoints>,
+) -> Result<u8, Failure> {
     let playbook = Arc::new(load_playbook(&args.playbook)?);
     let config = Arc::new(load_config(global)?);
     let slack_target = slack_target(&config)?;
@@ -170,7 +180,16 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
     let json = config.log_format.map_or(!tty, |f| f == LogFormat::Json);
     let interactive = tty && std::io::stdin().is_terminal() && !json;
     let clients = cluster::connect(&config).await.map_err(connect_failure)?;
-    let report = build(&clients, &playbook).await?;
+    let mut report = build(&clients, &playbook).await?;
+    if let Some(r) = &resume {
+        // Finished nodes are skipped; the rest keep the plan's order.
+        for phase in &mut report.plan.phases {
+            for wave in &mut phase.waves {
+                wave.nodes.retain(|n| !r.done.contains(n));
+            }
+            phase.waves.retain(|w| !w.nodes.is_empty());
+        }
+    }
     if !json {
         eprint!("{}", render_table(&report));
     }
@@ -180,7 +199,8 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
             "error: the plan selects no node: nothing to do\n  hint: check the phases' selectors with `rollgate plan`",
         ));
     }
-    if interactive
+    if resume.is_none()
+        && interactive
         && !args.yes
         && !args.dry_run
         && !args.step
@@ -190,7 +210,10 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
         return Ok(exit::INTERRUPTED);
     }
 
-    let run_id = new_run_id();
+    let run_id = resume
+        .as_ref()
+        .map(|r| r.run_id.clone())
+        .unwrap_or_else(new_run_id);
     // One runner per cluster (a dry run changes nothing and takes no lock).
     let lock = if args.dry_run {
         None
@@ -233,7 +256,12 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
         "dry_run": args.dry_run,
         "nodes": report.plan.phases.iter().flat_map(|p| p.waves.iter().flat_map(move |w| w.nodes.iter().map(move |n| [n.as_str(), p.name.as_str()]))).collect::<Vec<_>>(),
     });
-    let journal = crate::journal::Journal::create(&run_dir, &header).map_err(|e| {
+    let journal = if resume.is_some() {
+        crate::journal::Journal::open_append(&run_dir)
+    } else {
+        crate::journal::Journal::create(&run_dir, &header)
+    };
+    let journal = journal.map_err(|e| {
         Failure::new(exit::BAD_INPUT, format!("error: cannot create the run journal in {}: {e}\n  hint: set `state.dir` in the config or --state-dir", run_dir.display()))
     })?;
     let (sink, rx) = EventSink::channel();
@@ -259,6 +287,7 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
         }
     }
     let _ = std::fs::write(runs_dir.join(LATEST_FILE), &run_id);
+    let _ = std::fs::write(run_dir.join(PID_FILE), std::process::id().to_string());
     let metrics = report::metrics::Metrics::new(&run_id);
     consumers.push(Box::new(report::metrics::MetricsConsumer(Arc::clone(
         &metrics,
@@ -380,8 +409,9 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
                 ""
             }
         );
-        let mut engine =
-            Engine::new(steps, sink.clone(), stop_rx).with_guard(Arc::clone(&guard), &hint);
+        let mut engine = Engine::new(steps, sink.clone(), stop_rx)
+            .with_guard(Arc::clone(&guard), &hint)
+            .resuming(resume.as_ref().map(|r| r.from.clone()).unwrap_or_default());
         if let Some(c) = confirm {
             engine = engine.with_confirm(c);
         }
@@ -489,8 +519,24 @@ pub fn status(
     Ok(exit::OK)
 }
 
-/// `rollgate resume [RUN]`: asks a paused run (in this state directory) to continue.
-pub async fn resume(global: &GlobalArgs, run: Option<&str>) -> Result<u8, Failure> {
+fn process_alive(pid_file: &std::path::Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("rollgate"))
+}
+
+/// `rollgate resume [RUN]`: continues a run. A live run that a gate paused is told to go on;
+/// a run whose process is gone (crashed, killed, stopped) continues from its journal.
+pub async fn resume(
+    global: &GlobalArgs,
+    run: Option<&str>,
+    command_done: &[String],
+) -> Result<u8, Failure> {
     let config = load_config(global)?;
     let runs = config.state_dir.join("runs");
     let run_id = latest_run(&runs, run)?;
@@ -501,11 +547,50 @@ pub async fn resume(global: &GlobalArgs, run: Option<&str>) -> Result<u8, Failur
             format!("error: no run {run_id} in {}", runs.display()),
         ));
     }
+    if !process_alive(&dir.join(PID_FILE)) {
+        let journal = dir.join(crate::journal::FILE);
+        if let Ok(status) = crate::journal::RunStatus::from_journal(&journal)
+            && status.state == "succeeded"
+        {
+            eprintln!("run {run_id} finished: nothing to resume");
+            return Ok(exit::OK);
+        }
+        // The header names the playbook; whether its command is safe to rerun decides the rest.
+        let playbook_file = crate::journal::resume_points(&journal, true, &[])
+            .map(|p| p.playbook_file)
+            .map_err(|e| Failure::new(exit::BAD_INPUT, format!("error: {e}")))?;
+        let playbook = load_playbook(&playbook_file)?;
+        let points =
+            crate::journal::resume_points(&journal, playbook.command.safe_to_rerun, command_done)
+                .map_err(|e| {
+                Failure::new(
+                    exit::BAD_INPUT,
+                    format!("error: cannot resume run {run_id}: {e}"),
+                )
+            })?;
+        eprintln!(
+            "resuming run {run_id} from its journal: {} node(s) done, {} to pick up where they stopped",
+            points.done.len(),
+            points.from.len()
+        );
+        let args = RunArgs {
+            playbook: playbook_file,
+            yes: true,
+            step: false,
+            dry_run: false,
+            show_output: false,
+            force_unlock: false,
+            lock_name: std::env::var("ROLLGATE_LOCK_NAME").unwrap_or_else(|_| "default".into()),
+            lock_duration: Duration::from_secs(30),
+            metrics_listen: None,
+        };
+        return Box::pin(run_with(global, &args, Some(points))).await;
+    }
     if !dir.join(PAUSED_FILE).exists() {
         return Err(Failure::new(
             exit::BAD_INPUT,
             format!(
-                "error: run {run_id} is not paused\n  hint: `rollgate resume` continues a run that a health gate paused"
+                "error: run {run_id} is running and not paused\n  hint: `rollgate resume` continues a paused run, or one whose process is gone"
             ),
         ));
     }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use tokio::sync::mpsc;
 
 /// The steps of one node's upgrade, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
     Cordon,

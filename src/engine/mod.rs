@@ -37,6 +37,8 @@ impl StepError {
 pub struct NodeJob {
     pub node: String,
     pub phase: String,
+    /// The first step to run: [`Step::Cordon`], or a later one when a crashed run is resumed.
+    pub from: Step,
 }
 
 /// The side effects of one node's upgrade. Each call is bounded by its own timeout.
@@ -89,6 +91,7 @@ pub struct Engine<S: NodeSteps> {
     confirm: Option<Confirm>,
     guard: Option<Arc<Guard>>,
     resume_hint: String,
+    resume_from: HashMap<String, Step>,
 }
 
 type NodeResult = (String, Result<(), (Step, StepError)>);
@@ -102,7 +105,14 @@ impl<S: NodeSteps> Engine<S> {
             confirm: None,
             guard: None,
             resume_hint: String::new(),
+            resume_from: HashMap::new(),
         }
+    }
+
+    /// Resuming a crashed run: these nodes start at the given step instead of cordon.
+    pub fn resuming(mut self, from: HashMap<String, Step>) -> Self {
+        self.resume_from = from;
+        self
     }
 
     /// Health gates: an abort stops the run (nodes in flight stop at their next safe point), a
@@ -197,6 +207,7 @@ impl<S: NodeSteps> Engine<S> {
                         let job = NodeJob {
                             node: node.clone(),
                             phase: phase.name.clone(),
+                            from: self.resume_from.get(node).copied().unwrap_or(Step::Cordon),
                         };
                         in_flight.spawn(upgrade_node(
                             Arc::clone(&self.steps),
@@ -373,7 +384,7 @@ async fn upgrade_node<S: NodeSteps>(
         phase: job.phase.clone(),
     });
     let mut drained = DrainReport::default();
-    for step in Step::ALL {
+    for step in Step::ALL.into_iter().skip_while(|s| *s != job.from) {
         current.lock().expect("lock").insert(job.node.clone(), step);
         if let Some(g) = &guard {
             g.set_step(&job.node, Some(step));
