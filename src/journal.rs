@@ -83,7 +83,7 @@ impl Journal {
 }
 
 /// One node's state as the journal tells it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct NodeStatus {
     pub phase: String,
     /// `pending`, `in-progress`, `done`, `failed`, `abandoned`.
@@ -93,7 +93,7 @@ pub struct NodeStatus {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct RunStatus {
     pub run_id: String,
     pub playbook: String,
@@ -282,6 +282,89 @@ pub fn resume_points(
         ));
     }
     Ok(points)
+}
+
+/// The ConfigMap (in kube-system) that mirrors a run's status, so another machine can see it.
+pub fn configmap_name(run_id: &str) -> String {
+    format!("rollgate-run-{run_id}")
+}
+
+/// Copies the journal's status into the cluster every few seconds while the run lasts; call
+/// [`ClusterCopy::finish`] at the end for a last copy.
+pub struct ClusterCopy {
+    task: tokio::task::JoinHandle<()>,
+    client: kube::Client,
+    journal: PathBuf,
+    run_id: String,
+}
+
+async fn copy_to_cluster(
+    client: &kube::Client,
+    journal: &Path,
+    run_id: &str,
+) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, Patch, PatchParams};
+    let status = RunStatus::from_journal(journal).map_err(|e| e.to_string())?;
+    let cm = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": configmap_name(run_id), "labels": {"app.kubernetes.io/managed-by": "rollgate"}},
+        "data": {"status.json": serde_json::to_string_pretty(&status).unwrap_or_default()},
+    });
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), crate::lock::NAMESPACE);
+    api.patch(
+        &configmap_name(run_id),
+        &PatchParams::apply("rollgate").force(),
+        &Patch::Apply(&cm),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+impl ClusterCopy {
+    pub fn start(client: kube::Client, journal: PathBuf, run_id: String) -> Self {
+        let (c, j, r) = (client.clone(), journal.clone(), run_id.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                if let Err(e) = copy_to_cluster(&c, &j, &r).await {
+                    tracing::warn!(error = %e, "cannot copy the run status into the cluster");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        });
+        Self {
+            task,
+            client,
+            journal,
+            run_id,
+        }
+    }
+
+    pub async fn finish(self) {
+        self.task.abort();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            copy_to_cluster(&self.client, &self.journal, &self.run_id),
+        )
+        .await;
+    }
+}
+
+/// Reads a run's status from its cluster copy (for `rollgate status` on another machine).
+pub async fn status_from_cluster(client: &kube::Client, run_id: &str) -> Result<RunStatus, String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), crate::lock::NAMESPACE);
+    let cm = api
+        .get(&configmap_name(run_id))
+        .await
+        .map_err(|e| format!("no status for run {run_id} in the cluster: {e}"))?;
+    let text = cm
+        .data
+        .and_then(|d| d.get("status.json").cloned())
+        .ok_or("the run's ConfigMap has no status.json")?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

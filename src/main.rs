@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             }
             Command::Run(args) => commands::run::run(&cli.global, args).await,
             Command::Status { run, output } => {
-                commands::run::status(&cli.global, run.as_deref(), *output)
+                commands::run::status(&cli.global, run.as_deref(), *output).await
             }
             Command::Resume { run, command_done } => {
                 commands::run::resume(&cli.global, run.as_deref(), command_done).await

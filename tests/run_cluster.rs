@@ -856,6 +856,18 @@ async fn a_second_runner_is_refused_while_the_first_holds_the_lock_and_takes_ove
     let finished = status(dir2.path());
     assert_eq!(finished["state"], "succeeded", "{finished}");
     assert_eq!(finished["nodes"][&n2]["state"], "done");
+    // From another machine (no local state): the run's copy in the cluster says the same.
+    let run_id = std::fs::read_to_string(dir2.path().join("runs/latest")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut cmd = rollgate(elsewhere.path());
+    cmd.args(["status", run_id.trim(), "-o", "json"]);
+    let (code, stdout, stderr) = run_rollgate(cmd, MINUTE);
+    assert_eq!(code, 0, "{stderr}");
+    let from_cluster: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        from_cluster, finished,
+        "the cluster copy matches the journal"
+    );
     // The killed run's node stays cordoned, recorded as rollgate's.
     assert!(unschedulable(&n1) && annotations(&n1)["rollgate.dev/step"] == "command");
     kubectl_ok(&["uncordon", &n1]);

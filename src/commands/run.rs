@@ -332,6 +332,7 @@ async fn run_with(
     let confirm: Option<Confirm> = args
         .step
         .then(|| Arc::new(|node: &str| ask(&format!("upgrade node {node} now?"))) as Confirm);
+    let mut cluster_copy = None;
     let summary = if args.dry_run {
         let steps = DryRunSteps {
             clients,
@@ -394,6 +395,11 @@ async fn run_with(
             ));
         }
         let resume_watch = watch_resume_requests(Arc::clone(&guard), run_dir.clone(), interactive);
+        cluster_copy = Some(crate::journal::ClusterCopy::start(
+            clients.api.clone(),
+            run_dir.join(crate::journal::FILE),
+            run_id.clone(),
+        ));
         let steps = KubeSteps {
             clients,
             playbook: Arc::clone(&playbook),
@@ -433,6 +439,9 @@ async fn run_with(
         Some(summary)
     };
     let summary = summary.expect("the run produced a summary");
+    if let Some(copy) = cluster_copy {
+        copy.finish().await;
+    }
     if let Some(server) = metrics_server {
         server.abort();
     }
@@ -472,7 +481,7 @@ fn latest_run(runs: &std::path::Path, run: Option<&str>) -> Result<String, Failu
 }
 
 /// `rollgate status [RUN]`: each node's state, step, since when and last error, from the journal.
-pub fn status(
+pub async fn status(
     global: &GlobalArgs,
     run: Option<&str>,
     output: crate::cli::OutputFormat,
@@ -481,12 +490,23 @@ pub fn status(
     let runs = config.state_dir.join("runs");
     let run_id = latest_run(&runs, run)?;
     let path = runs.join(&run_id).join(crate::journal::FILE);
-    let status = crate::journal::RunStatus::from_journal(&path).map_err(|e| {
-        Failure::new(
-            exit::BAD_INPUT,
-            format!("error: cannot read {}: {e}", path.display()),
-        )
-    })?;
+    // No local journal (another machine): the run's copy in the cluster.
+    let status = match crate::journal::RunStatus::from_journal(&path) {
+        Ok(s) => s,
+        Err(local) => {
+            let clients = crate::cluster::connect(&config)
+                .await
+                .map_err(connect_failure)?;
+            crate::journal::status_from_cluster(&clients.api, &run_id)
+                .await
+                .map_err(|e| {
+                    Failure::new(
+                        exit::BAD_INPUT,
+                        format!("error: cannot read {}: {local}; and {e}", path.display()),
+                    )
+                })?
+        }
+    };
     if output == crate::cli::OutputFormat::Json {
         println!(
             "{}",
