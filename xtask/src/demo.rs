@@ -226,6 +226,9 @@ pub fn run(down_after: bool) -> Result<ExitCode> {
             "--bin",
             "rollgate",
             "--",
+            // Text for people even when the output is piped (JSON lines otherwise).
+            "--log-format",
+            "text",
             "run",
             "playbooks/demo.toml",
             "--yes",
