@@ -43,28 +43,6 @@ fn rollgate_run(dir: &Path, channel: &str, playbook: &str) -> Command {
     cmd
 }
 
-fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
-}
-
-fn unschedulable(name: &str) -> bool {
-    kubectl_ok(&["get", "node", name, "-o", "jsonpath={.spec.unschedulable}"]).trim() == "true"
-}
-
-fn annotation(node: &str, key: &str) -> String {
-    let out = kubectl_ok(&[
-        "get",
-        "node",
-        node,
-        "-o",
-        "jsonpath={.metadata.annotations}",
-    ]);
-    serde_json::from_str::<Value>(&out)
-        .ok()
-        .and_then(|v| v[key].as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// Texts of the Slack requests for this channel that the stand-in answered.
 fn slack_texts(channel: &str) -> Vec<String> {
     let recorded: Vec<Value> =

@@ -40,25 +40,6 @@ fn run(dir: &Path, playbook: &Path, extra: &[&str]) -> (i32, Vec<Value>, String)
     (code, events(&stderr), stderr)
 }
 
-fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
-}
-
-fn annotations(name: &str) -> Value {
-    let out = kubectl_ok(&[
-        "get",
-        "node",
-        name,
-        "-o",
-        "jsonpath={.metadata.annotations}",
-    ]);
-    serde_json::from_str(&out).unwrap_or(Value::Null)
-}
-
-fn unschedulable(name: &str) -> bool {
-    kubectl_ok(&["get", "node", name, "-o", "jsonpath={.spec.unschedulable}"]).trim() == "true"
-}
-
 fn kubelet(name: &str) -> String {
     kubectl_ok(&[
         "get",

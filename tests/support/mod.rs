@@ -377,3 +377,32 @@ pub fn serve_metric(
     });
     port
 }
+
+/// Events of one kind from a run's JSON lines.
+pub fn named<'a>(events: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+/// A node's annotations as JSON (Null when it has none).
+pub fn annotations(name: &str) -> serde_json::Value {
+    let out = kubectl_ok(&[
+        "get",
+        "node",
+        name,
+        "-o",
+        "jsonpath={.metadata.annotations}",
+    ]);
+    serde_json::from_str(&out).unwrap_or(serde_json::Value::Null)
+}
+
+/// One annotation of a node ("" when absent).
+pub fn annotation(node: &str, key: &str) -> String {
+    annotations(node)[key]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub fn unschedulable(name: &str) -> bool {
+    kubectl_ok(&["get", "node", name, "-o", "jsonpath={.spec.unschedulable}"]).trim() == "true"
+}
