@@ -4,8 +4,9 @@
 //! (`POST /services/...`) with Slack's response shapes; checks the bearer token like Slack
 //! (HTTP 200 with `ok: false, error: not_authed | invalid_auth`). Control endpoints for tests:
 //! - `GET /_recorded`: every request received, as a JSON array (method, path, authorized, body);
-//! - `POST /_fail` `{"status": 500 | 429, "retry_after": 1, "delay_ms": 0, "count": 1}`: fail the
-//!   next `count` API requests that way (`delay_ms` alone simulates a slow Slack / timeout);
+//! - `POST /_fail` `{"status": 500 | 429, "retry_after": 1, "delay_ms": 0, "count": 1, "channel": "#x"}`:
+//!   fail the next `count` API requests (for that channel, when given) that way (`delay_ms` alone
+//!   simulates a slow Slack / timeout; such requests are recorded with `failed: 0`);
 //! - `POST /_reset`: forget recordings and pending failures.
 
 use crate::{Context, Result};
@@ -26,11 +27,13 @@ pub struct Args {
     token: String,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Failure {
     status: u16,
     retry_after: u64,
     delay_ms: u64,
+    /// Only requests for this channel fail (so parallel tests do not take each other's failures).
+    channel: Option<String>,
 }
 
 #[derive(Default)]
@@ -142,6 +145,7 @@ fn handle(mut request: Request, state: &Mutex<Standin>, token: &str) -> Result<(
                 status: body["status"].as_u64().unwrap_or(500) as u16,
                 retry_after: body["retry_after"].as_u64().unwrap_or(1),
                 delay_ms: body["delay_ms"].as_u64().unwrap_or(0),
+                channel: body["channel"].as_str().map(str::to_owned),
             };
             let count = body["count"].as_u64().unwrap_or(1);
             let mut s = state.lock().expect("lock");
@@ -175,13 +179,16 @@ fn handle(mut request: Request, state: &Mutex<Standin>, token: &str) -> Result<(
         if let Some(obj) = redacted.as_object_mut() {
             obj.remove("token");
         }
-        s.recorded.push(
-            json!({"method": method, "path": path, "authorized": authorized, "body": redacted}),
-        );
-        (
-            s.failures.pop_front(),
-            format!("1764000000.{:06}", s.next_ts),
-        )
+        let channel = body["channel"].as_str();
+        let failure = s
+            .failures
+            .iter()
+            .position(|f| f.channel.is_none() || f.channel.as_deref() == channel)
+            .and_then(|i| s.failures.remove(i));
+        // `failed`: the status this request was answered with by an injected failure.
+        s.recorded.push(json!({"method": method, "path": path, "authorized": authorized, "body": redacted,
+                               "failed": failure.as_ref().map(|f| if f.delay_ms > 0 && f.status < 400 { 0 } else { f.status })}));
+        (failure, format!("1764000000.{:06}", s.next_ts))
     };
     if let Some(f) = failure {
         std::thread::sleep(Duration::from_millis(f.delay_ms));
