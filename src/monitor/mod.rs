@@ -19,18 +19,23 @@ use crate::playbook::{MonitorOptions, PingOptions, ProbeWhen, Signal};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use pods::{Baseline, Problem, Thresholds};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const EVALUATE_EVERY: Duration = Duration::from_millis(500);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 const PING_CONCURRENCY: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MonitorError(String);
 
 /// The running monitor; its tasks stop when it is dropped.
 pub struct Monitor {
@@ -95,7 +100,7 @@ pub async fn start(
     opts: MonitorOptions,
     guard: Arc<Guard>,
     sink: EventSink,
-) -> Result<Monitor, kube::Error> {
+) -> Result<Monitor, MonitorError> {
     let thresholds = Thresholds {
         not_ready_after: opts.not_ready_after,
         pending_after: opts.pending_after,
@@ -106,32 +111,6 @@ pub async fn start(
             .is_none_or(|s| s.matches(n.labels()))
     };
 
-    // Baseline from a consistent list, before anything changes.
-    let mut pods_now = Vec::new();
-    for api in pod_apis(&client, &opts) {
-        pods_now.extend(
-            api.list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .filter(|p| selected(p, &opts)),
-        );
-    }
-    let nodes_now: Vec<Node> = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|n| node_ok(n))
-        .collect();
-    let baseline = Baseline::take(&pods_now, &nodes_now, jiff::Timestamp::now(), thresholds);
-    let described = baseline.describe();
-    if !described.is_empty() {
-        sink.emit(RunEvent::Baseline {
-            problems: described,
-        });
-    }
-
     let mut tasks = Vec::new();
     let mut pod_stores = Vec::new();
     for api in pod_apis(&client, &opts) {
@@ -141,10 +120,54 @@ pub async fn start(
     }
     let (node_store, task) = reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
     tasks.push(task);
-    for s in &pod_stores {
-        let _ = s.wait_until_ready().await;
+    // The watchers retry forever; a monitor that cannot see the cluster must not start a run.
+    let ready = async {
+        for s in &pod_stores {
+            s.wait_until_ready().await.map_err(|e| e.to_string())?;
+        }
+        node_store
+            .wait_until_ready()
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let not_ready = |why: String| {
+        for t in &tasks {
+            t.abort();
+        }
+        MonitorError(format!(
+            "the health monitor cannot watch pods and nodes: {why}"
+        ))
+    };
+    match tokio::time::timeout(READY_TIMEOUT, ready).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(not_ready(e)),
+        Err(_) => {
+            return Err(not_ready(format!(
+                "no initial list within {READY_TIMEOUT:?}"
+            )));
+        }
     }
-    let _ = node_store.wait_until_ready().await;
+
+    // The baseline comes from the stores' initial lists, before anything changes.
+    let pods_now: Vec<Pod> = pod_stores
+        .iter()
+        .flat_map(|s| s.state())
+        .map(|p| (*p).clone())
+        .filter(|p| selected(p, &opts))
+        .collect();
+    let nodes_now: Vec<Node> = node_store
+        .state()
+        .into_iter()
+        .map(|n| (*n).clone())
+        .filter(|n| node_ok(n))
+        .collect();
+    let baseline = Baseline::take(&pods_now, &nodes_now, jiff::Timestamp::now(), thresholds);
+    let described = baseline.describe();
+    if !described.is_empty() {
+        sink.emit(RunEvent::Baseline {
+            problems: described,
+        });
+    }
 
     let pod_stores = Arc::new(pod_stores);
     {
@@ -360,13 +383,4 @@ async fn ping_loop(
             guard.report(&Signal::Pings, Outcome::Fail(unreachable.join("; ")));
         }
     }
-}
-
-/// Counts of what the monitor watches, for `rollgate monitor`'s view.
-pub fn summarize(problems: &[Problem]) -> BTreeMap<pods::ProblemKind, usize> {
-    let mut m = BTreeMap::new();
-    for p in problems {
-        *m.entry(p.kind).or_default() += 1;
-    }
-    m
 }
