@@ -177,13 +177,23 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-/// The real steps.
-pub struct KubeSteps {
+/// What both kinds of steps work with.
+pub struct StepContext {
     pub clients: Clients,
     pub playbook: Arc<Playbook>,
     pub config: Arc<Config>,
     pub run_id: String,
     pub sink: EventSink,
+}
+
+/// The real steps.
+pub struct KubeSteps(pub StepContext);
+
+impl std::ops::Deref for KubeSteps {
+    type Target = StepContext;
+    fn deref(&self) -> &StepContext {
+        &self.0
+    }
 }
 
 impl KubeSteps {
@@ -472,12 +482,13 @@ where
 }
 
 /// `--dry-run`: reads the cluster, changes nothing, reports what a real run would do.
-pub struct DryRunSteps {
-    pub clients: Clients,
-    pub playbook: Arc<Playbook>,
-    pub config: Arc<Config>,
-    pub run_id: String,
-    pub sink: EventSink,
+pub struct DryRunSteps(pub StepContext);
+
+impl std::ops::Deref for DryRunSteps {
+    type Target = StepContext;
+    fn deref(&self) -> &StepContext {
+        &self.0
+    }
 }
 
 impl DryRunSteps {

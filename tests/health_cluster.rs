@@ -44,17 +44,26 @@ fn rollgate_run(dir: &Path, channel: &str, playbook: &str) -> Command {
 }
 
 /// Texts of the Slack requests for this channel that the stand-in answered.
-fn slack_texts(channel: &str) -> Vec<String> {
+/// The Slack requests for this channel that the stand-in recorded.
+fn slack_requests(channel: &str) -> Vec<Value> {
     let recorded: Vec<Value> =
         serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
     recorded
-        .iter()
+        .into_iter()
         .filter(|r| {
             r["body"]["channel"] == channel
                 || r["body"]["text"]
                     .as_str()
                     .is_some_and(|t| t.contains(channel))
         })
+        .collect()
+}
+
+/// Texts of the Slack requests for this channel that the stand-in answered normally.
+fn slack_texts(channel: &str) -> Vec<String> {
+    slack_requests(channel)
+        .iter()
+        .filter(|r| r["failed"].is_null())
         .filter_map(|r| r["body"]["text"].as_str().map(str::to_owned))
         .collect()
 }
@@ -102,23 +111,11 @@ async fn a_pod_crash_looping_elsewhere_during_a_drain_aborts_within_two_seconds_
     }
     let ns = TestNamespace::new("abort");
     // Node 2's drain is held by a PDB, so the fault lands during it.
-    kubectl_apply(&format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: held, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: held}}}}\n  template:\n    metadata: {{labels: {{app: held}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {n2}}}\n      containers: [{{name: c, image: db}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: held, namespace: {ns}}}\nspec:\n  maxUnavailable: 0\n  selector: {{matchLabels: {{app: held}}}}\n",
-        ns = ns.0,
-        n2 = names[1]
-    ));
+    held_by_pdb(&ns.0, &names[1]);
     kubectl_apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: victim, namespace: {}}}\nspec: {{nodeName: {}, containers: [{{name: c, image: app}}]}}\n",
         ns.0, names[3]
     ));
-    kubectl_ok(&[
-        "-n",
-        &ns.0,
-        "wait",
-        "--for=condition=Available",
-        "deployment/held",
-        "--timeout=60s",
-    ]);
     kubectl_ok(&[
         "-n",
         &ns.0,
@@ -481,11 +478,11 @@ async fn slack_failures_and_timeouts_do_not_block_the_run_and_missed_messages_ar
     // The next requests fail: three 500s, then two that take longer than the client's timeout.
     http_post(
         &format!("{}/_fail", env().slack_url),
-        r#"{"status":500,"count":3}"#,
+        &format!(r#"{{"status":500,"count":3,"channel":"{channel}"}}"#),
     );
     http_post(
         &format!("{}/_fail", env().slack_url),
-        r#"{"status":200,"delay_ms":6000,"count":2}"#,
+        &format!(r#"{{"status":200,"delay_ms":6000,"count":2,"channel":"{channel}"}}"#),
     );
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
@@ -516,6 +513,20 @@ async fn slack_failures_and_timeouts_do_not_block_the_run_and_missed_messages_ar
             "{want:?} was delivered eventually: {texts:#?}"
         );
     }
+    let failed: Vec<u64> = slack_requests(&channel)
+        .iter()
+        .filter_map(|r| r["failed"].as_u64())
+        .collect();
+    assert_eq!(
+        failed.iter().filter(|f| **f == 500).count(),
+        3,
+        "the three 500s hit this run: {failed:?}"
+    );
+    assert_eq!(
+        failed.iter().filter(|f| **f == 0).count(),
+        2,
+        "the two slow answers hit this run: {failed:?}"
+    );
     assert!(
         !stderr.contains(&env().slack_token),
         "the token never appears in logs"

@@ -864,19 +864,7 @@ async fn kill_and_resume(kill_step: &str) {
     }
     let ns = TestNamespace::new("kill");
     // A pod on node 1 whose PDB holds the drain until the test lifts it.
-    kubectl_apply(&format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: held, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: held}}}}\n  template:\n    metadata: {{labels: {{app: held}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {n1}}}\n      containers: [{{name: c, image: db}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: held, namespace: {ns}}}\nspec:\n  maxUnavailable: 0\n  selector: {{matchLabels: {{app: held}}}}\n",
-        ns = ns.0,
-        n1 = names[0]
-    ));
-    kubectl_ok(&[
-        "-n",
-        &ns.0,
-        "wait",
-        "--for=condition=Available",
-        "deployment/held",
-        "--timeout=60s",
-    ]);
+    held_by_pdb(&ns.0, &names[0]);
     if kill_step != "drain" {
         kubectl_ok(&["-n", &ns.0, "delete", "pdb", "held"]);
     }

@@ -152,9 +152,9 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            // Decisions are shown, not acted on: lift a pause so later problems are reported too.
             _ = states.changed() => {
                 guard.resume();
-                let _ = guard.state();
             }
             _ = redraw.tick() => {
                 if output == OutputFormat::Table {

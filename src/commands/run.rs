@@ -5,7 +5,7 @@
 use super::plan::{build, connect_failure, render_table};
 use super::{Failure, load_config, load_playbook};
 use crate::cli::{GlobalArgs, RunArgs};
-use crate::cluster::{self, DryRunSteps, KubeSteps};
+use crate::cluster::{self, DryRunSteps, KubeSteps, StepContext};
 use crate::config::{Config, LogFormat};
 use crate::engine::{Confirm, Engine, EventSink, Outcome, RunSummary, StopReason, StopRequest};
 use crate::exit;
@@ -334,13 +334,13 @@ async fn run_with(
         .then(|| Arc::new(|node: &str| ask(&format!("upgrade node {node} now?"))) as Confirm);
     let mut cluster_copy = None;
     let summary = if args.dry_run {
-        let steps = DryRunSteps {
+        let steps = DryRunSteps(StepContext {
             clients,
             playbook: Arc::clone(&playbook),
             config: Arc::clone(&config),
             run_id: run_id.clone(),
             sink: sink.clone(),
-        };
+        });
         let mut engine = Engine::new(steps, sink, stop_rx);
         Some(
             engine
@@ -400,13 +400,13 @@ async fn run_with(
             run_dir.join(crate::journal::FILE),
             run_id.clone(),
         ));
-        let steps = KubeSteps {
+        let steps = KubeSteps(StepContext {
             clients,
             playbook: Arc::clone(&playbook),
             config: Arc::clone(&config),
             run_id: run_id.clone(),
             sink: sink.clone(),
-        };
+        });
         let hint = format!(
             "Continue with `rollgate resume {run_id}` from another shell{}, or stop with Ctrl-C.",
             if interactive {

@@ -406,3 +406,19 @@ pub fn annotation(node: &str, key: &str) -> String {
 pub fn unschedulable(name: &str) -> bool {
     kubectl_ok(&["get", "node", name, "-o", "jsonpath={.spec.unschedulable}"]).trim() == "true"
 }
+
+/// One pod pinned to `node` (Deployment `held`) whose PodDisruptionBudget allows no disruption:
+/// draining the node blocks until the test deletes the PDB.
+pub fn held_by_pdb(ns: &str, node: &str) {
+    kubectl_apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: held, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: held}}}}\n  template:\n    metadata: {{labels: {{app: held}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {node}}}\n      containers: [{{name: c, image: db}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: held, namespace: {ns}}}\nspec:\n  maxUnavailable: 0\n  selector: {{matchLabels: {{app: held}}}}\n"
+    ));
+    kubectl_ok(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Available",
+        "deployment/held",
+        "--timeout=60s",
+    ]);
+}
