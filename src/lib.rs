@@ -23,6 +23,7 @@ pub mod diagnostics;
 pub mod drain;
 pub mod engine;
 pub mod exit;
+pub mod failpoint;
 pub mod gate;
 pub mod health;
 pub mod journal;

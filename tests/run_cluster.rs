@@ -881,6 +881,11 @@ async fn kill_and_resume(kill_step: &str) {
     );
     let lock = unique("kill-lock");
     let mut cmd = rollgate(dir.path());
+    // Step boundaries with no natural hold: the failpoint stops the runner dead right there.
+    let boundary = matches!(kill_step, "cordon" | "wait-ready");
+    if boundary {
+        cmd.env("ROLLGATE_FAILPOINT", format!("pause-after:{kill_step}"));
+    }
     cmd.env("ROLLGATE_LOCK_NAME", &lock)
         .args([
             "--log-format",
@@ -900,10 +905,16 @@ async fn kill_and_resume(kill_step: &str) {
     let n1 = names[0].clone();
     let step = kill_step.to_owned();
     let marker_file = markers.clone();
+    let state_dir = dir.path().to_owned();
     eventually(&format!("node 1 to reach {kill_step}"), MINUTE, || {
         let (n1, step, marker_file) = (n1.clone(), step.clone(), marker_file.clone());
+        let state_dir = state_dir.clone();
         async move {
             let a = annotations(&n1);
+            if boundary {
+                // The step finished and was journaled; the failpoint holds the runner there.
+                return journal_has(&state_dir, &n1, "step-finished", &step);
+            }
             match step.as_str() {
                 // Settling: uncordoned, upgraded, soaking.
                 "settle" => a.get("rollgate.dev/last-run").is_some(),
@@ -919,6 +930,13 @@ async fn kill_and_resume(kill_step: &str) {
     .await;
     child.kill().unwrap();
     let _ = child.wait();
+    if boundary {
+        let last = last_journal_event(dir.path(), &names[0]);
+        assert!(
+            last["event"] == "step-finished" && last["step"] == kill_step,
+            "killed exactly after {kill_step}: {last}"
+        );
+    }
     if kill_step == "drain" {
         kubectl_ok(&["-n", &ns.0, "delete", "pdb", "held"]);
     }
@@ -957,6 +975,40 @@ async fn kill_and_resume(kill_step: &str) {
             "the command ran once on {n} ({kill_step}): {markers}"
         );
     }
+}
+
+/// The latest run's journal events about `node` in `state_dir`, oldest first.
+fn journal_events(state_dir: &Path, node: &str) -> Vec<Value> {
+    let runs = state_dir.join("runs");
+    let Ok(run_id) = std::fs::read_to_string(runs.join("latest")) else {
+        return Vec::new();
+    };
+    std::fs::read_to_string(runs.join(run_id.trim()).join("journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["node"] == node)
+        .collect()
+}
+
+fn journal_has(state_dir: &Path, node: &str, event: &str, step: &str) -> bool {
+    journal_events(state_dir, node)
+        .iter()
+        .any(|v| v["event"] == event && v["step"] == step)
+}
+
+fn last_journal_event(state_dir: &Path, node: &str) -> Value {
+    journal_events(state_dir, node).pop().unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn after_sigkill_right_after_cordon_resume_completes() {
+    kill_and_resume("cordon").await;
+}
+
+#[tokio::test]
+async fn after_sigkill_before_uncordon_resume_uncordons_without_rerunning_the_command() {
+    kill_and_resume("wait-ready").await;
 }
 
 #[tokio::test]

@@ -428,6 +428,7 @@ async fn upgrade_node<S: NodeSteps>(
                     elapsed_ms: elapsed_ms(step_started),
                     detail: detail.clone(),
                 });
+                crate::failpoint::after_step(step).await;
                 let moment = match step {
                     Step::Drain => Some(ProbeWhen::AfterDrain),
                     Step::Command => Some(ProbeWhen::AfterCommand),
