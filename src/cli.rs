@@ -103,6 +103,8 @@ pub enum Command {
         /// The remote command finished on this node although the journal cannot tell (repeatable).
         #[arg(long, value_name = "NODE")]
         command_done: Vec<String>,
+        #[command(flatten)]
+        schedule: ScheduleArgs,
     },
     /// Show a run's state from its journal: each node's state, step, since when, last error.
     #[command(
@@ -160,4 +162,18 @@ pub struct RunArgs {
     /// How long the lock outlives a runner that stopped renewing it (crashed, killed).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub lock_duration: std::time::Duration,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+}
+
+/// When nodes may start: overrides for the playbook's `[window]` and `deadline`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ScheduleArgs {
+    /// Start no node after this: a duration from now ("6h") or an RFC 3339 time
+    /// ("2026-11-26T06:00:00Z"). Overrides the playbook's `deadline` (and a resumed run's).
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub deadline: Option<String>,
+    /// Start nodes even outside the playbook's maintenance window.
+    #[arg(long)]
+    pub ignore_window: bool,
 }

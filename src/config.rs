@@ -69,6 +69,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// None: automatic (text on a terminal, JSON lines otherwise).
     pub log_format: Option<LogFormat>,
+    /// The cluster's maintenance window, for playbooks without their own `[window]`.
+    pub window: Option<crate::window::Window>,
 }
 
 /// Values from flags and the environment that override the file (flag > env is clap's job).
@@ -97,6 +99,7 @@ struct RawConfig {
     state: RawState,
     #[serde(default)]
     log: RawLog,
+    window: Option<Spanned<crate::window::RawWindow>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -348,6 +351,17 @@ impl Config {
                 None
             }
         };
+        let window = raw.window.and_then(|w| {
+            let whole = w.span();
+            w.into_inner()
+                .validate(whole)
+                .map_err(|problems| {
+                    for (span, message, hint) in problems {
+                        err(span, message, hint);
+                    }
+                })
+                .ok()
+        });
         if !errors.is_empty() {
             return Err(SourceErrors(errors));
         }
@@ -376,6 +390,7 @@ impl Config {
                 .map(expand_home)
                 .unwrap_or_else(default_state_dir),
             log_format,
+            window,
         })
     }
 }
@@ -421,6 +436,10 @@ mod tests {
             (
                 "[ssh]\nconnect-timeout = \"soon\"\n",
                 "`ssh.connect-timeout`: \"soon\" is not a duration",
+            ),
+            (
+                "[window]\nstart = \"01:00\"\nend = \"05:00\"\ntimezone = \"Moon/Base\"\n",
+                "c.toml:4:12: `window.timezone`: unknown time zone \"Moon/Base\"",
             ),
             (
                 "[slack]\nchannel = \"#ops\"\ntoken = \"xoxb-secret\"\n",

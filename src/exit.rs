@@ -18,6 +18,9 @@ pub const GATE_ABORT: u8 = 5;
 pub const INTERRUPTED: u8 = 6;
 /// Another rollgate run holds the cluster lock.
 pub const LOCKED: u8 = 7;
+/// The maintenance window closed (with `outside = "exit"`) or the run's deadline passed: no
+/// new node was started, the nodes in flight finished; `rollgate resume` continues.
+pub const RESUMABLE: u8 = 8;
 
 pub const TABLE: &str = "Exit codes:
   0  success
@@ -27,4 +30,5 @@ pub const TABLE: &str = "Exit codes:
   4  rollout stopped: nodes failed beyond the failure budget (failed nodes stay cordoned)
   5  rollout aborted by a health gate
   6  interrupted by the operator (Ctrl-C, SIGTERM, or declined at the prompt)
-  7  another run holds the cluster lock";
+  7  another run holds the cluster lock
+  8  stopped at the end of the maintenance window or at the deadline (`rollgate resume` continues)";

@@ -35,6 +35,8 @@ fn journaled(e: &RunEvent) -> bool {
             | RunEvent::GateDecision { .. }
             | RunEvent::Paused { .. }
             | RunEvent::Resumed
+            | RunEvent::WindowClosed { .. }
+            | RunEvent::WindowOpened
             | RunEvent::RunFinished { .. }
     )
 }
@@ -204,6 +206,8 @@ pub struct ResumePoints {
     pub done: std::collections::BTreeSet<String>,
     /// Nodes that had started: the step they start from now.
     pub from: std::collections::HashMap<String, crate::engine::Step>,
+    /// The run's deadline, if it had one.
+    pub deadline: Option<jiff::Timestamp>,
 }
 
 /// Reads the journal and decides, per node, where to start again: a node interrupted while
@@ -226,6 +230,7 @@ pub fn resume_points(
     let mut points = ResumePoints {
         run_id: header["run_id"].as_str().unwrap_or("").into(),
         playbook_file: PathBuf::from(header["playbook_file"].as_str().unwrap_or("")),
+        deadline: header["deadline"].as_str().and_then(|d| d.parse().ok()),
         ..Default::default()
     };
     // Per node: (last step started, whether it finished).

@@ -35,6 +35,7 @@ pub mod probe;
 pub mod remote;
 pub mod report;
 pub mod selector;
+pub mod window;
 
 /// Prefix of the annotations rollgate writes on nodes.
 pub const ANNOTATION_PREFIX: &str = "rollgate.dev";

@@ -49,9 +49,11 @@ fn main() -> ExitCode {
             Command::Status { run, output } => {
                 commands::run::status(&cli.global, run.as_deref(), *output).await
             }
-            Command::Resume { run, command_done } => {
-                commands::run::resume(&cli.global, run.as_deref(), command_done).await
-            }
+            Command::Resume {
+                run,
+                command_done,
+                schedule,
+            } => commands::run::resume(&cli.global, run.as_deref(), command_done, schedule).await,
             Command::Monitor { playbook, output } => {
                 commands::monitor::run(&cli.global, playbook.as_deref(), *output).await
             }

@@ -3,7 +3,7 @@
 mod support;
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use support::*;
 
@@ -15,19 +15,6 @@ fn upgrade_script() -> String {
         .join("bin/kwok-node-upgrade")
         .display()
         .to_string()
-}
-
-/// Writes the playbook. These tests are about the engine: unless the playbook has its own
-/// [monitor], the health monitor watches nothing, so parallel tests' faults cannot stop them.
-fn write_playbook(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("playbook.toml");
-    let monitor = if text.contains("[monitor]") {
-        ""
-    } else {
-        "\n[monitor]\nnamespaces = [\"rollgate-unwatched\"]\nnode-selector = \"rollgate.test/unwatched\"\n"
-    };
-    std::fs::write(&path, format!("{text}{monitor}")).unwrap();
-    path
 }
 
 /// Runs `rollgate run PLAYBOOK --yes --log-format json` and returns (exit code, events, stderr).
@@ -975,30 +962,6 @@ async fn kill_and_resume(kill_step: &str) {
             "the command ran once on {n} ({kill_step}): {markers}"
         );
     }
-}
-
-/// The latest run's journal events about `node` in `state_dir`, oldest first.
-fn journal_events(state_dir: &Path, node: &str) -> Vec<Value> {
-    let runs = state_dir.join("runs");
-    let Ok(run_id) = std::fs::read_to_string(runs.join("latest")) else {
-        return Vec::new();
-    };
-    std::fs::read_to_string(runs.join(run_id.trim()).join("journal.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["node"] == node)
-        .collect()
-}
-
-fn journal_has(state_dir: &Path, node: &str, event: &str, step: &str) -> bool {
-    journal_events(state_dir, node)
-        .iter()
-        .any(|v| v["event"] == event && v["step"] == step)
-}
-
-fn last_journal_event(state_dir: &Path, node: &str) -> Value {
-    journal_events(state_dir, node).pop().unwrap_or(Value::Null)
 }
 
 #[tokio::test]

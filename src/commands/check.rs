@@ -52,6 +52,24 @@ pub fn summary(path: &Path, pb: &Playbook) -> String {
     if let Some(m) = pb.max_failed_nodes {
         let _ = writeln!(s, "  run failure budget: {m} node(s)");
     }
+    if let Some(w) = &pb.window {
+        let outside = match w.outside {
+            crate::window::OutsideWindow::Wait => "wait for it",
+            crate::window::OutsideWindow::Exit => "stop resumable (exit 8)",
+        };
+        let _ = writeln!(
+            s,
+            "  maintenance window: {}; outside it: {outside}",
+            w.describe()
+        );
+    }
+    if let Some(d) = pb.deadline {
+        let _ = writeln!(
+            s,
+            "  deadline: no node starts {} after the run started",
+            humantime::format_duration(d)
+        );
+    }
     let dr = &pb.drain;
     let _ = writeln!(
         s,

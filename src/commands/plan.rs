@@ -37,6 +37,18 @@ pub struct PlanReport {
     pub estimate_worst_secs: u64,
     /// Lower bound from soak times alone, in seconds.
     pub estimate_min_secs: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowPreview>,
+}
+
+/// The maintenance window as of now.
+#[derive(Debug, Serialize)]
+pub struct WindowPreview {
+    pub window: String,
+    pub open_now: bool,
+    /// RFC 3339; absent when it is open now or never opens within a year.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_open: Option<String>,
 }
 
 pub fn connect_failure(e: impl std::fmt::Display) -> Failure {
@@ -136,6 +148,18 @@ pub async fn build(clients: &Clients, playbook: &Playbook) -> Result<PlanReport,
         nodes: previews,
         estimate_worst_secs: worst.as_secs(),
         estimate_min_secs: least.as_secs(),
+        window: playbook.window.as_ref().map(|w| {
+            let now = crate::window::Clock::from_env().now();
+            let open_now = w.is_open(now);
+            WindowPreview {
+                window: w.describe(),
+                open_now,
+                next_open: (!open_now)
+                    .then(|| w.next_open(now))
+                    .flatten()
+                    .map(|t| t.to_string()),
+            }
+        }),
     })
 }
 
@@ -201,6 +225,14 @@ pub fn render_table(report: &PlanReport) -> String {
     }
     for w in &report.plan.warnings {
         let _ = writeln!(s, "warning: {w}");
+    }
+    if let Some(w) = &report.window {
+        let state = match (w.open_now, &w.next_open) {
+            (true, _) => "open now".to_owned(),
+            (false, Some(t)) => format!("closed now; opens {t}"),
+            (false, None) => "closed now and not open within a year".to_owned(),
+        };
+        let _ = writeln!(s, "\nmaintenance window: {} ({state})", w.window);
     }
     let fmt =
         |secs: u64| humantime::format_duration(std::time::Duration::from_secs(secs)).to_string();

@@ -79,6 +79,7 @@ pub fn exit_code(summary: &RunSummary) -> u8 {
         Outcome::Stopped(StopReason::OperatorGraceful | StopReason::OperatorImmediate) => {
             exit::INTERRUPTED
         }
+        Outcome::Stopped(StopReason::OutsideWindow | StopReason::Deadline) => exit::RESUMABLE,
     }
 }
 
@@ -214,6 +215,32 @@ async fn run_with(
         .as_ref()
         .map(|r| r.run_id.clone())
         .unwrap_or_else(new_run_id);
+    let clock = crate::window::Clock::from_env();
+    let deadline = match &args.schedule.deadline {
+        Some(text) => Some(crate::window::parse_deadline(text, clock.now()).map_err(|e| {
+            Failure::new(
+                exit::BAD_INPUT,
+                format!("error: --deadline: {e}\n  hint: e.g. --deadline 6h or --deadline 2026-11-26T06:00:00Z"),
+            )
+        })?),
+        None => match &resume {
+            Some(r) => r.deadline,
+            None => playbook.deadline.and_then(|d| {
+                let d = jiff::SignedDuration::try_from(d).ok()?;
+                clock.now().checked_add(d).ok()
+            }),
+        },
+    };
+    // The playbook's window, else the cluster's from the config.
+    let window = playbook.window.clone().or_else(|| config.window.clone());
+    if args.schedule.ignore_window && window.is_some() {
+        eprintln!("WARNING: --ignore-window: nodes start even outside the maintenance window");
+    }
+    let scheduler = crate::window::Scheduler {
+        window: window.filter(|_| !args.schedule.ignore_window),
+        deadline,
+        clock,
+    };
     // One runner per cluster (a dry run changes nothing and takes no lock).
     let lock = if args.dry_run {
         None
@@ -254,6 +281,7 @@ async fn run_with(
         "playbook": playbook.name,
         "playbook_file": std::fs::canonicalize(&args.playbook).unwrap_or_else(|_| args.playbook.clone()),
         "dry_run": args.dry_run,
+        "deadline": deadline.map(|d| d.to_string()),
         "nodes": report.plan.phases.iter().flat_map(|p| p.waves.iter().flat_map(move |w| w.nodes.iter().map(move |n| [n.as_str(), p.name.as_str()]))).collect::<Vec<_>>(),
     });
     let journal = if resume.is_some() {
@@ -418,6 +446,19 @@ async fn run_with(
         let mut engine = Engine::new(steps, sink.clone(), stop_rx)
             .with_guard(Arc::clone(&guard), &hint)
             .resuming(resume.as_ref().map(|r| r.from.clone()).unwrap_or_default());
+        if !scheduler.is_unbounded() {
+            let outside = scheduler
+                .window
+                .as_ref()
+                .map_or(crate::window::OutsideWindow::Exit, |w| w.outside);
+            let describe = scheduler
+                .window
+                .as_ref()
+                .map(|w| w.describe())
+                .unwrap_or_default();
+            engine =
+                engine.with_schedule(scheduler.watch(Duration::from_secs(1)), outside, &describe);
+        }
         if let Some(c) = confirm {
             engine = engine.with_confirm(c);
         }
@@ -556,6 +597,7 @@ pub async fn resume(
     global: &GlobalArgs,
     run: Option<&str>,
     command_done: &[String],
+    schedule: &crate::cli::ScheduleArgs,
 ) -> Result<u8, Failure> {
     let config = load_config(global)?;
     let runs = config.state_dir.join("runs");
@@ -603,6 +645,7 @@ pub async fn resume(
             lock_name: std::env::var("ROLLGATE_LOCK_NAME").unwrap_or_else(|_| "default".into()),
             lock_duration: Duration::from_secs(30),
             metrics_listen: None,
+            schedule: schedule.clone(),
         };
         return Box::pin(run_with(global, &args, Some(points))).await;
     }

@@ -56,6 +56,10 @@ pub enum Stream {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StopReason {
+    /// The maintenance window closed and the window says `outside = "exit"`: resumable.
+    OutsideWindow,
+    /// The run's deadline passed: resumable.
+    Deadline,
     /// The operator asked to stop after the nodes in flight (Ctrl-C once, SIGTERM).
     OperatorGraceful,
     /// Nodes failed beyond the failure budget.
@@ -173,6 +177,13 @@ pub enum RunEvent {
         resume_hint: String,
     },
     Resumed,
+    /// Outside the maintenance window: no new node starts until it reopens.
+    WindowClosed {
+        window: String,
+        /// RFC 3339; None if it does not reopen within a year.
+        reopens_at: Option<String>,
+    },
+    WindowOpened,
     /// The monitor saw a new problem (a pod crash-looping, a node NotReady, a pod unreachable).
     Problem {
         problem: crate::monitor::pods::Problem,

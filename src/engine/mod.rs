@@ -14,6 +14,7 @@ use crate::drain::DrainReport;
 use crate::health::{Guard, HealthState};
 use crate::plan::Plan;
 use crate::playbook::ProbeWhen;
+use crate::window::{OutsideWindow, Schedule};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -92,6 +93,7 @@ pub struct Engine<S: NodeSteps> {
     guard: Option<Arc<Guard>>,
     resume_hint: String,
     resume_from: HashMap<String, Step>,
+    schedule: Option<(watch::Receiver<Schedule>, OutsideWindow, String)>,
 }
 
 type NodeResult = (String, Result<(), (Step, StepError)>);
@@ -106,6 +108,7 @@ impl<S: NodeSteps> Engine<S> {
             guard: None,
             resume_hint: String::new(),
             resume_from: HashMap::new(),
+            schedule: None,
         }
     }
 
@@ -120,6 +123,18 @@ impl<S: NodeSteps> Engine<S> {
     pub fn with_guard(mut self, guard: Arc<Guard>, resume_hint: &str) -> Self {
         self.guard = Some(guard);
         self.resume_hint = resume_hint.to_owned();
+        self
+    }
+
+    /// Maintenance window and deadline: while `schedule` is not open no node starts; a closed
+    /// window waits or stops the run (per `outside`), a passed deadline stops it.
+    pub fn with_schedule(
+        mut self,
+        schedule: watch::Receiver<Schedule>,
+        outside: OutsideWindow,
+        window: &str,
+    ) -> Self {
+        self.schedule = Some((schedule, outside, window.to_owned()));
         self
     }
 
@@ -158,6 +173,12 @@ impl<S: NodeSteps> Engine<S> {
             None => unguarded.clone(),
         };
         let mut paused_reported = false;
+        let (_always_open, open) = watch::channel(Schedule::Open);
+        let (mut schedule, outside, window) = match &self.schedule {
+            Some((rx, outside, window)) => (rx.clone(), *outside, window.clone()),
+            None => (open.clone(), OutsideWindow::Wait, String::new()),
+        };
+        let mut closed_reported = false;
 
         'phases: for phase in &plan.phases {
             let mut phase_failures = 0u32;
@@ -186,6 +207,26 @@ impl<S: NodeSteps> Engine<S> {
                     if !paused {
                         paused_reported = false;
                     }
+                    let timing = schedule.borrow_and_update().clone();
+                    let (stop_for_time, closed) = match &timing {
+                        Schedule::Open => (None, false),
+                        Schedule::DeadlinePassed { .. } => (Some(StopReason::Deadline), true),
+                        Schedule::Closed { .. } if outside == OutsideWindow::Exit => {
+                            (Some(StopReason::OutsideWindow), true)
+                        }
+                        Schedule::Closed { .. } => (None, true),
+                    };
+                    if let Some(reason) = stop_for_time
+                        && stop_reason.is_none()
+                    {
+                        stop_reason = Some(reason);
+                        self.sink.emit(RunEvent::Stopping { reason });
+                    }
+                    if !closed && closed_reported {
+                        closed_reported = false;
+                        self.sink.emit(RunEvent::WindowOpened);
+                    }
+                    let paused = paused || closed;
                     // Start nodes while there is room and no reason to stop.
                     while stop_reason.is_none() && !paused && in_flight.len() < phase.concurrency {
                         let Some(node) = queue.next() else { break };
@@ -217,6 +258,18 @@ impl<S: NodeSteps> Engine<S> {
                             self.guard.clone(),
                         ));
                     }
+                    if let Schedule::Closed { reopens_at } = &timing
+                        && in_flight.is_empty()
+                        && !closed_reported
+                        && stop_reason.is_none()
+                        && queue.peek().is_some()
+                    {
+                        self.sink.emit(RunEvent::WindowClosed {
+                            window: window.clone(),
+                            reopens_at: reopens_at.map(|t| t.to_string()),
+                        });
+                        closed_reported = true;
+                    }
                     if let HealthState::Paused(decision) = &state
                         && in_flight.is_empty()
                         && !paused_reported
@@ -235,6 +288,11 @@ impl<S: NodeSteps> Engine<S> {
                         break;
                     }
                     tokio::select! {
+                        changed = schedule.changed() => {
+                            if changed.is_err() {
+                                schedule = open.clone();
+                            }
+                        }
                         changed = health.changed() => {
                             if changed.is_err() {
                                 // The guard is gone: no more decisions can come; keep going without it.

@@ -32,6 +32,10 @@ pub struct Playbook {
     pub gates: Vec<Gate>,
     pub monitor: MonitorOptions,
     pub notify: NotifyOptions,
+    /// When new nodes may start (None: any time).
+    pub window: Option<crate::window::Window>,
+    /// How long the whole run may take, from its start: after it no new node starts.
+    pub deadline: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -33,6 +33,8 @@ struct RawPlaybook {
     monitor: RawMonitor,
     #[serde(default)]
     notify: RawNotify,
+    window: Option<Spanned<crate::window::RawWindow>>,
+    deadline: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -337,6 +339,26 @@ impl Validator<'_> {
         let probes = self.probes(raw.probe);
         let gates = self.gates(raw.gate, &probes);
         let monitor = self.monitor(raw.monitor);
+        let window = raw.window.and_then(|w| {
+            let whole = w.span();
+            match w.into_inner().validate(whole) {
+                Ok(w) => Some(w),
+                Err(errors) => {
+                    for (span, message, hint) in errors {
+                        self.err(span, message, hint);
+                    }
+                    None
+                }
+            }
+        });
+        let deadline = raw.deadline.map(|d| {
+            self.duration(
+                Some(d),
+                Duration::ZERO,
+                Duration::from_secs(60),
+                Duration::from_secs(7 * 24 * 3600),
+            )
+        });
         Playbook {
             name,
             description: raw.description,
@@ -354,6 +376,8 @@ impl Validator<'_> {
                 slack: raw.notify.slack.unwrap_or(true),
                 mention: raw.notify.mention,
             },
+            window,
+            deadline,
         }
     }
 

@@ -60,6 +60,43 @@ fn every_error_names_file_line_key_and_hint() {
                 .into(),
             "p.toml:6:7: `command.run`: the remote command is empty",
         ),
+        // maintenance window and deadline
+        (
+            format!("name = \"t\"\n[window]\nstart = \"1:00\"\nend = \"25:00\"\n{VALID_TAIL}"),
+            "p.toml:4:7: `window.end`: \"25:00\" is not a time of day\n  hint: write times as HH:MM",
+        ),
+        (
+            format!("name = \"t\"\n[window]\nstart = \"01:00\"\n{VALID_TAIL}"),
+            "`window`: the window has no `end`",
+        ),
+        (
+            format!("name = \"t\"\n[window]\ndays = [\"mon-fry\"]\nstart = \"01:00\"\nend = \"05:00\"\n{VALID_TAIL}"),
+            "p.toml:3:8: `window.days`: \"mon-fry\" is not a day or a range of days",
+        ),
+        (
+            format!("name = \"t\"\n[window]\ncron = \"0 1 * * mon-fri\"\ntimezone = \"Europe/Berln\"\n{VALID_TAIL}"),
+            "`window.timezone`: unknown time zone \"Europe/Berln\"",
+        ),
+        (
+            format!("name = \"t\"\n[window]\ncron = \"0 1 * * mon-fri\"\n{VALID_TAIL}"),
+            "`window.cron`: a cron window needs `duration`\n  hint: add how long it stays open",
+        ),
+        (
+            format!("name = \"t\"\n[window]\ncron = \"0 25 * * *\"\nduration = \"2h\"\n{VALID_TAIL}"),
+            "`window.cron`: hour field: \"25\" is not between 0 and 23",
+        ),
+        (
+            format!("name = \"t\"\n[window]\ncron = \"0 1 * * *\"\nduration = \"2h\"\nstart = \"01:00\"\n{VALID_TAIL}"),
+            "not both",
+        ),
+        (
+            format!("name = \"t\"\n[window]\nstart = \"01:00\"\nend = \"05:00\"\noutside = \"leave\"\n{VALID_TAIL}"),
+            "`window.outside`: unknown value \"leave\"\n  hint: use \"wait\"",
+        ),
+        (
+            format!("name = \"t\"\ndeadline = \"soon\"\n{VALID_TAIL}"),
+            "p.toml:2:12: `deadline`: \"soon\" is not a duration",
+        ),
         // phases
         (
             phase("concurrency = 0"),

@@ -271,6 +271,8 @@ impl Metrics {
             }
             RunEvent::Paused { .. } => self.set_state("paused"),
             RunEvent::Resumed => self.set_state("running"),
+            RunEvent::WindowClosed { .. } => self.set_state("waiting-for-window"),
+            RunEvent::WindowOpened => self.set_state("running"),
             RunEvent::RunFinished { outcome, .. } => self.set_state(match outcome {
                 Outcome::Succeeded | Outcome::SucceededWithFailures => "finished",
                 Outcome::Stopped(crate::engine::StopReason::GateAbort) => "aborted",

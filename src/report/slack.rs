@@ -195,6 +195,19 @@ impl Texts {
                 Message::Reply("resumed by the operator".into()),
                 Message::UpdateRoot(self.header("running")),
             ],
+            RunEvent::WindowClosed { window, reopens_at } => vec![
+                Message::Reply(format!(
+                    "outside the maintenance window ({window}): waiting, no new node starts until {}",
+                    reopens_at
+                        .as_deref()
+                        .unwrap_or("it reopens (not within a year!)")
+                )),
+                Message::UpdateRoot(self.header("waiting for the window")),
+            ],
+            RunEvent::WindowOpened => vec![
+                Message::Reply("the maintenance window is open: continuing".into()),
+                Message::UpdateRoot(self.header("running")),
+            ],
             RunEvent::RunFinished {
                 outcome,
                 not_started,
@@ -209,6 +222,12 @@ impl Texts {
                     }
                     Outcome::Stopped(StopReason::NodeFailures) => {
                         "STOPPED: nodes failed".to_owned()
+                    }
+                    Outcome::Stopped(StopReason::OutsideWindow) => {
+                        "stopped at the end of the maintenance window (resumable)".to_owned()
+                    }
+                    Outcome::Stopped(StopReason::Deadline) => {
+                        "stopped at the run's deadline (resumable)".to_owned()
                     }
                     Outcome::Stopped(_) => "stopped by the operator".to_owned(),
                 };

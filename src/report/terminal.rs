@@ -73,6 +73,12 @@ fn stop_text(reason: StopReason) -> &'static str {
             "stopping: a health gate aborted the run; nodes in flight stop at their next safe point and stay cordoned"
         }
         StopReason::OperatorImmediate => "stopping now: nodes in flight are left as they are",
+        StopReason::OutsideWindow => {
+            "stopping: the maintenance window closed; finishing the nodes in flight (`rollgate resume` continues in the next window)"
+        }
+        StopReason::Deadline => {
+            "stopping: the run's deadline passed; finishing the nodes in flight (`rollgate resume --deadline ...` continues)"
+        }
     }
 }
 
@@ -247,6 +253,14 @@ impl Consumer for Terminal {
                 ));
             }
             RunEvent::Resumed => self.println("resumed".to_owned()),
+            RunEvent::WindowClosed { window, reopens_at } => self.println(format!(
+                "WAITING: outside the maintenance window ({window}); no new node starts until it reopens{}",
+                reopens_at
+                    .as_ref()
+                    .map(|t| format!(" at {t}"))
+                    .unwrap_or_else(|| " (not within a year!)".into())
+            )),
+            RunEvent::WindowOpened => self.println("the maintenance window is open: continuing".to_owned()),
             RunEvent::Problem { problem } => {
                 self.println(format!(
                     "   health: {} {:?}: {}",

@@ -422,3 +422,42 @@ pub fn held_by_pdb(ns: &str, node: &str) {
         "--timeout=60s",
     ]);
 }
+
+/// Writes the playbook. Unless it has its own [monitor], the health monitor watches nothing,
+/// so parallel tests' faults cannot stop engine tests.
+pub fn write_playbook(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("playbook.toml");
+    let monitor = if text.contains("[monitor]") {
+        ""
+    } else {
+        "\n[monitor]\nnamespaces = [\"rollgate-unwatched\"]\nnode-selector = \"rollgate.test/unwatched\"\n"
+    };
+    std::fs::write(&path, format!("{text}{monitor}")).unwrap();
+    path
+}
+
+/// The latest run's journal events about `node` in `state_dir`, oldest first.
+pub fn journal_events(state_dir: &Path, node: &str) -> Vec<serde_json::Value> {
+    let runs = state_dir.join("runs");
+    let Ok(run_id) = std::fs::read_to_string(runs.join("latest")) else {
+        return Vec::new();
+    };
+    std::fs::read_to_string(runs.join(run_id.trim()).join("journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["node"] == node)
+        .collect()
+}
+
+pub fn journal_has(state_dir: &Path, node: &str, event: &str, step: &str) -> bool {
+    journal_events(state_dir, node)
+        .iter()
+        .any(|v| v["event"] == event && v["step"] == step)
+}
+
+pub fn last_journal_event(state_dir: &Path, node: &str) -> serde_json::Value {
+    journal_events(state_dir, node)
+        .pop()
+        .unwrap_or(serde_json::Value::Null)
+}
