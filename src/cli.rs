@@ -159,6 +159,9 @@ pub struct RunArgs {
     /// Address of the Prometheus metrics endpoint (overrides `metrics.listen`).
     #[arg(long, env = "ROLLGATE_METRICS_LISTEN", value_name = "ADDR:PORT")]
     pub metrics_listen: Option<String>,
+    /// Push the final metrics to this Pushgateway at the end (overrides `metrics.pushgateway`).
+    #[arg(long, env = "ROLLGATE_PUSHGATEWAY", value_name = "URL")]
+    pub pushgateway: Option<String>,
     /// How long the lock outlives a runner that stopped renewing it (crashed, killed).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub lock_duration: std::time::Duration,

@@ -66,6 +66,8 @@ pub struct Config {
     pub slack: Option<SlackConfig>,
     pub prometheus_url: Option<String>,
     pub metrics_listen: String,
+    /// A Pushgateway that gets the run's final metrics (runs can end between two scrapes).
+    pub pushgateway: Option<String>,
     pub state_dir: PathBuf,
     /// None: automatic (text on a terminal, JSON lines otherwise).
     pub log_format: Option<LogFormat>,
@@ -145,6 +147,7 @@ struct RawPrometheus {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawMetrics {
     listen: Option<Spanned<String>>,
+    pushgateway: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -333,6 +336,16 @@ impl Config {
                 "127.0.0.1:9797".to_owned()
             }
         };
+        let pushgateway = raw.metrics.pushgateway.map(|u| {
+            if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) {
+                err(
+                    u.span(),
+                    format!("{:?} is not an http(s) URL", u.get_ref()),
+                    "e.g. pushgateway = \"http://pushgateway.monitoring:9091\"".into(),
+                );
+            }
+            u.into_inner()
+        });
         let log_format = match raw
             .log
             .format
@@ -383,6 +396,7 @@ impl Config {
             slack,
             prometheus_url: raw.prometheus.url.map(|u| u.into_inner()),
             metrics_listen,
+            pushgateway,
             state_dir: raw
                 .state
                 .dir

@@ -486,7 +486,7 @@ async fn slack_failures_and_timeouts_do_not_block_the_run_and_missed_messages_ar
     );
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
-    let (code, events, stderr) = finish(spawn(rollgate_run(
+    let mut cmd = rollgate_run(
         dir.path(),
         &channel,
         &format!(
@@ -495,8 +495,35 @@ async fn slack_failures_and_timeouts_do_not_block_the_run_and_missed_messages_ar
             names[1],
             scope(&suite, "rollgate-unwatched")
         ),
-    )));
+    );
+    // The final figures go to the real Pushgateway, Slack's delivery failures included.
+    cmd.env("ROLLGATE_PUSHGATEWAY", &env().pushgateway_url);
+    let (code, events, stderr) = finish(spawn(cmd));
     assert_eq!(code, 0, "{stderr}");
+    let run_id = named(&events, "run-started")[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pushed = http_get(&format!("{}/metrics", env().pushgateway_url));
+    let value = |name: &str, label: &str| -> f64 {
+        pushed
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains(&format!("run_id=\"{run_id}\""))
+                    && l.contains(label)
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} {label} of run {run_id} in the Pushgateway"))
+    };
+    assert!(
+        value(
+            "rollgate_slack_delivery_failures_total",
+            "outcome=\"deferred\""
+        ) >= 1.0
+    );
+    assert_eq!(value("rollgate_nodes", "state=\"done\""), 2.0);
+    assert_eq!(value("rollgate_run_state", "state=\"finished\""), 1.0);
     assert_eq!(named(&events, "node-done").len(), 2);
     assert!(
         started.elapsed() < MINUTE,

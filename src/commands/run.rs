@@ -340,6 +340,7 @@ async fn run_with(
             &run_id,
             &playbook.name,
             playbook.notify.mention.clone(),
+            metrics.lock().expect("lock").slack_failures(),
         );
         consumers.push(Box::new(consumer));
         slack_task = Some(task);
@@ -493,6 +494,13 @@ async fn run_with(
     if let Some(t) = slack_task {
         let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
     }
+    // After Slack's last flush, so its delivery failures are in the figures.
+    if let Some(url) = args.pushgateway.as_ref().or(config.pushgateway.as_ref())
+        && !args.dry_run
+        && let Err(e) = report::metrics::push(url, &args.lock_name, &metrics).await
+    {
+        eprintln!("warning: final metrics not pushed: {e}");
+    }
     if !summary.failed.is_empty() || !summary.abandoned.is_empty() {
         eprintln!("nodes left cordoned:");
         for (node, step, reason) in &summary.failed {
@@ -645,6 +653,7 @@ pub async fn resume(
             lock_name: std::env::var("ROLLGATE_LOCK_NAME").unwrap_or_else(|_| "default".into()),
             lock_duration: Duration::from_secs(30),
             metrics_listen: None,
+            pushgateway: std::env::var("ROLLGATE_PUSHGATEWAY").ok(),
             schedule: schedule.clone(),
         };
         return Box::pin(run_with(global, &args, Some(points))).await;

@@ -25,6 +25,7 @@ pub struct Metrics {
     gate_decisions: IntCounterVec,
     problems: IntCounterVec,
     run_state: GaugeVec,
+    slack_failures: IntCounterVec,
     phase_of: HashMap<String, String>,
     step_of: HashMap<String, String>,
 }
@@ -115,6 +116,18 @@ impl Metrics {
             &["state"],
         )
         .expect("valid metric");
+        let slack_failures = IntCounterVec::new(
+            opts(
+                "rollgate_slack_delivery_failures_total",
+                "Slack messages not delivered: refused (dropped), deferred (retried later) or lost at the end of the run.",
+                run_id,
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(slack_failures.clone()))
+            .expect("unique metric");
         registry
             .register(Box::new(nodes.clone()))
             .expect("unique metric");
@@ -157,17 +170,30 @@ impl Metrics {
             gate_decisions,
             problems,
             run_state,
+            slack_failures,
             phase_of: HashMap::new(),
             step_of: HashMap::new(),
         }))
     }
 
     fn set_state(&self, state: &str) {
-        for s in ["running", "paused", "aborted", "stopped", "finished"] {
+        for s in [
+            "running",
+            "paused",
+            "waiting-for-window",
+            "aborted",
+            "stopped",
+            "finished",
+        ] {
             self.run_state
                 .with_label_values(&[s])
                 .set(if s == state { 1.0 } else { 0.0 });
         }
+    }
+
+    /// The counter the Slack delivery task increments (it runs apart from the event stream).
+    pub fn slack_failures(&self) -> IntCounterVec {
+        self.slack_failures.clone()
     }
 
     pub fn render(&self) -> String {
@@ -289,6 +315,36 @@ pub struct MetricsConsumer(pub Arc<std::sync::Mutex<Metrics>>);
 impl Consumer for MetricsConsumer {
     fn handle(&mut self, event: &Stamped) {
         self.0.lock().expect("lock").handle(&event.event);
+    }
+}
+
+/// Pushes the final figures to a Pushgateway, replacing the group of the previous run against
+/// the same cluster lock (`job="rollgate"`, `lock=NAME`), so groups do not pile up. Bounded.
+pub async fn push(
+    pushgateway: &str,
+    lock_name: &str,
+    metrics: &Arc<std::sync::Mutex<Metrics>>,
+) -> Result<(), String> {
+    let body = metrics.lock().expect("lock").render();
+    let url = format!(
+        "{}/metrics/job/rollgate/lock/{}",
+        pushgateway.trim_end_matches('/'),
+        lock_name
+    );
+    let response = reqwest::Client::new()
+        .put(&url)
+        .header("Content-Type", "text/plain; version=0.0.4")
+        .timeout(std::time::Duration::from_secs(10))
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("cannot push to {url}: {e}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        Err(format!("{url} answered {status}: {}", text.trim()))
     }
 }
 

@@ -69,11 +69,13 @@ impl Slack {
         run_id: &str,
         playbook: &str,
         mention: Option<String>,
+        failures: prometheus::IntCounterVec,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(deliver(
             target,
             rx,
+            failures,
             Texts {
                 run_id: run_id.into(),
                 playbook: playbook.into(),
@@ -258,6 +260,8 @@ struct Sender {
     target: SlackTarget,
     root_ts: Option<String>,
     channel_id: Option<String>,
+    /// `rollgate_slack_delivery_failures_total{outcome}`.
+    failures: prometheus::IntCounterVec,
 }
 
 impl Sender {
@@ -380,10 +384,12 @@ impl Sender {
                 }
                 Err(Failure::Permanent(e)) => {
                     tracing::warn!(error = %e, "Slack refused a message; dropping it");
+                    self.failures.with_label_values(&["refused"]).inc();
                     queue.pop_front();
                 }
                 Err(Failure::Transient(e)) => {
                     tracing::warn!(error = %e, queued = queue.len(), "Slack is unreachable; will retry later in the run");
+                    self.failures.with_label_values(&["deferred"]).inc();
                     return;
                 }
             }
@@ -391,7 +397,12 @@ impl Sender {
     }
 }
 
-async fn deliver(target: SlackTarget, mut rx: mpsc::UnboundedReceiver<Stamped>, mut texts: Texts) {
+async fn deliver(
+    target: SlackTarget,
+    mut rx: mpsc::UnboundedReceiver<Stamped>,
+    failures: prometheus::IntCounterVec,
+    mut texts: Texts,
+) {
     let http = reqwest::Client::builder()
         .connect_timeout(REQUEST_TIMEOUT)
         .build()
@@ -401,6 +412,7 @@ async fn deliver(target: SlackTarget, mut rx: mpsc::UnboundedReceiver<Stamped>, 
         target,
         root_ts: None,
         channel_id: None,
+        failures,
     };
     let mut queue: VecDeque<Message> = VecDeque::new();
     let mut tick = tokio::time::interval(RETRY_TICK);
@@ -431,6 +443,10 @@ async fn deliver(target: SlackTarget, mut rx: mpsc::UnboundedReceiver<Stamped>, 
         }
     }
     if !queue.is_empty() {
+        sender
+            .failures
+            .with_label_values(&["lost"])
+            .inc_by(queue.len() as u64);
         tracing::warn!(
             lost = queue.len(),
             "Slack messages could not be delivered before the end of the run"

@@ -27,6 +27,7 @@ pub struct Env {
     pub prometheus_url: String,
     pub prometheus_rules_dir: PathBuf,
     pub prometheus_targets_dir: PathBuf,
+    pub pushgateway_url: String,
     pub kubectl: PathBuf,
     pub xtask: PathBuf,
 }

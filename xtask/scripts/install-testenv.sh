@@ -92,6 +92,7 @@ mkdir -p "$CACHE"
 need_pkg /usr/sbin/sshd openssh-server
 need_pkg ssh-keygen openssh-client
 need_pkg prometheus prometheus
+need_pkg prometheus-pushgateway prometheus-pushgateway
 need_pkg openssl openssl
 case "${1:-all}" in
   all) build_kwok; build_etcd; build_k8s ;;

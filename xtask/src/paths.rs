@@ -14,6 +14,7 @@ pub const APISERVER_PORT: u16 = 16443;
 pub const KWOK_PORT: u16 = 10247;
 pub const SLACK_PORT: u16 = 18080;
 pub const PROMETHEUS_PORT: u16 = 19090;
+pub const PUSHGATEWAY_PORT: u16 = 19091;
 
 /// Token the Slack stand-in accepts (it is a test credential, not a secret).
 pub const SLACK_TOKEN: &str = "xoxb-rollgate-testenv";

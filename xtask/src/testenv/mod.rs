@@ -53,6 +53,7 @@ pub struct EnvDescription {
     pub prometheus_url: String,
     pub prometheus_rules_dir: PathBuf,
     pub prometheus_targets_dir: PathBuf,
+    pub pushgateway_url: String,
     pub kubectl: PathBuf,
     pub xtask: PathBuf,
     pub k8s_version: String,
@@ -151,6 +152,7 @@ pub fn up() -> Result<()> {
     for tool in [
         "/usr/sbin/sshd",
         "/usr/bin/prometheus",
+        "/usr/bin/prometheus-pushgateway",
         "/usr/bin/ssh-keygen",
     ] {
         if !Path::new(tool).exists() {
@@ -364,6 +366,17 @@ pub fn up() -> Result<()> {
         ]),
     )?;
 
+    // A Pushgateway, for runs that push their final metrics.
+    procs::spawn(
+        &state,
+        "pushgateway",
+        Path::new("/usr/bin/prometheus-pushgateway"),
+        &strings(&[
+            &format!("--web.listen-address=127.0.0.1:{PUSHGATEWAY_PORT}"),
+            "--log.level=warn",
+        ]),
+    )?;
+
     let env = EnvDescription {
         state_dir: state.clone(),
         kubeconfig: kubeconfig.clone(),
@@ -376,6 +389,7 @@ pub fn up() -> Result<()> {
         prometheus_url: format!("http://127.0.0.1:{PROMETHEUS_PORT}"),
         prometheus_rules_dir: rules,
         prometheus_targets_dir: targets,
+        pushgateway_url: format!("http://127.0.0.1:{PUSHGATEWAY_PORT}"),
         kubectl: kubectl.clone(),
         xtask: xtask_copy,
         k8s_version: K8S_VERSION.into(),
@@ -388,6 +402,17 @@ pub fn up() -> Result<()> {
             procs::http(
                 "GET",
                 &format!("127.0.0.1:{PROMETHEUS_PORT}"),
+                "/-/ready",
+                ""
+            ),
+            Ok((200, _))
+        )
+    })?;
+    procs::wait_for("the Pushgateway /-/ready", Duration::from_secs(30), || {
+        matches!(
+            procs::http(
+                "GET",
+                &format!("127.0.0.1:{PUSHGATEWAY_PORT}"),
                 "/-/ready",
                 ""
             ),
@@ -428,6 +453,7 @@ pub fn down() -> Result<()> {
     }
     // Nodes' sshd first, then the rest in reverse start order.
     let order = [
+        "pushgateway",
         "prometheus",
         "slack-standin",
         "kwok",
@@ -471,6 +497,7 @@ fn status(json: bool) -> Result<ExitCode> {
         println!("client key:  {}", env.client_key.display());
         println!("slack:       {}", env.slack_url);
         println!("prometheus:  {}", env.prometheus_url);
+        println!("pushgateway: {}", env.pushgateway_url);
         for (name, pid) in &procs {
             println!(
                 "  {:<28} pid {:<8} {}",
