@@ -379,10 +379,8 @@ pub enum Formats {
     Both,
 }
 
-/// Renders the report of the journal in `run_dir` into `out` (created if needed); returns the
-/// paths written.
-pub fn write(run_dir: &Path, out: &Path, formats: Formats) -> Result<Vec<PathBuf>, String> {
-    let report = RunReport::load(&run_dir.join(crate::journal::FILE))?;
+/// Renders the report into `out` (created if needed); returns the paths written.
+pub fn write(report: &RunReport, out: &Path, formats: Formats) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let mut written = vec![];
     let mut put = |name: &str, text: String| {
@@ -392,12 +390,18 @@ pub fn write(run_dir: &Path, out: &Path, formats: Formats) -> Result<Vec<PathBuf
         Ok::<_, String>(())
     };
     if formats != Formats::Markdown {
-        put(HTML_FILE, html::render(&report))?;
+        put(HTML_FILE, html::render(report))?;
     }
     if formats != Formats::Html {
-        put(MARKDOWN_FILE, markdown::render(&report))?;
+        put(MARKDOWN_FILE, markdown::render(report))?;
     }
     Ok(written)
+}
+
+/// The report of the run in `run_dir`, both files written beside its journal.
+pub fn write_for_run(run_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let report = RunReport::load(&run_dir.join(crate::journal::FILE))?;
+    write(&report, run_dir, Formats::Both)
 }
 
 #[cfg(test)]

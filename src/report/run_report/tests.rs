@@ -256,12 +256,22 @@ fn write_puts_the_requested_files_in_the_directory() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let written = write(&run, &out, Formats::Both).unwrap();
+    let report = RunReport::load(&run.join(crate::journal::FILE)).unwrap();
+    let written = write(&report, &out, Formats::Both).unwrap();
     assert_eq!(written, [out.join(HTML_FILE), out.join(MARKDOWN_FILE)]);
     assert_eq!(
-        write(&run, &run, Formats::Markdown).unwrap(),
-        [run.join(MARKDOWN_FILE)]
+        write(&report, &out, Formats::Markdown).unwrap(),
+        [out.join(MARKDOWN_FILE)]
     );
-    let err = write(&dir.path().join("nope"), &out, Formats::Both).unwrap_err();
+    assert_eq!(
+        write_for_run(&run).unwrap(),
+        [run.join(HTML_FILE), run.join(MARKDOWN_FILE)]
+    );
+    assert!(
+        std::fs::read_to_string(run.join(HTML_FILE))
+            .unwrap()
+            .contains("data-node=\"a\"")
+    );
+    let err = write_for_run(&dir.path().join("nope")).unwrap_err();
     assert!(err.contains("cannot read"), "{err}");
 }
