@@ -54,7 +54,8 @@ h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:20px 0 6px}\
 .meta{color:#555;margin:2px 0}.stats span{display:inline-block;margin-right:18px}\
 .badge{padding:1px 8px;border-radius:9px;font-size:13px;color:#fff;background:#777}\
 .ok{background:#2e7d32}.bad{background:#c62828}.warn{background:#ef6c00}\
-table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}\
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top;white-space:nowrap}\
+td.text{white-space:normal;min-width:200px}\
 th{background:#f4f4f4}.legend span{display:inline-block;margin-right:14px}\
 .sw{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}\
 .state-failed,.state-abandoned{color:#c62828;font-weight:bold}.state-interrupted{color:#ef6c00}\
@@ -118,9 +119,13 @@ fn timeline(r: &RunReport, out: &mut String) {
             ty = y + 15,
             label = esc(&label),
         );
+        // A node's steps follow each other: a step too short to see gets 3 px, and the next
+        // one starts after it, so every step shows its colour.
+        let mut next_free = 0;
         for s in &n.steps {
-            let x0 = x(s.start_ms);
-            let w = (x(s.end_ms) - x0).max(3);
+            let x0 = x(s.start_ms).max(next_free);
+            let w = x(s.end_ms).saturating_sub(x0).max(3);
+            next_free = x0 + w;
             let style = match s.end {
                 SpanEnd::Finished => String::new(),
                 SpanEnd::Failed => r##" stroke="#c62828" stroke-width="2""##.into(),
@@ -254,7 +259,7 @@ pub fn render(r: &RunReport) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "<tr><td>{}</td><td>{}</td><td class=\"state-{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"state-{}\">{}</td><td>{}</td><td>{}</td><td class=\"text\">{}</td><td class=\"text\">{}</td></tr>",
             esc(&n.name),
             esc(&n.phase),
             n.state.name().replace(' ', "-"),
@@ -307,7 +312,7 @@ pub fn render(r: &RunReport) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "<tr><td>+{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>+{}</td><td>{}</td><td>{}</td><td class=\"text\">{}</td><td>{}</td></tr>",
                 short_duration(g.at_ms),
                 esc(&g.decision),
                 esc(&g.signal),
@@ -325,7 +330,7 @@ pub fn render(r: &RunReport) -> String {
         for f in &r.failures {
             let _ = writeln!(
                 out,
-                "<tr><td>+{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>+{}</td><td>{}</td><td>{}</td><td class=\"text\">{}</td></tr>",
                 short_duration(f.at_ms),
                 esc(&f.node),
                 f.step,
