@@ -31,7 +31,24 @@ fn user_at_host() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown-host".into());
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown-user".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| {
+            // No login variables (a service, a container): the name of the real uid.
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or("?")
+                .to_owned();
+            std::fs::read_to_string("/etc/passwd")
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 2 && f[2] == uid)
+                .map_or_else(|| format!("uid {uid}"), |f| f[0].to_owned())
+        });
     format!("{user}@{host}")
 }
 

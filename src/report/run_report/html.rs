@@ -255,7 +255,17 @@ pub fn render(r: &RunReport) -> String {
         let steps: Vec<String> = n
             .steps
             .iter()
-            .map(|s| format!("{} {}", s.step, short_duration(s.end_ms - s.start_ms)))
+            .map(|s| match s.end {
+                SpanEnd::Finished => {
+                    format!("{} {}", s.step, short_duration(s.end_ms - s.start_ms))
+                }
+                SpanEnd::Failed => format!(
+                    "{} failed after {}",
+                    s.step,
+                    short_duration(s.end_ms - s.start_ms)
+                ),
+                SpanEnd::Interrupted => format!("{} interrupted", s.step),
+            })
             .collect();
         let _ = writeln!(
             out,

@@ -199,6 +199,9 @@ fn a_resumed_run_cuts_the_interrupted_step_at_the_crash_and_starts_it_again() {
     );
     assert_eq!(r.nodes[2].state, NodeState::NotStarted);
     assert_eq!(r.durations.min.as_ref().unwrap(), &("b".to_owned(), 6000));
+    let html = html::render(&r);
+    assert!(html.contains("command interrupted, command 1.0s"), "{html}");
+    assert!(html.contains("resumed 1 time(s)"));
 }
 
 #[test]
