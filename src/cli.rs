@@ -68,6 +68,14 @@ pub enum OutputFormat {
     Json,
 }
 
+/// `rollgate report -o`: report.html, report.md or both.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    Html,
+    Markdown,
+    Both,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Validate a playbook (and the config) offline; print a one-screen summary.
@@ -115,6 +123,20 @@ pub enum Command {
         run: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
+    },
+    /// Write a run's report from its journal: self-contained HTML (timeline) and a Markdown summary.
+    #[command(
+        after_help = "Examples:\n  rollgate report                      # the latest run, into its run directory\n  rollgate report 20261125-013000-ab12 --out /tmp/report -o html\n\nExit codes: 0 written, 1 cannot write, 2 no such run."
+    )]
+    Report {
+        /// The run id (default: the latest run).
+        run: Option<String>,
+        /// Directory to write into (default: the run's directory).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Which files to write.
+        #[arg(short, long, value_enum, default_value = "both")]
+        output: ReportFormat,
     },
     /// Watch cluster health without upgrading anything: unhealthy pods, pings, probes.
     #[command(

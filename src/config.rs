@@ -54,6 +54,9 @@ pub struct SlackConfig {
     /// Name of the environment variable holding an incoming-webhook URL.
     pub webhook_url_env: Option<String>,
     pub api_url: String,
+    /// Base URL where the runs directory is published: the final message links
+    /// `REPORT_URL/RUN_ID/report.html` instead of the local path.
+    pub report_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +138,7 @@ struct RawSlack {
     /// Rejected with a hint: tokens never live in files.
     token: Option<Spanned<String>>,
     api_url: Option<String>,
+    report_url: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -313,6 +317,7 @@ impl Config {
                 token_env: s.token_env.map(|t| t.into_inner()),
                 webhook_url_env: s.webhook_url_env.map(|w| w.into_inner()),
                 api_url: s.api_url.unwrap_or_else(|| "https://slack.com/api/".into()),
+                report_url: s.report_url,
             }
         });
         if let Some(url) = &raw.prometheus.url

@@ -54,6 +54,9 @@ fn main() -> ExitCode {
                 command_done,
                 schedule,
             } => commands::run::resume(&cli.global, run.as_deref(), command_done, schedule).await,
+            Command::Report { run, out, output } => {
+                commands::report::run(&cli.global, run.as_deref(), out.as_deref(), *output)
+            }
             Command::Monitor { playbook, output } => {
                 commands::monitor::run(&cli.global, playbook.as_deref(), *output).await
             }

@@ -540,6 +540,17 @@ async fn slack_failures_and_timeouts_do_not_block_the_run_and_missed_messages_ar
             "{want:?} was delivered eventually: {texts:#?}"
         );
     }
+    // The final message sums the run up and points at its report.
+    let run_id = named(&events, "run-started")[0]["run_id"].as_str().unwrap();
+    let report = dir.path().join("runs").join(run_id).join("report.html");
+    assert!(
+        texts.iter().any(
+            |t| t.contains("2 done, 0 failed, 0 not started; slowest node `")
+                && t.contains(&format!("Report: {}", report.display()))
+        ),
+        "the final message has the summary and the report's path: {texts:#?}"
+    );
+    assert!(report.is_file(), "{stderr}");
     let failed: Vec<u64> = slack_requests(&channel)
         .iter()
         .filter_map(|r| r["failed"].as_u64())

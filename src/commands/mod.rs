@@ -3,6 +3,7 @@
 pub mod check;
 pub mod monitor;
 pub mod plan;
+pub mod report;
 pub mod run;
 
 use crate::cli::GlobalArgs;

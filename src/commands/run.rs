@@ -26,6 +26,32 @@ const RESUME_FILE: &str = "resume";
 const LATEST_FILE: &str = "latest";
 const PID_FILE: &str = "pid";
 
+/// Who runs this: `user@host` (in the lock holder and the journal header).
+fn user_at_host() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| {
+            // No login variables (a service, a container): the name of the real uid.
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or("?")
+                .to_owned();
+            std::fs::read_to_string("/etc/passwd")
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 2 && f[2] == uid)
+                .map_or_else(|| format!("uid {uid}"), |f| f[0].to_owned())
+        });
+    format!("{user}@{host}")
+}
+
 /// A sortable, readable run id: UTC time plus a few random hex digits.
 pub fn new_run_id() -> String {
     let now = jiff::Timestamp::now();
@@ -109,6 +135,16 @@ pub fn slack_target(config: &Config) -> Result<Option<slack::SlackTarget>, Failu
         return Ok(Some(slack::SlackTarget::Webhook { url: read(var)? }));
     }
     Ok(None)
+}
+
+/// Where the final Slack message points for the run report: under `slack.report-url` when the
+/// config has one (the operator publishes the runs directory there), else the local path.
+fn report_link(config: &Config, run_dir: &std::path::Path, run_id: &str) -> String {
+    let file = report::run_report::HTML_FILE;
+    match config.slack.as_ref().and_then(|s| s.report_url.as_deref()) {
+        Some(base) => format!("{}/{run_id}/{file}", base.trim_end_matches('/')),
+        None => run_dir.join(file).display().to_string(),
+    }
 }
 
 /// Signals this playbook's monitor produces.
@@ -245,11 +281,7 @@ async fn run_with(
     let lock = if args.dry_run {
         None
     } else {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "unknown-host".into());
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown-user".into());
-        let holder = format!("{user}@{host} pid {} run {run_id}", std::process::id());
+        let holder = format!("{} pid {} run {run_id}", user_at_host(), std::process::id());
         if args.force_unlock {
             eprintln!(
                 "WARNING: --force-unlock: taking the cluster lock {:?} even if another run holds it",
@@ -282,6 +314,7 @@ async fn run_with(
         "playbook_file": std::fs::canonicalize(&args.playbook).unwrap_or_else(|_| args.playbook.clone()),
         "dry_run": args.dry_run,
         "deadline": deadline.map(|d| d.to_string()),
+        "started_by": user_at_host(),
         "nodes": report.plan.phases.iter().flat_map(|p| p.waves.iter().flat_map(move |w| w.nodes.iter().map(move |n| [n.as_str(), p.name.as_str()]))).collect::<Vec<_>>(),
     });
     let journal = if resume.is_some() {
@@ -341,6 +374,7 @@ async fn run_with(
             &playbook.name,
             playbook.notify.mention.clone(),
             metrics.lock().expect("lock").slack_failures(),
+            Some(report_link(&config, &run_dir, &run_id)),
         );
         consumers.push(Box::new(consumer));
         slack_task = Some(task);
@@ -517,10 +551,26 @@ async fn run_with(
         );
     }
     eprintln!("per-node logs: {}", run_dir.join("nodes").display());
+    // Best effort: a report that cannot be written never changes the run's exit code.
+    match report::run_report::write_for_run(&run_dir) {
+        Ok(paths) if json => eprintln!(
+            "{}",
+            serde_json::json!({"at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(), "event": "report-written", "run_id": run_id, "paths": paths})
+        ),
+        Ok(paths) => eprintln!(
+            "report: {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => eprintln!("warning: the run report was not written: {e}"),
+    }
     Ok(exit_code(&summary))
 }
 
-fn latest_run(runs: &std::path::Path, run: Option<&str>) -> Result<String, Failure> {
+pub(super) fn latest_run(runs: &std::path::Path, run: Option<&str>) -> Result<String, Failure> {
     match run {
         Some(r) => Ok(r.to_owned()),
         None => std::fs::read_to_string(runs.join(LATEST_FILE)).map(|s| s.trim().to_owned()).map_err(|_| {

@@ -70,6 +70,7 @@ impl Slack {
         playbook: &str,
         mention: Option<String>,
         failures: prometheus::IntCounterVec,
+        report: Option<String>,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(deliver(
@@ -80,9 +81,11 @@ impl Slack {
                 run_id: run_id.into(),
                 playbook: playbook.into(),
                 mention,
+                report,
                 total: 0,
                 done: 0,
                 failed: 0,
+                slowest: None,
             },
         ));
         (Self { tx: Some(tx) }, task)
@@ -105,9 +108,13 @@ struct Texts {
     run_id: String,
     playbook: String,
     mention: Option<String>,
+    /// The run report's path or URL, named in the final message.
+    report: Option<String>,
     total: usize,
     done: usize,
     failed: usize,
+    /// The node that took longest, and how long.
+    slowest: Option<(String, u64)>,
 }
 
 fn decision_word(d: Decision) -> &'static str {
@@ -172,6 +179,9 @@ impl Texts {
             }
             RunEvent::NodeDone { node, elapsed_ms } => {
                 self.done += 1;
+                if self.slowest.as_ref().is_none_or(|(_, ms)| elapsed_ms > ms) {
+                    self.slowest = Some((node.clone(), *elapsed_ms));
+                }
                 vec![
                     Message::Reply(format!(
                         "node `{node}` upgraded in {}",
@@ -233,10 +243,20 @@ impl Texts {
                     }
                     Outcome::Stopped(_) => "stopped by the operator".to_owned(),
                 };
+                let slowest = self
+                    .slowest
+                    .as_ref()
+                    .map(|(n, ms)| format!("; slowest node `{n}` ({})", short_duration(*ms)))
+                    .unwrap_or_default();
+                let report = self
+                    .report
+                    .as_ref()
+                    .map(|r| format!("\nReport: {r}"))
+                    .unwrap_or_default();
                 vec![
                     Message::UpdateRoot(self.header(&state)),
                     Message::Reply(format!(
-                        "run {state} after {}: {} done, {} failed, {not_started} not started",
+                        "run {state} after {}: {} done, {} failed, {not_started} not started{slowest}{report}",
                         short_duration(*elapsed_ms),
                         self.done,
                         self.failed
@@ -450,6 +470,44 @@ async fn deliver(
         tracing::warn!(
             lost = queue.len(),
             "Slack messages could not be delivered before the end of the run"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_final_message_sums_up_the_run_names_the_slowest_node_and_links_the_report() {
+        let mut t = Texts {
+            run_id: "r1".into(),
+            playbook: "p".into(),
+            mention: None,
+            report: Some("https://reports.example/r1/report.html".into()),
+            total: 3,
+            done: 0,
+            failed: 0,
+            slowest: None,
+        };
+        for (node, ms) in [("a", 5_000), ("b", 65_000), ("c", 7_000)] {
+            t.messages(&RunEvent::NodeDone {
+                node: node.into(),
+                elapsed_ms: ms,
+            });
+        }
+        let last = t.messages(&RunEvent::RunFinished {
+            outcome: Outcome::Succeeded,
+            done: 3,
+            failed: 0,
+            not_started: 0,
+            elapsed_ms: 80_000,
+        });
+        assert_eq!(
+            last[1],
+            Message::Reply(
+                "run finished after 1m 20s: 3 done, 0 failed, 0 not started; slowest node `b` (1m 5s)\nReport: https://reports.example/r1/report.html".into()
+            )
         );
     }
 }

@@ -94,6 +94,7 @@ need_pkg ssh-keygen openssh-client
 need_pkg prometheus prometheus
 need_pkg prometheus-pushgateway prometheus-pushgateway
 need_pkg openssl openssl
+need_pkg chromium chromium            # renders the run report in tests/report_cluster.rs
 case "${1:-all}" in
   all) build_kwok; build_etcd; build_k8s ;;
   k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; packages) ;;

@@ -1,0 +1,66 @@
+//! `rollgate report [RUN]`: the run report (HTML with a timeline, Markdown summary) rebuilt from
+//! the run's journal, written into the run's directory or `--out`; prints the paths written.
+
+use super::{Failure, load_config, run::latest_run};
+use crate::cli::{GlobalArgs, ReportFormat};
+use crate::exit;
+use crate::report::run_report::{self, Formats, RunReport};
+use std::path::Path;
+
+/// The most recent run ids in `runs` that have a journal (for a hint).
+fn known_runs(runs: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(runs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join(crate::journal::FILE).is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort();
+    ids.split_off(ids.len().saturating_sub(5))
+}
+
+pub fn run(
+    global: &GlobalArgs,
+    run: Option<&str>,
+    out: Option<&Path>,
+    output: ReportFormat,
+) -> Result<u8, Failure> {
+    let config = load_config(global)?;
+    let runs = config.state_dir.join("runs");
+    let run_id = latest_run(&runs, run)?;
+    let dir = runs.join(&run_id);
+    let journal = dir.join(crate::journal::FILE);
+    if run_id.is_empty() || run_id.contains('/') || !journal.is_file() {
+        let known = known_runs(&runs);
+        let hint = if known.is_empty() {
+            "pass the --state-dir the run used (the report needs the run's journal; from another machine `rollgate status RUN` shows its cluster copy)".to_owned()
+        } else {
+            format!("recent runs there: {}", known.join(", "))
+        };
+        return Err(Failure::new(
+            exit::BAD_INPUT,
+            format!(
+                "error: no journal for run {run_id:?} in {}\n  hint: {hint}",
+                runs.display()
+            ),
+        ));
+    }
+    let report = RunReport::load(&journal).map_err(|e| {
+        Failure::new(
+            exit::BAD_INPUT,
+            format!("error: {e}\n  hint: the journal's first line must be the run's header"),
+        )
+    })?;
+    let formats = match output {
+        ReportFormat::Html => Formats::Html,
+        ReportFormat::Markdown => Formats::Markdown,
+        ReportFormat::Both => Formats::Both,
+    };
+    let written = run_report::write(&report, out.unwrap_or(&dir), formats)
+        .map_err(|e| Failure::new(exit::INTERNAL, format!("error: {e}")))?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(exit::OK)
+}

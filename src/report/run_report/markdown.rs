@@ -1,0 +1,143 @@
+//! The report as a short Markdown summary: the run, a table with a row per node, the order,
+//! gate decisions and failures. Text from the journal is escaped so it cannot break the table
+//! or inject markup.
+
+use super::RunReport;
+use crate::report::short_duration;
+use std::fmt::Write;
+
+/// Escapes Markdown punctuation and inline HTML; a newline becomes a space (table cells).
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn time(t: Option<jiff::Timestamp>) -> String {
+    t.map_or("?".into(), |t| {
+        t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
+    })
+}
+
+pub fn render(r: &RunReport) -> String {
+    let (done, failed, not_started) = r.counts();
+    let d = &r.durations;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# rollgate run {}: {}{}\n",
+        esc(&r.run_id),
+        esc(&r.outcome),
+        if r.dry_run { " (dry run)" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "- Playbook: **{}** ({})",
+        esc(&r.playbook),
+        esc(&r.playbook_file)
+    );
+    let _ = writeln!(
+        out,
+        "- Started by: {}",
+        esc(r.started_by.as_deref().unwrap_or("unknown"))
+    );
+    let _ = writeln!(
+        out,
+        "- From {} to {}, total {}{}",
+        time(r.started_at),
+        time(r.ended_at),
+        short_duration(d.total_ms),
+        if r.resumes > 0 {
+            format!("; resumed {} time(s)", r.resumes)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "- Nodes: {done} done, {failed} failed, {not_started} not started"
+    );
+    if let (Some(avg), Some((min_n, min)), Some((max_n, max))) = (d.average_ms, &d.min, &d.max) {
+        let _ = writeln!(
+            out,
+            "- Node duration: average {}, min {} ({}), max {} ({})",
+            short_duration(avg),
+            short_duration(*min),
+            esc(min_n),
+            short_duration(*max),
+            esc(max_n)
+        );
+    }
+    if r.torn {
+        out.push_str("- The journal ends with a torn line: the run crashed while writing it\n");
+    }
+    out.push_str(
+        "\n## Nodes\n\n| node | phase | state | duration | failure |\n|---|---|---|---|---|\n",
+    );
+    for n in &r.nodes {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            esc(&n.name),
+            esc(&n.phase),
+            n.state.name(),
+            n.duration_ms.map_or("-".into(), short_duration),
+            n.failure
+                .as_ref()
+                .map_or(String::new(), |(s, why)| format!("at {s}: {}", esc(why)))
+        );
+    }
+    let names = |v: &mut dyn Iterator<Item = &String>| v.map(|n| esc(n)).collect::<Vec<_>>();
+    let plan = names(&mut r.plan.iter().map(|(n, _)| n));
+    let actual = names(&mut r.actual.iter());
+    out.push_str("\n## Order\n\n");
+    if plan == actual {
+        let _ = writeln!(out, "As planned: {}", plan.join(", "));
+    } else {
+        let _ = writeln!(
+            out,
+            "- Planned: {}\n- Actual: {}",
+            plan.join(", "),
+            actual.join(", ")
+        );
+    }
+    if !r.gates.is_empty() {
+        out.push_str("\n## Gate decisions\n\n");
+        for g in &r.gates {
+            let _ = writeln!(
+                out,
+                "- +{} **{}** by {}: {}",
+                short_duration(g.at_ms),
+                esc(&g.decision),
+                esc(&g.signal),
+                esc(&g.evidence)
+            );
+        }
+    }
+    if !r.failures.is_empty() {
+        out.push_str("\n## Failures\n\n");
+        for f in &r.failures {
+            let _ = writeln!(
+                out,
+                "- +{} {} at {}: {}",
+                short_duration(f.at_ms),
+                esc(&f.node),
+                f.step,
+                esc(&f.reason)
+            );
+        }
+    }
+    out
+}
