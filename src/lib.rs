@@ -28,6 +28,7 @@ pub mod gate;
 pub mod health;
 pub mod journal;
 pub mod lock;
+pub mod logging;
 pub mod monitor;
 pub mod plan;
 pub mod playbook;

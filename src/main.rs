@@ -11,24 +11,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // kube and reqwest may bring different rustls providers; pick one for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let json_logs = matches!(
-        cli.global.log_format,
-        Some(rollgate::cli::LogFormatArg::Json)
-    );
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLGATE_LOG")
-        .unwrap_or_else(|_| "warn".into());
-    if json_logs {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    // As for the run's events: JSON when asked for, or when stderr is not a terminal.
+    let json_logs = match cli.global.log_format {
+        Some(f) => matches!(f, rollgate::cli::LogFormatArg::Json),
+        None => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    rollgate::logging::init(json_logs);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -504,6 +504,17 @@ async fn slack_failures_and_timeouts_do_not_block_the_run_and_missed_messages_ar
         .as_str()
         .unwrap()
         .to_owned();
+    // Diagnostic log lines (here: Slack unreachable) name the run like the event lines do.
+    let warnings: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["level"] == "warn" && e["target"] == "rollgate::report::slack")
+        .collect();
+    assert!(!warnings.is_empty(), "{stderr}");
+    assert!(
+        warnings.iter().all(|w| w["run_id"] == run_id.as_str()),
+        "{warnings:?}"
+    );
     let pushed = http_get(&format!("{}/metrics", env().pushgateway_url));
     let value = |name: &str, label: &str| -> f64 {
         pushed

@@ -251,6 +251,7 @@ async fn run_with(
         .as_ref()
         .map(|r| r.run_id.clone())
         .unwrap_or_else(new_run_id);
+    crate::logging::set_run_id(&run_id);
     let clock = crate::window::Clock::from_env();
     let deadline = match &args.schedule.deadline {
         Some(text) => Some(crate::window::parse_deadline(text, clock.now()).map_err(|e| {
