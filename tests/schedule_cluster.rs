@@ -149,6 +149,13 @@ async fn a_window_closing_mid_run_holds_new_nodes_until_it_reopens() {
     let reopened = position(&lines, "window-opened", None);
     assert!(position(&lines, "window-closed", None) < reopened);
     assert!(reopened < position(&lines, "node-started", Some(&s.names[1])));
+    // The run report shows the wait and why.
+    let id = std::fs::read_to_string(dir.join("runs/latest")).unwrap();
+    let md = std::fs::read_to_string(dir.join("runs").join(id.trim()).join("report.md")).unwrap();
+    assert!(
+        md.contains("## Waits") && md.contains("outside the maintenance window"),
+        "{md}"
+    );
     for n in &s.names {
         assert!(journal_has_event(&dir, n, "node-done"), "{n} done");
         assert!(!unschedulable(n), "{n} uncordoned");

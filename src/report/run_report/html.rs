@@ -163,6 +163,16 @@ fn timeline(r: &RunReport, out: &mut String) {
         }
         out.push_str("</g>");
     }
+    for w in &r.waits {
+        let (x0, x1) = (x(w.from_ms), x(w.to_ms.unwrap_or(total)));
+        let _ = write!(
+            out,
+            r##"<rect class="wait" x="{x0}" y="{AXIS}" width="{}" height="{}" fill="#9e9e9e" fill-opacity="0.18"><title>waiting: {}</title></rect>"##,
+            (x1 - x0).max(2),
+            height - AXIS,
+            esc(&w.why)
+        );
+    }
     for g in &r.gates {
         let color = match g.decision.as_str() {
             "abort" => "#c62828",
@@ -187,7 +197,7 @@ fn timeline(r: &RunReport, out: &mut String) {
             step.name()
         );
     }
-    out.push_str("<span>red outline: failed step; faded, dashed: interrupted; dashed vertical line: gate decision</span></div>\n");
+    out.push_str("<span>red outline: failed step; faded, dashed: interrupted; dashed vertical line: gate decision; grey band: waiting (window closed or paused)</span></div>\n");
 }
 
 pub fn render(r: &RunReport) -> String {
@@ -309,7 +319,24 @@ pub fn render(r: &RunReport) -> String {
             }
         );
     }
-    out.push_str("</table>\n<h2>Gate decisions</h2>\n");
+    out.push_str("</table>\n");
+    if !r.waits.is_empty() {
+        out.push_str("<h2>Waits</h2>\n<table><tr><th>from</th><th>to</th><th>why</th></tr>\n");
+        for w in &r.waits {
+            let _ = writeln!(
+                out,
+                "<tr><td>+{}</td><td>{}</td><td class=\"text\">{}</td></tr>",
+                short_duration(w.from_ms),
+                w.to_ms.map_or("end of journal".to_owned(), |t| format!(
+                    "+{}",
+                    short_duration(t)
+                )),
+                esc(&w.why)
+            );
+        }
+        out.push_str("</table>\n");
+    }
+    out.push_str("<h2>Gate decisions</h2>\n");
     if r.gates.is_empty() {
         out.push_str("<p>None: no gate fired.</p>\n");
     } else {

@@ -113,6 +113,21 @@ pub fn render(r: &RunReport) -> String {
             actual.join(", ")
         );
     }
+    if !r.waits.is_empty() {
+        out.push_str("\n## Waits\n\n");
+        for w in &r.waits {
+            let _ = writeln!(
+                out,
+                "- +{} to {}: {}",
+                short_duration(w.from_ms),
+                w.to_ms.map_or("end of journal".to_owned(), |t| format!(
+                    "+{}",
+                    short_duration(t)
+                )),
+                esc(&w.why)
+            );
+        }
+    }
     if !r.gates.is_empty() {
         out.push_str("\n## Gate decisions\n\n");
         for g in &r.gates {

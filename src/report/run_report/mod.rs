@@ -93,6 +93,15 @@ pub struct Gate {
     pub in_flight: Vec<(String, String)>,
 }
 
+/// A stretch when no node could start: outside the maintenance window, or paused by a gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wait {
+    pub from_ms: u64,
+    /// None: still waiting when the journal ends.
+    pub to_ms: Option<u64>,
+    pub why: String,
+}
+
 /// Durations over the nodes that finished.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Durations {
@@ -126,6 +135,7 @@ pub struct RunReport {
     pub nodes: Vec<NodeReport>,
     pub failures: Vec<Failure>,
     pub gates: Vec<Gate>,
+    pub waits: Vec<Wait>,
     pub durations: Durations,
 }
 
@@ -187,6 +197,7 @@ impl RunReport {
             nodes: vec![],
             failures: vec![],
             gates: vec![],
+            waits: vec![],
             durations: Durations::default(),
         };
         let mut run_starts = 0usize;
@@ -280,6 +291,29 @@ impl RunReport {
                             .map(|p| (s(&p[0]), s(&p[1])))
                             .collect(),
                     });
+                }
+                "window-closed" => report.waits.push(Wait {
+                    from_ms: ms,
+                    to_ms: None,
+                    why: format!(
+                        "outside the maintenance window ({}); reopens {}",
+                        s(&v["window"]),
+                        v["reopens_at"].as_str().unwrap_or("not within a year")
+                    ),
+                }),
+                "paused" => report.waits.push(Wait {
+                    from_ms: ms,
+                    to_ms: None,
+                    why: format!(
+                        "paused by gate {}: {}",
+                        s(&v["decision"]["signal"]),
+                        s(&v["decision"]["evidence"])
+                    ),
+                }),
+                "window-opened" | "resumed" => {
+                    if let Some(w) = report.waits.iter_mut().rev().find(|w| w.to_ms.is_none()) {
+                        w.to_ms = Some(ms);
+                    }
                 }
                 "run-finished" => {
                     report.outcome = match &v["outcome"] {

@@ -278,3 +278,40 @@ fn write_puts_the_requested_files_in_the_directory() {
     let err = write_for_run(&dir.path().join("nope")).unwrap_err();
     assert!(err.contains("cannot read"), "{err}");
 }
+
+#[test]
+fn window_waits_and_pauses_are_shown_with_their_reason_and_length() {
+    let mut events = vec![(
+        0.0,
+        json!({"event": "run-started", "run_id": "r1", "playbook": "upgrade", "nodes": 3, "dry_run": false}),
+    )];
+    events.extend(node_steps("a", 0.0));
+    events.push((
+        7.0,
+        json!({"event": "window-closed", "window": "mon-fri 01:00-05:00 UTC", "reopens_at": "2026-11-26T01:00:00Z"}),
+    ));
+    events.push((60.0, json!({"event": "window-opened"})));
+    events.extend(node_steps("b", 61.0));
+    events.push((
+        68.0,
+        json!({"event": "paused", "decision": {"signal": "queue", "decision": "pause", "evidence": "no consumers"}, "resume_hint": ""}),
+    ));
+    let r = RunReport::from_journal(&journal(header(), &events)).unwrap();
+    assert_eq!(r.waits.len(), 2);
+    assert_eq!((r.waits[0].from_ms, r.waits[0].to_ms), (7000, Some(60000)));
+    assert!(r.waits[0].why.contains("reopens 2026-11-26T01:00:00Z"));
+    assert_eq!(r.waits[1].to_ms, None, "still paused at the journal's end");
+    assert!(
+        r.waits[1]
+            .why
+            .contains("paused by gate queue: no consumers")
+    );
+    let html = html::render(&r);
+    assert_eq!(html.matches("<rect class=\"wait\"").count(), 2);
+    assert!(html.contains("<h2>Waits</h2>"));
+    let md = markdown::render(&r);
+    assert!(
+        md.contains("## Waits") && md.contains("+7.0s to +1m"),
+        "{md}"
+    );
+}
