@@ -99,7 +99,8 @@ pub struct NodeStatus {
 pub struct RunStatus {
     pub run_id: String,
     pub playbook: String,
-    /// `running` (or crashed: the journal has no end), `paused`, `finished`, `stopped: REASON`.
+    /// `running` (or crashed: the journal has no end), `paused`, `waiting for the maintenance
+    /// window (...)`, `succeeded`, `succeeded-with-failures`, `stopped: REASON`.
     pub state: String,
     pub nodes: BTreeMap<String, NodeStatus>,
     pub decisions: Vec<String>,
@@ -183,7 +184,14 @@ impl RunStatus {
                     v["decision"]["evidence"].as_str().unwrap_or("")
                 )),
                 "paused" => status.state = "paused".into(),
-                "resumed" => status.state = "running".into(),
+                // A resumed run appends a new start after the old end.
+                "resumed" | "window-opened" | "run-started" => status.state = "running".into(),
+                "window-closed" => {
+                    status.state = format!(
+                        "waiting for the maintenance window (reopens {})",
+                        v["reopens_at"].as_str().unwrap_or("not within a year")
+                    )
+                }
                 "run-finished" => {
                     status.state = match &v["outcome"] {
                         serde_json::Value::String(s) => s.clone(),

@@ -536,12 +536,22 @@ impl Scheduler {
     pub fn watch(self, every: Duration) -> watch::Receiver<Schedule> {
         let (tx, rx) = watch::channel(self.state());
         tokio::spawn(async move {
+            let mut last = self.clock.now();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = tx.closed() => return,
                 }
-                let state = self.state();
+                let now = self.clock.now();
+                // Closed until a known time (and the clock did not jump back): nothing to
+                // recompute; searching for the next opening of a rare cron costs a year of minutes.
+                let still_closed = matches!(&*tx.borrow(), Schedule::Closed { reopens_at: Some(t) } if now < *t && now >= last)
+                    && self.deadline.is_none_or(|d| now < d);
+                last = now;
+                if still_closed {
+                    continue;
+                }
+                let state = self.state_at(now);
                 tx.send_if_modified(|s| {
                     let changed = *s != state;
                     *s = state;
@@ -693,6 +703,37 @@ mod tests {
             at("2026-11-26T06:00:00Z")
         );
         assert!(parse_deadline("soon", now).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watch_follows_the_injected_clock_through_close_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("clock");
+        std::fs::write(&file, "2026-11-25T01:00:00Z").unwrap();
+        let scheduler = Scheduler {
+            window: Some(daily(&["mon-fri"], "01:00", "05:00", "UTC")),
+            deadline: Some(at("2026-11-27T00:00:00Z")),
+            clock: Clock::File(file.clone()),
+        };
+        let mut rx = scheduler.watch(Duration::from_secs(1));
+        assert_eq!(*rx.borrow_and_update(), Schedule::Open);
+        std::fs::write(&file, "2026-11-25T05:00:00Z").unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(
+            *rx.borrow_and_update(),
+            Schedule::Closed {
+                reopens_at: Some(at("2026-11-26T01:00:00Z"))
+            }
+        );
+        std::fs::write(&file, "2026-11-26T01:00:00Z").unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow_and_update(), Schedule::Open);
+        std::fs::write(&file, "2026-11-27T02:00:00Z").unwrap();
+        rx.changed().await.unwrap();
+        assert!(matches!(
+            *rx.borrow_and_update(),
+            Schedule::DeadlinePassed { .. }
+        ));
     }
 
     #[test]

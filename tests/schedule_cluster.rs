@@ -26,6 +26,15 @@ fn started(dir: &Path, node: &str) -> bool {
     journal_has_event(dir, node, "node-started")
 }
 
+async fn until_started(dir: &Path, node: &str) {
+    let (dir, node) = (dir.to_owned(), node.to_owned());
+    eventually(&format!("{node} to start"), MINUTE, || {
+        let (dir, node) = (dir.clone(), node.clone());
+        async move { started(&dir, &node) }
+    })
+    .await;
+}
+
 fn journal_has_event(dir: &Path, node: &str, event: &str) -> bool {
     journal_events(dir, node)
         .iter()
@@ -116,11 +125,7 @@ async fn a_window_closing_mid_run_holds_new_nodes_until_it_reopens() {
     let s = setup("window-wait", "wait");
     let mut child = spawn_run(&s, &[]);
     let (dir, n1) = (s.dir.path().to_owned(), s.names[0].clone());
-    eventually("node 1 to start", MINUTE, || {
-        let (dir, n1) = (dir.clone(), n1.clone());
-        async move { started(&dir, &n1) }
-    })
-    .await;
+    until_started(&dir, &n1).await;
     // The window closes while node 1 is in flight: it finishes, no other node starts.
     set_clock(&s.clock, AFTER);
     eventually("the run to wait for the window", MINUTE, || {
@@ -140,6 +145,14 @@ async fn a_window_closing_mid_run_holds_new_nodes_until_it_reopens() {
         .find(|v| v["event"] == "window-closed")
         .unwrap();
     assert_eq!(closed["reopens_at"], "2026-11-26T01:00:00Z", "{closed}");
+    let mut status = rollgate(&dir);
+    status.args(["status", "-o", "json"]);
+    let (code, stdout, stderr) = run_rollgate(status, MINUTE);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("waiting for the maintenance window (reopens 2026-11-26T01:00:00Z)"),
+        "{stdout}"
+    );
     // The next night: the run goes on by itself.
     set_clock(&s.clock, NEXT_NIGHT);
     let code = wait_exit(&mut child, 2 * MINUTE);
@@ -168,11 +181,7 @@ async fn outside_exit_stops_resumable_and_resume_continues_in_the_next_window() 
     let s = setup("window-exit", "exit");
     let mut child = spawn_run(&s, &[]);
     let (dir, n1) = (s.dir.path().to_owned(), s.names[0].clone());
-    eventually("node 1 to start", MINUTE, || {
-        let (dir, n1) = (dir.clone(), n1.clone());
-        async move { started(&dir, &n1) }
-    })
-    .await;
+    until_started(&dir, &n1).await;
     set_clock(&s.clock, AFTER);
     let code = wait_exit(&mut child, MINUTE);
     let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
@@ -207,11 +216,7 @@ async fn a_passed_deadline_stops_new_nodes_and_a_new_deadline_lets_resume_finish
     // The deadline is 1h after the (injected) start.
     let mut child = spawn_run(&s, &["--deadline", "1h"]);
     let (dir, n1) = (s.dir.path().to_owned(), s.names[0].clone());
-    eventually("node 1 to start", MINUTE, || {
-        let (dir, n1) = (dir.clone(), n1.clone());
-        async move { started(&dir, &n1) }
-    })
-    .await;
+    until_started(&dir, &n1).await;
     set_clock(&s.clock, "2026-11-25T02:00:00Z"); // inside the window, past the deadline
     let code = wait_exit(&mut child, MINUTE);
     let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
