@@ -566,7 +566,10 @@ pub fn run_test_suite(cargo_test_args: &[String], no_lint: bool) -> Result<ExitC
 pub fn run_bench() -> Result<ExitCode> {
     install()?;
     down()?;
-    let result = up().and_then(|_| cargo(&paths::workspace_root(), &["bench", "--bench", "drain"]));
+    let root = paths::workspace_root();
+    let result = up()
+        .and_then(|_| cargo(&root, &["bench", "--bench", "drain"]))
+        .and_then(|_| cargo(&root, &["bench", "--bench", "offline"]));
     let stopped = down();
     result?;
     stopped?;
