@@ -606,9 +606,10 @@ async fn refusals_version_mismatch_and_precordoned_nodes() {
     );
 }
 
-#[tokio::test]
-async fn ctrl_c_once_finishes_the_node_in_flight_and_starts_no_new_one() {
-    let suite = unique("sig");
+/// One graceful stop signal: the node in flight finishes, no new one starts, the journal ends
+/// with the stop, the lock is released (a new run takes it at once), exit 6; resume finishes.
+async fn one_stop_signal_finishes_the_node_in_flight(signal: &str) {
+    let suite = unique(&format!("sig{}", signal.to_lowercase()));
     let mut nodes = TestNodes::new(&suite);
     let names: Vec<String> = (1..=3).map(|i| format!("{suite}-n{i}")).collect();
     for n in &names {
@@ -621,8 +622,10 @@ async fn ctrl_c_once_finishes_the_node_in_flight_and_starts_no_new_one() {
             "name = \"sig\"\n[[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\norder = \"name\"\n[command]\nrun = \"sleep 3\"\n"
         ),
     );
+    let lock = unique("sig-lock");
     let mut cmd = rollgate(dir.path());
-    cmd.args(["--log-format", "json", "run", "--yes"])
+    cmd.env("ROLLGATE_LOCK_NAME", &lock)
+        .args(["--log-format", "json", "run", "--yes"])
         .arg(&playbook);
     let child = cmd
         .stdin(std::process::Stdio::null())
@@ -637,7 +640,7 @@ async fn ctrl_c_once_finishes_the_node_in_flight_and_starts_no_new_one() {
     })
     .await;
     std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     let out = child.wait_with_output().unwrap();
@@ -652,6 +655,38 @@ async fn ctrl_c_once_finishes_the_node_in_flight_and_starts_no_new_one() {
     assert!(!unschedulable(&names[0]));
     assert!(!unschedulable(&names[1]) && !unschedulable(&names[2]));
     assert_eq!(named(&events, "run-finished")[0]["not_started"], 2);
+    let last = journal_events(dir.path(), &names[0]);
+    assert_eq!(last.last().unwrap()["event"], "node-done");
+    // The lease has no holder any more: the resumed run takes it without waiting.
+    let lease = kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "lease",
+        &format!("rollgate-lock-{lock}"),
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(lease.trim(), "", "the lock was released");
+    let mut resume = rollgate(dir.path());
+    resume
+        .env("ROLLGATE_LOCK_NAME", &lock)
+        .args(["--log-format", "json", "resume"]);
+    let (code, _, stderr) = run_rollgate(resume, 2 * MINUTE);
+    assert_eq!(code, 0, "{stderr}");
+    for n in &names {
+        assert!(journal_has(dir.path(), n, "step-finished", "settle"), "{n}");
+    }
+}
+
+#[tokio::test]
+async fn ctrl_c_once_finishes_the_node_in_flight_and_starts_no_new_one() {
+    one_stop_signal_finishes_the_node_in_flight("INT").await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_like_one_ctrl_c_releases_the_lock_and_resume_finishes() {
+    one_stop_signal_finishes_the_node_in_flight("TERM").await;
 }
 
 #[tokio::test]
