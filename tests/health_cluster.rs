@@ -874,3 +874,64 @@ async fn icmp_pings_reach_pod_ips_and_keep_the_gate_open() {
         "ICMP pings answered: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_incoming_webhook_gets_the_same_messages_without_threads_and_its_url_stays_secret() {
+    let suite = unique("hook");
+    let mut nodes = TestNodes::new(&suite);
+    let n1 = format!("{suite}-n1");
+    nodes.add(&n1, &[], &[], "v1.35.4");
+    let dir = tempfile::tempdir().unwrap();
+    // The URL is the secret: it comes from the environment, like a token.
+    let path = format!("/services/T0ROLLGATE/B0ROLLGATE/{suite}");
+    let url = format!("{}{path}", env().slack_url);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[slack]\nchannel = \"#ignored-by-webhooks\"\nwebhook-url-env = \"ROLLGATE_TEST_WEBHOOK\"\n",
+    )
+    .unwrap();
+    let pb = dir.path().join("playbook.toml");
+    std::fs::write(
+        &pb,
+        format!(
+            "name = \"hooked\"\n[[phase]]\nname = \"all\"\nnodes = [\"{n1}\"]\n[command]\nrun = \"true\"\n{}",
+            scope(&suite, "rollgate-unwatched")
+        ),
+    )
+    .unwrap();
+    let mut cmd = rollgate(dir.path());
+    cmd.arg("--config")
+        .arg(&config)
+        .env("ROLLGATE_TEST_WEBHOOK", &url)
+        .args(["--log-format", "json", "run", "--yes"])
+        .arg(&pb);
+    let (code, events, stderr) = finish(spawn(cmd));
+    assert_eq!(code, 0, "{stderr}");
+    let run_id = named(&events, "run-started")[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let recorded: Vec<Value> =
+        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    let posts: Vec<&Value> = recorded.iter().filter(|r| r["path"] == path).collect();
+    let texts: Vec<&str> = posts
+        .iter()
+        .filter_map(|r| r["body"]["text"].as_str())
+        .collect();
+    assert!(
+        texts[0].contains(&run_id) && texts[0].contains("hooked"),
+        "{texts:#?}"
+    );
+    for want in [format!("node `{n1}` upgraded"), "run finished".into()] {
+        assert!(
+            texts.iter().any(|t| t.contains(&want)),
+            "{want}: {texts:#?}"
+        );
+    }
+    assert!(
+        posts.iter().all(|r| r["body"]["thread_ts"].is_null()),
+        "webhooks cannot thread"
+    );
+    assert!(!stderr.contains(&path), "the webhook URL is never logged");
+}
