@@ -101,7 +101,8 @@ pub enum Command {
         after_help = "Examples:\n  rollgate run playbooks/k8s-upgrade.toml --dry-run\n  rollgate run playbooks/k8s-upgrade.toml --step\n  rollgate run playbooks/k8s-upgrade.toml --yes --log-format json\n\nCtrl-C once: finish the nodes in flight, start no new ones. Twice: stop now (nodes in flight stay cordoned).\nExit codes: 0 done, 2 bad input, 3 cluster, 4 nodes failed, 6 interrupted."
     )]
     Run(RunArgs),
-    /// Continue a run that a health gate paused, or one that crashed or was killed (from its journal).
+    /// Continue a paused run (by a gate or `rollgate pause`), or one that crashed, was killed or
+    /// stopped (from its journal).
     #[command(
         after_help = "Examples:\n  rollgate resume                      # the latest run in the state directory\n  rollgate resume 20261125-013000-ab12\n\nExit codes: 0 resumed, 2 no such paused run."
     )]
@@ -113,6 +114,17 @@ pub enum Command {
         command_done: Vec<String>,
         #[command(flatten)]
         schedule: ScheduleArgs,
+    },
+    /// Pause a live run: no new node starts, nodes in flight finish; `rollgate resume` continues.
+    #[command(
+        after_help = "Examples:\n  rollgate pause --reason \"checking the message queue\"\n  rollgate pause 20261125-013000-ab12\n\nExit codes: 0 paused (or already paused), 2 no such live run."
+    )]
+    Pause {
+        /// The run id (default: the latest run).
+        run: Option<String>,
+        /// Why (recorded in the journal, the report and Slack; default: who paused it).
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Show a run's state from its journal: each node's state, step, since when, last error.
     #[command(

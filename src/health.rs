@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
 
+/// The `signal` of a pause the operator asked for (`rollgate pause`).
+pub const OPERATOR: &str = "operator";
+
 /// A gate's decision with what led to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GateDecision {
@@ -156,6 +159,36 @@ impl Guard {
             }
         }
         Some(decision)
+    }
+
+    /// The operator pauses the run (`rollgate pause`): recorded like a gate's pause, with
+    /// `operator` as the signal. Returns false if the run was not running (already paused or
+    /// aborted).
+    pub fn pause_by_operator(&self, reason: &str) -> bool {
+        let d = GateDecision {
+            decision: Decision::Pause,
+            signal: OPERATOR.into(),
+            evidence: reason.to_owned(),
+            in_flight: self
+                .in_flight
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|(n, s)| (n.clone(), *s))
+                .collect(),
+        };
+        let paused = self.state.send_if_modified(|s| {
+            if *s == HealthState::Running {
+                *s = HealthState::Paused(d.clone());
+                true
+            } else {
+                false
+            }
+        });
+        if paused {
+            self.sink.emit(RunEvent::GateDecision { decision: d });
+        }
+        paused
     }
 
     /// Continues a paused run (the operator's decision); gate counters start over.

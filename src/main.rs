@@ -42,6 +42,9 @@ fn main() -> ExitCode {
                 command_done,
                 schedule,
             } => commands::run::resume(&cli.global, run.as_deref(), command_done, schedule).await,
+            Command::Pause { run, reason } => {
+                commands::run::pause(&cli.global, run.as_deref(), reason.as_deref()).await
+            }
             Command::Report { run, out, output } => {
                 commands::report::run(&cli.global, run.as_deref(), out.as_deref(), *output)
             }

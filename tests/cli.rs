@@ -95,7 +95,16 @@ fn help_has_examples_and_exit_codes_and_completions_are_generated() {
             && stdout.contains("4  rollout stopped"),
         "{stdout}"
     );
-    for sub in ["check", "plan", "run", "report", "completions"] {
+    for sub in [
+        "check",
+        "plan",
+        "run",
+        "report",
+        "pause",
+        "resume",
+        "status",
+        "completions",
+    ] {
         let (code, stdout, _) = rollgate(&[sub, "--help"]);
         assert_eq!(code, 0);
         assert!(

@@ -1023,3 +1023,93 @@ async fn after_sigkill_during_the_command_resume_does_not_rerun_it_unless_told()
 async fn after_sigkill_during_settle_resume_completes() {
     kill_and_resume("settle").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollgate_pause_holds_new_nodes_until_rollgate_resume() {
+    let suite = unique("pause");
+    let mut nodes = TestNodes::new(&suite);
+    let names: Vec<String> = (1..=3).map(|i| format!("{suite}-n{i}")).collect();
+    for n in &names {
+        nodes.add(n, &[], &[], "v1.35.4");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let playbook = write_playbook(
+        dir.path(),
+        &format!(
+            "name = \"pause\"\n[[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\norder = \"name\"\n[command]\nrun = \"sleep 2\"\n"
+        ),
+    );
+    let mut cmd = rollgate(dir.path());
+    cmd.args(["--log-format", "json", "run", "--yes"])
+        .arg(&playbook)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let (state, n1) = (dir.path().to_owned(), names[0].clone());
+    eventually("node 1 to start its command", MINUTE, || {
+        let (state, n1) = (state.clone(), n1.clone());
+        async move { journal_has(&state, &n1, "step-started", "command") }
+    })
+    .await;
+    let mut pause = rollgate(dir.path());
+    pause.args(["pause", "--reason", "checking the message queue"]);
+    let (code, _, stderr) = run_rollgate(pause, MINUTE);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("paused"), "{stderr}");
+    // Node 1 finishes; nothing else starts while paused.
+    eventually("node 1 to finish", MINUTE, || {
+        let (state, n1) = (state.clone(), n1.clone());
+        async move {
+            journal_events(&state, &n1)
+                .iter()
+                .any(|v| v["event"] == "node-done")
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        journal_events(dir.path(), &names[1]).is_empty(),
+        "node 2 waits"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the run waits");
+    let mut status = rollgate(dir.path());
+    status.args(["status", "-o", "json"]);
+    let (_, stdout, _) = run_rollgate(status, MINUTE);
+    let status: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["state"], "paused", "{status}");
+    assert!(
+        status["decisions"][0]
+            .as_str()
+            .unwrap()
+            .contains("pause by operator: checking the message queue"),
+        "{status}"
+    );
+    let mut resume = rollgate(dir.path());
+    resume.arg("resume");
+    let (code, _, stderr) = run_rollgate(resume, MINUTE);
+    assert_eq!(code, 0, "{stderr}");
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            started.elapsed() < 2 * MINUTE,
+            "the run finishes after resume"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    for n in &names {
+        assert!(!unschedulable(n), "{n}");
+        assert!(journal_has(dir.path(), n, "step-finished", "settle"), "{n}");
+    }
+    // Pausing a run that is over is refused.
+    let mut late = rollgate(dir.path());
+    late.arg("pause");
+    let (code, _, stderr) = run_rollgate(late, MINUTE);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not running"), "{stderr}");
+}

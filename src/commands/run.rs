@@ -23,6 +23,8 @@ use tokio::sync::watch;
 /// Files in a run's directory that `rollgate resume` uses to talk to a paused run.
 const PAUSED_FILE: &str = "paused";
 const RESUME_FILE: &str = "resume";
+/// Written by `rollgate pause` (holding the reason), taken by the run.
+const PAUSE_REQUEST_FILE: &str = "pause-request";
 const LATEST_FILE: &str = "latest";
 const PID_FILE: &str = "pid";
 
@@ -156,7 +158,7 @@ pub fn signals(playbook: &Playbook) -> Vec<Signal> {
     s
 }
 
-/// Lets `rollgate resume` (another shell) continue this run while it is paused.
+/// Lets `rollgate pause` and `rollgate resume` (another shell) pause this run and continue it.
 /// The returned task must be aborted when the run ends (it keeps the guard, and so the event
 /// sink, alive).
 fn watch_resume_requests(
@@ -192,8 +194,14 @@ fn watch_resume_requests(
                     }
                 }
                 let _ = std::fs::remove_file(run_dir.join(PAUSED_FILE));
-            } else if rx.changed().await.is_err() {
-                return;
+            } else if let Ok(reason) = std::fs::read_to_string(run_dir.join(PAUSE_REQUEST_FILE)) {
+                let _ = std::fs::remove_file(run_dir.join(PAUSE_REQUEST_FILE));
+                guard.pause_by_operator(reason.trim());
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                    changed = rx.changed() => if changed.is_err() { return },
+                }
             }
         }
     })
@@ -648,6 +656,55 @@ fn process_alive(pid_file: &std::path::Path) -> bool {
     };
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| String::from_utf8_lossy(&c).contains("rollgate"))
+}
+
+/// `rollgate pause [RUN]`: the live run starts no new node (nodes in flight finish) until
+/// `rollgate resume`. Recorded as a pause decision by `operator`, with the reason.
+pub async fn pause(
+    global: &GlobalArgs,
+    run: Option<&str>,
+    reason: Option<&str>,
+) -> Result<u8, Failure> {
+    let config = load_config(global)?;
+    let runs = config.state_dir.join("runs");
+    let run_id = latest_run(&runs, run)?;
+    let dir = runs.join(&run_id);
+    if !process_alive(&dir.join(PID_FILE)) {
+        return Err(Failure::new(
+            exit::BAD_INPUT,
+            format!(
+                "error: run {run_id} is not running here\n  hint: only a live run can be paused; `rollgate status {run_id}` shows where it stopped"
+            ),
+        ));
+    }
+    if dir.join(PAUSED_FILE).exists() {
+        eprintln!("run {run_id} is already paused; `rollgate resume` continues it");
+        return Ok(exit::OK);
+    }
+    let reason = reason
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("paused by {}", user_at_host()));
+    std::fs::write(dir.join(PAUSE_REQUEST_FILE), &reason).map_err(|e| {
+        Failure::new(
+            exit::INTERNAL,
+            format!("error: cannot write {}: {e}", dir.display()),
+        )
+    })?;
+    for _ in 0..50 {
+        if dir.join(PAUSED_FILE).exists() {
+            eprintln!(
+                "run {run_id} paused: no new node starts, nodes in flight finish; `rollgate resume` continues"
+            );
+            return Ok(exit::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(Failure::new(
+        exit::INTERNAL,
+        format!(
+            "error: run {run_id} did not take the pause request within 10 s (is it a dry run, or finishing?)"
+        ),
+    ))
 }
 
 /// `rollgate resume [RUN]`: continues a run. A live run that a gate paused is told to go on;

@@ -161,10 +161,14 @@ impl Texts {
             ),
             Decision::Warn => "The run goes on.".to_owned(),
         };
+        let by = if d.signal == crate::health::OPERATOR {
+            "the operator".to_owned()
+        } else {
+            format!("gate `{}`", d.signal)
+        };
         format!(
-            "{mention}*{}* by gate `{}`: {}\n{nodes}\n{next}",
+            "{mention}*{}* by {by}: {}\n{nodes}\n{next}",
             decision_word(d.decision),
-            d.signal,
             d.evidence
         )
     }

@@ -236,9 +236,13 @@ impl Consumer for Terminal {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_uppercase))
                     .unwrap_or_default();
+                let cause = if decision.signal == crate::health::OPERATOR {
+                    "by the operator".to_owned()
+                } else {
+                    format!("{} failed", decision.signal)
+                };
                 self.println(format!(
-                    "GATE {what}: {} failed: {}{}",
-                    decision.signal,
+                    "GATE {what}: {cause}: {}{}",
                     decision.evidence,
                     in_flight_text(decision)
                 ));
