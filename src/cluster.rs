@@ -154,6 +154,18 @@ pub async fn list_nodes(client: &kube::Client) -> Result<Vec<Node>, kube::Error>
         .items)
 }
 
+/// What a node's annotations record of rollgate's work (see [`crate::journal::reconcile_with_nodes`]).
+pub fn node_record(node: &Node) -> crate::journal::NodeRecord {
+    let get = |key: &str| annotation(node, key).map(str::to_owned);
+    crate::journal::NodeRecord {
+        node: node.metadata.name.clone().unwrap_or_default(),
+        cordoned_by: get(CORDONED_BY),
+        step: get(STEP),
+        failed_step: get(FAILED_STEP),
+        last_run: get(LAST_RUN),
+    }
+}
+
 /// The address SSH connects to for this node.
 pub fn ssh_address(node: &Node, source: &AddressSource) -> Option<String> {
     let name = node.metadata.name.clone().unwrap_or_default();

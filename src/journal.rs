@@ -10,13 +10,15 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub const FILE: &str = "journal.jsonl";
 
 pub struct Journal {
     file: Mutex<File>,
     path: PathBuf,
+    /// Woken after each write (the cluster copy follows the journal closely).
+    written: Arc<tokio::sync::Notify>,
 }
 
 /// Whether an event belongs in the journal (decisions and transitions, not output lines).
@@ -55,6 +57,7 @@ impl Journal {
         Ok(Self {
             file: Mutex::new(file),
             path,
+            written: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -65,11 +68,17 @@ impl Journal {
         Ok(Self {
             file: Mutex::new(file),
             path,
+            written: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Notified after every write.
+    pub fn written(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.written)
     }
 
     pub fn record(&self, event: &Stamped) {
@@ -81,6 +90,7 @@ impl Journal {
         if writeln!(f, "{line}").and_then(|_| f.sync_data()).is_err() {
             tracing::error!(path = %self.path.display(), "cannot write the run journal");
         }
+        self.written.notify_one();
     }
 }
 
@@ -297,13 +307,89 @@ pub fn resume_points(
     Ok(points)
 }
 
+/// What a node's `rollgate.dev/` annotations say about a run. They are written before each step
+/// takes effect, like the journal, so on another machine (whose journal comes from a cluster
+/// copy up to a few seconds old) they can be ahead of the journal.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeRecord {
+    pub node: String,
+    pub cordoned_by: Option<String>,
+    pub step: Option<String>,
+    pub failed_step: Option<String>,
+    pub last_run: Option<String>,
+}
+
+/// Moves each unfinished node's resume point forward to what its annotations prove about this
+/// run. A node whose annotations say its command started, where the journal does not know it,
+/// is treated like one interrupted in its command (refused unless safe to rerun or confirmed).
+pub fn reconcile_with_nodes(
+    points: &mut ResumePoints,
+    records: &[NodeRecord],
+    safe_to_rerun: bool,
+    command_done: &[String],
+) -> Result<(), String> {
+    use crate::engine::Step;
+    let index = |s: Step| Step::ALL.iter().position(|x| *x == s).expect("a step");
+    let mut refused = Vec::new();
+    for r in records {
+        if points.done.contains(&r.node) {
+            continue;
+        }
+        let ours = r.cordoned_by.as_deref() == Some(points.run_id.as_str());
+        let finished_here = r
+            .last_run
+            .as_deref()
+            .is_some_and(|l| l.split_whitespace().next() == Some(points.run_id.as_str()));
+        let step_name = match r.step.as_deref() {
+            Some("failed") => r.failed_step.as_deref(),
+            other => other,
+        };
+        let cluster = if finished_here {
+            Some(Step::Settle)
+        } else if ours {
+            step_name.and_then(|n| Step::ALL.into_iter().find(|s| s.name() == n))
+        } else {
+            None
+        };
+        let Some(cluster) = cluster else { continue };
+        let journal = points.from.get(&r.node).copied();
+        // The journal is as far (a journal that would *start* the command the annotations say
+        // has started is not).
+        if journal
+            .is_some_and(|j| index(j) > index(cluster) || (j == cluster && j != Step::Command))
+        {
+            continue;
+        }
+        let from = match cluster {
+            Step::Cordon | Step::Drain => Step::Cordon,
+            Step::Command if safe_to_rerun => Step::Command,
+            Step::Command if command_done.contains(&r.node) => Step::WaitReady,
+            Step::Command => {
+                refused.push(r.node.clone());
+                continue;
+            }
+            later => later,
+        };
+        points.from.insert(r.node.clone(), from);
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the nodes' annotations show the remote command may have started on {} (the journal copy had not caught up) and the playbook does not mark it safe-to-rerun.\n  \
+             Check the node(s); then resume with --command-done NODE (it finished) for each, or set safe-to-rerun = true in the playbook",
+            refused.join(", ")
+        ))
+    }
+}
+
 /// The ConfigMap (in kube-system) that mirrors a run's status, so another machine can see it.
 pub fn configmap_name(run_id: &str) -> String {
     format!("rollgate-run-{run_id}")
 }
 
-/// Copies the journal's status into the cluster every few seconds while the run lasts; call
-/// [`ClusterCopy::finish`] at the end for a last copy.
+/// Copies the journal (and the status read from it) into the cluster while the run lasts,
+/// closely following its writes; call [`ClusterCopy::finish`] at the end for a last copy.
 pub struct ClusterCopy {
     task: tokio::task::JoinHandle<()>,
     client: kube::Client,
@@ -311,20 +397,63 @@ pub struct ClusterCopy {
     run_id: String,
 }
 
+/// The playbook as the run started with it, kept beside the journal (and in the cluster copy).
+pub const PLAYBOOK_COPY: &str = "playbook.toml";
+const JOURNAL_KEY: &str = "journal.jsonl.gz";
+/// A ConfigMap holds at most 1 MiB; a longer compressed journal is not copied (status still is).
+const MAX_JOURNAL_COPY: usize = 900 * 1024;
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use flate2::write::GzEncoder;
+    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = enc.write_all(bytes);
+    enc.finish().unwrap_or_default()
+}
+
+fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("the journal copy does not decompress: {e}"))?;
+    Ok(out)
+}
+
+/// The ConfigMap: the status (for `rollgate status`), the compressed journal and the playbook
+/// (so `rollgate resume` and `rollgate report` work from another machine).
 async fn copy_to_cluster(
     client: &kube::Client,
     journal: &Path,
     run_id: &str,
 ) -> Result<(), String> {
+    use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::api::{Api, Patch, PatchParams};
     let status = RunStatus::from_journal(journal).map_err(|e| e.to_string())?;
-    let cm = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": configmap_name(run_id), "labels": {"app.kubernetes.io/managed-by": "rollgate"}},
-        "data": {"status.json": serde_json::to_string_pretty(&status).unwrap_or_default()},
-    });
+    let mut data = BTreeMap::from([(
+        "status.json".to_owned(),
+        serde_json::to_string_pretty(&status).unwrap_or_default(),
+    )]);
+    let dir = journal.parent().unwrap_or(Path::new("."));
+    if let Ok(playbook) = std::fs::read_to_string(dir.join(PLAYBOOK_COPY)) {
+        data.insert(PLAYBOOK_COPY.to_owned(), playbook);
+    }
+    let compressed = gzip(&std::fs::read(journal).map_err(|e| e.to_string())?);
+    let binary_data = (compressed.len() <= MAX_JOURNAL_COPY)
+        .then(|| BTreeMap::from([(JOURNAL_KEY.to_owned(), ByteString(compressed))]));
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(configmap_name(run_id)),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "rollgate".to_owned(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(data),
+        binary_data,
+        ..Default::default()
+    };
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), crate::lock::NAMESPACE);
     api.patch(
         &configmap_name(run_id),
@@ -336,15 +465,65 @@ async fn copy_to_cluster(
     .map_err(|e| e.to_string())
 }
 
+/// Writes a run's journal and playbook from its cluster copy into `run_dir` (another machine
+/// resuming or reporting a run). Refuses to overwrite a local journal.
+pub async fn restore_from_cluster(
+    client: &kube::Client,
+    run_id: &str,
+    run_dir: &Path,
+) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), crate::lock::NAMESPACE);
+    let name = configmap_name(run_id);
+    let cm = api.get(&name).await.map_err(|e| {
+        format!(
+            "no copy of run {run_id} in the cluster (ConfigMap {}/{name}): {e}",
+            crate::lock::NAMESPACE
+        )
+    })?;
+    let journal = cm
+        .binary_data
+        .as_ref()
+        .and_then(|d| d.get(JOURNAL_KEY))
+        .ok_or_else(|| {
+            format!("the cluster copy of run {run_id} has no journal (too long to copy?)")
+        })?;
+    let journal = gunzip(&journal.0)?;
+    let path = run_dir.join(FILE);
+    if path.exists() {
+        return Err(format!("{} exists already", path.display()));
+    }
+    std::fs::create_dir_all(run_dir)
+        .map_err(|e| format!("cannot create {}: {e}", run_dir.display()))?;
+    std::fs::write(&path, journal).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if let Some(playbook) = cm.data.as_ref().and_then(|d| d.get(PLAYBOOK_COPY)) {
+        std::fs::write(run_dir.join(PLAYBOOK_COPY), playbook)
+            .map_err(|e| format!("cannot write the playbook copy: {e}"))?;
+    }
+    Ok(())
+}
+
 impl ClusterCopy {
-    pub fn start(client: kube::Client, journal: PathBuf, run_id: String) -> Self {
+    /// Copies shortly (200 ms) after the journal is written, and every 2 s in any case.
+    pub fn start(
+        client: kube::Client,
+        journal: PathBuf,
+        run_id: String,
+        written: Arc<tokio::sync::Notify>,
+    ) -> Self {
         let (c, j, r) = (client.clone(), journal.clone(), run_id.clone());
         let task = tokio::spawn(async move {
             loop {
                 if let Err(e) = copy_to_cluster(&c, &j, &r).await {
                     tracing::warn!(error = %e, "cannot copy the run status into the cluster");
                 }
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                tokio::select! {
+                    _ = written.notified() => {
+                        // Let a burst of events settle into one copy.
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                }
             }
         });
         Self {
@@ -489,5 +668,58 @@ mod tests {
             resume_points(&path, true, &[]).unwrap().from["in-command"],
             Step::Command
         );
+    }
+
+    #[test]
+    fn node_annotations_ahead_of_a_lagging_journal_copy_move_resume_points_forward() {
+        let record = |node: &str, by: &str, step: &str, last: &str| NodeRecord {
+            node: node.into(),
+            cordoned_by: (!by.is_empty()).then(|| by.into()),
+            step: (!step.is_empty()).then(|| step.into()),
+            failed_step: None,
+            last_run: (!last.is_empty()).then(|| last.into()),
+        };
+        let points = || {
+            let mut p = ResumePoints {
+                run_id: "r1".into(),
+                ..Default::default()
+            };
+            p.done.insert("done".into());
+            p.from.insert("ahead".into(), Step::Drain);
+            // The journal saw drain finish, not the command start the annotations record.
+            p.from.insert("lagging".into(), Step::Command);
+            p
+        };
+        let records = [
+            record("done", "", "", "r1 2026-11-25T01:00:00Z"),
+            record("ahead", "r1", "wait-ready", ""),
+            record("uncordoned", "", "", "r1 2026-11-25T01:00:00Z"),
+            record("other-run", "r0", "command", ""),
+            record("old-run", "", "", "r0 2026-11-24T01:00:00Z"),
+            record("in-command", "r1", "command", ""),
+            record("lagging", "r1", "command", ""),
+        ];
+        let err = reconcile_with_nodes(&mut points(), &records, false, &[]).unwrap_err();
+        assert!(
+            err.contains("in-command") && err.contains("lagging") && !err.contains("other-run"),
+            "{err}"
+        );
+        let mut p = points();
+        reconcile_with_nodes(
+            &mut p,
+            &records,
+            false,
+            &["in-command".into(), "lagging".into()],
+        )
+        .unwrap();
+        assert_eq!(p.from["lagging"], Step::WaitReady);
+        assert!(p.done.contains("done") && !p.from.contains_key("done"));
+        assert_eq!(p.from["ahead"], Step::WaitReady);
+        assert_eq!(p.from["uncordoned"], Step::Settle);
+        assert_eq!(p.from["in-command"], Step::WaitReady);
+        assert!(!p.from.contains_key("other-run") && !p.from.contains_key("old-run"));
+        let mut p = points();
+        reconcile_with_nodes(&mut p, &records, true, &[]).unwrap();
+        assert_eq!(p.from["in-command"], Step::Command);
     }
 }

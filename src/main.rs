@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                 commands::run::pause(&cli.global, run.as_deref(), reason.as_deref()).await
             }
             Command::Report { run, out, output } => {
-                commands::report::run(&cli.global, run.as_deref(), out.as_deref(), *output)
+                commands::report::run(&cli.global, run.as_deref(), out.as_deref(), *output).await
             }
             Command::Monitor { playbook, output } => {
                 commands::monitor::run(&cli.global, playbook.as_deref(), *output).await

@@ -878,6 +878,12 @@ async fn a_second_runner_is_refused_while_the_first_holds_the_lock_and_takes_ove
 
 /// Kills the runner with SIGKILL when `at` says so, then `rollgate resume` finishes the run.
 async fn kill_and_resume(kill_step: &str) {
+    kill_and_resume_on(kill_step, false).await;
+}
+
+/// `elsewhere`: resume from another machine (an empty state directory): the journal and the
+/// playbook come from the run's copy in the cluster.
+async fn kill_and_resume_on(kill_step: &str, elsewhere: bool) {
     let suite = unique(&format!("kill-{kill_step}"));
     let mut nodes = TestNodes::new(&suite);
     let names: Vec<String> = (1..=2).map(|i| format!("{suite}-n{i}")).collect();
@@ -963,13 +969,44 @@ async fn kill_and_resume(kill_step: &str) {
         kubectl_ok(&["-n", &ns.0, "delete", "pdb", "held"]);
     }
     tokio::time::sleep(Duration::from_secs(4)).await; // the killed runner's lock expires
+    let run_id = std::fs::read_to_string(dir.path().join("runs/latest")).unwrap();
+    let other_machine = tempfile::tempdir().unwrap();
     let resume = |extra: &[&str]| {
-        let mut cmd = rollgate(dir.path());
+        let mut cmd = rollgate(if elsewhere {
+            other_machine.path()
+        } else {
+            dir.path()
+        });
         cmd.env("ROLLGATE_LOCK_NAME", &lock)
             .args(["--log-format", "json", "resume"])
             .args(extra);
+        if elsewhere {
+            cmd.arg(run_id.trim());
+        }
         run_rollgate(cmd, 2 * MINUTE)
     };
+    if kill_step == "command" && !elsewhere {
+        // Drop the journal's last lines, as a cluster copy a few seconds old would: the node's
+        // annotations still say its command started.
+        let path = dir
+            .path()
+            .join("runs")
+            .join(run_id.trim())
+            .join("journal.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cut = text
+            .lines()
+            .position(|l| l.contains("\"step-started\"") && l.contains("\"command\""))
+            .unwrap();
+        let kept: Vec<&str> = text.lines().take(cut).collect();
+        std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+        let (code, _, stderr) = resume(&[]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("annotations") && stderr.contains(&names[0]),
+            "{stderr}"
+        );
+    }
     let (mut code, _, mut stderr) = resume(&[]);
     if kill_step == "command" {
         assert_eq!(
@@ -997,6 +1034,28 @@ async fn kill_and_resume(kill_step: &str) {
             "the command ran once on {n} ({kill_step}): {markers}"
         );
     }
+    if elsewhere {
+        // A third machine writes the report of the whole run from the cluster copy.
+        let third = tempfile::tempdir().unwrap();
+        let mut cmd = rollgate(third.path());
+        cmd.args(["report", run_id.trim(), "-o", "markdown"]);
+        let (code, stdout, stderr) = run_rollgate(cmd, MINUTE);
+        assert_eq!(code, 0, "{stderr}");
+        let md = std::fs::read_to_string(stdout.trim()).unwrap();
+        assert!(md.contains("2 done"), "{md}");
+        let journal = std::fs::read_to_string(
+            third
+                .path()
+                .join("runs")
+                .join(run_id.trim())
+                .join("journal.jsonl"),
+        )
+        .unwrap();
+        assert!(
+            md.contains("resumed 1 time"),
+            "the report knows the run was resumed: {md}\n{journal}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1007,6 +1066,11 @@ async fn after_sigkill_right_after_cordon_resume_completes() {
 #[tokio::test]
 async fn after_sigkill_before_uncordon_resume_uncordons_without_rerunning_the_command() {
     kill_and_resume("wait-ready").await;
+}
+
+#[tokio::test]
+async fn a_run_killed_on_one_machine_is_resumed_and_reported_from_another_via_the_cluster_copy() {
+    kill_and_resume_on("command", true).await;
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ fn known_runs(runs: &Path) -> Vec<String> {
     ids.split_off(ids.len().saturating_sub(5))
 }
 
-pub fn run(
+pub async fn run(
     global: &GlobalArgs,
     run: Option<&str>,
     out: Option<&Path>,
@@ -31,6 +31,15 @@ pub fn run(
     let run_id = latest_run(&runs, run)?;
     let dir = runs.join(&run_id);
     let journal = dir.join(crate::journal::FILE);
+    // Not here, but named: another machine ran it; its journal may be in the cluster copy.
+    if run.is_some()
+        && !run_id.is_empty()
+        && !run_id.contains('/')
+        && !journal.is_file()
+        && let Err(e) = super::run::fetch_run_from_cluster(&config, &run_id, &dir).await
+    {
+        eprintln!("{}", e.message);
+    }
     if run_id.is_empty() || run_id.contains('/') || !journal.is_file() {
         let known = known_runs(&runs);
         let hint = if known.is_empty() {

@@ -334,6 +334,16 @@ async fn run_with(
     let journal = journal.map_err(|e| {
         Failure::new(exit::BAD_INPUT, format!("error: cannot create the run journal in {}: {e}\n  hint: set `state.dir` in the config or --state-dir", run_dir.display()))
     })?;
+    // The playbook as it was run, beside the journal (and in its cluster copy).
+    if resume.is_none()
+        && let Err(e) = std::fs::copy(&args.playbook, run_dir.join(crate::journal::PLAYBOOK_COPY))
+    {
+        eprintln!(
+            "warning: cannot keep a copy of the playbook in {}: {e}",
+            run_dir.display()
+        );
+    }
+    let journal_written = journal.written();
     let (sink, rx) = EventSink::channel();
     let sink = sink.with_journal(Arc::new(journal));
     let mut consumers: Vec<Box<dyn Consumer>> = Vec::new();
@@ -471,6 +481,7 @@ async fn run_with(
             clients.api.clone(),
             run_dir.join(crate::journal::FILE),
             run_id.clone(),
+            journal_written,
         ));
         let steps = KubeSteps(StepContext {
             clients,
@@ -658,6 +669,33 @@ fn process_alive(pid_file: &std::path::Path) -> bool {
         .is_ok_and(|c| String::from_utf8_lossy(&c).contains("rollgate"))
 }
 
+/// Writes a run's journal and playbook from its cluster copy into `dir`.
+pub(super) async fn fetch_run_from_cluster(
+    config: &Config,
+    run_id: &str,
+    dir: &std::path::Path,
+) -> Result<(), Failure> {
+    let clients = cluster::connect(config).await.map_err(connect_failure)?;
+    crate::journal::restore_from_cluster(&clients.api, run_id, dir)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                exit::BAD_INPUT,
+                format!(
+                    "error: no run {run_id} here ({}) and {e}\n  hint: pass the run id shown by the run (`rollgate status RUN` reads the cluster copy too)",
+                    dir.display()
+                ),
+            )
+        })?;
+    eprintln!(
+        "run {run_id}: journal and playbook fetched from the cluster (ConfigMap {}/{}) into {}",
+        crate::lock::NAMESPACE,
+        crate::journal::configmap_name(run_id),
+        dir.display()
+    );
+    Ok(())
+}
+
 /// `rollgate pause [RUN]`: the live run starts no new node (nodes in flight finish) until
 /// `rollgate resume`. Recorded as a pause decision by `operator`, with the reason.
 pub async fn pause(
@@ -719,11 +757,9 @@ pub async fn resume(
     let runs = config.state_dir.join("runs");
     let run_id = latest_run(&runs, run)?;
     let dir = runs.join(&run_id);
-    if !dir.exists() {
-        return Err(Failure::new(
-            exit::BAD_INPUT,
-            format!("error: no run {run_id} in {}", runs.display()),
-        ));
+    if !dir.join(crate::journal::FILE).exists() {
+        // Another machine started it: continue from its copy in the cluster.
+        fetch_run_from_cluster(&config, &run_id, &dir).await?;
     }
     if !process_alive(&dir.join(PID_FILE)) {
         let journal = dir.join(crate::journal::FILE);
@@ -734,18 +770,44 @@ pub async fn resume(
             return Ok(exit::OK);
         }
         // The header names the playbook; whether its command is safe to rerun decides the rest.
-        let playbook_file = crate::journal::resume_points(&journal, true, &[])
+        let mut playbook_file = crate::journal::resume_points(&journal, true, &[])
             .map(|p| p.playbook_file)
             .map_err(|e| Failure::new(exit::BAD_INPUT, format!("error: {e}")))?;
+        // Not on this machine (or moved): the copy the run kept.
+        let copy = dir.join(crate::journal::PLAYBOOK_COPY);
+        if !playbook_file.exists() && copy.exists() {
+            eprintln!(
+                "{} is not here: using the copy the run kept, {}",
+                playbook_file.display(),
+                copy.display()
+            );
+            playbook_file = copy;
+        }
         let playbook = load_playbook(&playbook_file)?;
-        let points =
+        let cannot = |e: String| {
+            Failure::new(
+                exit::BAD_INPUT,
+                format!("error: cannot resume run {run_id}: {e}"),
+            )
+        };
+        let mut points =
             crate::journal::resume_points(&journal, playbook.command.safe_to_rerun, command_done)
-                .map_err(|e| {
-                Failure::new(
-                    exit::BAD_INPUT,
-                    format!("error: cannot resume run {run_id}: {e}"),
-                )
-            })?;
+                .map_err(cannot)?;
+        // The nodes' annotations can be ahead of a journal fetched from the cluster copy.
+        let clients = cluster::connect(&config).await.map_err(connect_failure)?;
+        let records: Vec<_> = cluster::list_nodes(&clients.api)
+            .await
+            .map_err(connect_failure)?
+            .iter()
+            .map(cluster::node_record)
+            .collect();
+        crate::journal::reconcile_with_nodes(
+            &mut points,
+            &records,
+            playbook.command.safe_to_rerun,
+            command_done,
+        )
+        .map_err(cannot)?;
         eprintln!(
             "resuming run {run_id} from its journal: {} node(s) done, {} to pick up where they stopped",
             points.done.len(),
