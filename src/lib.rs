@@ -12,7 +12,12 @@
 //!   prints: it emits [`engine::RunEvent`]s.
 //! - [`monitor`], [`probe`], [`gate`], [`health`]: the health monitor (pod and node states from
 //!   watches, pings), user probes, gate decisions, and the shared run health the engine obeys.
-//! - [`report`]: consumers of those events (terminal progress, JSON lines, per-node logs, Slack).
+//! - [`window`]: maintenance windows, the deadline and the clock: when nodes may start.
+//! - [`lock`], [`journal`]: one runner per cluster (a Lease); the fsynced run journal, its
+//!   cluster copy, and where a stopped or crashed run resumes.
+//! - [`report`]: consumers of those events (terminal progress, JSON lines, per-node logs, Slack,
+//!   metrics) and the run report rebuilt from the journal.
+//! - [`logging`], [`failpoint`]: JSON diagnostic lines with the run id; the crash-test hook.
 //! - [`commands`]: the CLI subcommands gluing it together; [`exit`] holds the exit codes.
 
 pub mod cli;
