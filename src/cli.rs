@@ -155,7 +155,7 @@ pub enum Command {
         after_help = "Examples:\n  rollgate monitor\n  rollgate monitor playbooks/k8s-upgrade.toml   # its namespaces, pings and periodic probes\n  rollgate monitor -o json | jq 'select(.event == \"problem\")'\n\nCtrl-C stops it (exit 0)."
     )]
     Monitor {
-        /// A playbook whose [monitor] settings and periodic probes to use.
+        /// A playbook whose `[monitor]` settings and periodic probes to use.
         playbook: Option<PathBuf>,
         /// Output: a live table, or a stream of JSON events.
         #[arg(short, long, value_enum, default_value = "table")]

@@ -5,7 +5,7 @@
 //! journals hold: a torn last line (a crashed run; reading stops there), a run resumed after a
 //! crash (a second `run-started`, and steps started again: the interrupted span is closed at the
 //! last event before the restart), old headers without `started_by`. [`html`] and [`markdown`]
-//! render the model; [`write`] puts the files in a directory.
+//! render the model; [`write()`] puts the files in a directory.
 
 pub mod html;
 pub mod markdown;
@@ -405,7 +405,7 @@ impl Builder {
     }
 }
 
-/// Which files [`write`] produces.
+/// Which files [`write()`] produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Formats {
     Html,
