@@ -423,7 +423,7 @@ async fn run_with(
             run_id: run_id.clone(),
             sink: sink.clone(),
         });
-        let mut engine = Engine::new(steps, sink, stop_rx);
+        let mut engine = Engine::new(steps, sink, stop_rx).by(user_at_host());
         Some(
             engine
                 .run(
@@ -499,6 +499,7 @@ async fn run_with(
             }
         );
         let mut engine = Engine::new(steps, sink.clone(), stop_rx)
+            .by(user_at_host())
             .with_guard(Arc::clone(&guard), &hint)
             .resuming(resume.as_ref().map(|r| r.from.clone()).unwrap_or_default());
         if !scheduler.is_unbounded() {

@@ -87,6 +87,9 @@ pub enum RunEvent {
         playbook: String,
         nodes: usize,
         dry_run: bool,
+        /// `user@host` of whoever started (or resumed) it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     WaveStarted {
         phase: String,

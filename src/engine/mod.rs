@@ -94,6 +94,7 @@ pub struct Engine<S: NodeSteps> {
     resume_hint: String,
     resume_from: HashMap<String, Step>,
     schedule: Option<(watch::Receiver<Schedule>, OutsideWindow, String)>,
+    operator: Option<String>,
 }
 
 type NodeResult = (String, Result<(), (Step, StepError)>);
@@ -109,6 +110,7 @@ impl<S: NodeSteps> Engine<S> {
             resume_hint: String::new(),
             resume_from: HashMap::new(),
             schedule: None,
+            operator: None,
         }
     }
 
@@ -138,6 +140,12 @@ impl<S: NodeSteps> Engine<S> {
         self
     }
 
+    /// Who runs it (`user@host`), recorded when the run starts or resumes.
+    pub fn by(mut self, operator: String) -> Self {
+        self.operator = Some(operator);
+        self
+    }
+
     pub fn with_confirm(mut self, confirm: Confirm) -> Self {
         self.confirm = Some(confirm);
         self
@@ -158,6 +166,7 @@ impl<S: NodeSteps> Engine<S> {
             playbook: playbook_name.into(),
             nodes: plan.node_count(),
             dry_run,
+            by: self.operator.clone(),
         });
         let mut stop_reason: Option<StopReason> = None;
         let mut done = Vec::new();

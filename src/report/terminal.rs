@@ -102,6 +102,7 @@ impl Consumer for Terminal {
                 playbook,
                 nodes,
                 dry_run,
+                ..
             } => {
                 let dry = if *dry_run {
                     " (dry run: nothing is changed)"

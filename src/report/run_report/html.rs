@@ -228,7 +228,11 @@ pub fn render(r: &RunReport) -> String {
         start = time(r.started_at),
         end = time(r.ended_at),
         resumed = if r.resumes > 0 {
-            format!(" · resumed {} time(s)", r.resumes)
+            format!(
+                " · resumed {} time(s){}",
+                r.resumes,
+                esc(&super::resumed_text(r))
+            )
         } else {
             String::new()
         },

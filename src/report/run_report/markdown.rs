@@ -60,7 +60,11 @@ pub fn render(r: &RunReport) -> String {
         time(r.ended_at),
         short_duration(d.total_ms),
         if r.resumes > 0 {
-            format!("; resumed {} time(s)", r.resumes)
+            format!(
+                "; resumed {} time(s){}",
+                r.resumes,
+                esc(&super::resumed_text(r))
+            )
         } else {
             String::new()
         }

@@ -125,6 +125,8 @@ pub struct RunReport {
     pub outcome: String,
     /// How many times the run was resumed from its journal.
     pub resumes: usize,
+    /// Each resume: when (ms from the start) and by whom, if recorded.
+    pub resumed_by: Vec<(u64, Option<String>)>,
     /// The journal ends with a line that does not parse (the run crashed while writing it).
     pub torn: bool,
     /// The plan's order: (node, phase).
@@ -137,6 +139,23 @@ pub struct RunReport {
     pub gates: Vec<Gate>,
     pub waits: Vec<Wait>,
     pub durations: Durations,
+}
+
+/// ` (by ops@b at +12.0s, at +1m)`: who resumed the run and when; empty if nothing recorded.
+fn resumed_text(r: &RunReport) -> String {
+    let parts: Vec<String> = r
+        .resumed_by
+        .iter()
+        .map(|(ms, by)| match by {
+            Some(by) => format!("by {by} at +{}", crate::report::short_duration(*ms)),
+            None => format!("at +{}", crate::report::short_duration(*ms)),
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
 }
 
 impl RunReport {
@@ -191,6 +210,7 @@ impl RunReport {
             ended_at: None,
             outcome: "no end recorded (crashed or still running)".into(),
             resumes: 0,
+            resumed_by: vec![],
             torn: false,
             plan,
             actual: vec![],
@@ -222,6 +242,9 @@ impl RunReport {
                     if run_starts > 1 {
                         // Resumed: what was open was cut by the crash, at the last event before it.
                         b.close_all(b.last_ms, SpanEnd::Interrupted);
+                        report
+                            .resumed_by
+                            .push((ms, v["by"].as_str().map(str::to_owned)));
                     }
                 }
                 "node-started" => {

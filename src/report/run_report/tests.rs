@@ -163,7 +163,10 @@ fn a_resumed_run_cuts_the_interrupted_step_at_the_crash_and_starts_it_again() {
             json!({"event": "gate-decision", "decision": {"decision": "warn", "signal": "pings", "evidence": "x", "in_flight": []}}),
         ),
         // Crash here; resumed at 100 s.
-        (100.0, json!({"event": "run-started"})),
+        (
+            100.0,
+            json!({"event": "run-started", "by": "night@bastion-2"}),
+        ),
         (100.0, json!({"event": "node-started", "node": "a"})),
         (100.0, step("step-started", "a", "command")),
         (101.0, step("step-finished", "a", "command")),
@@ -176,6 +179,11 @@ fn a_resumed_run_cuts_the_interrupted_step_at_the_crash_and_starts_it_again() {
     ));
     let r = RunReport::from_journal(&journal(header(), &events)).unwrap();
     assert_eq!(r.resumes, 1);
+    assert_eq!(
+        r.resumed_by,
+        vec![(100_000, Some("night@bastion-2".into()))]
+    );
+    assert!(markdown::render(&r).contains("resumed 1 time(s) (by night@bastion-2 at +1m 40s)"));
     assert_eq!(r.outcome, "succeeded");
     let a = &r.nodes[0];
     assert_eq!(a.state, NodeState::Done);
