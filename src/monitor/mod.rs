@@ -293,7 +293,7 @@ async fn ping_loop(
     // Without a port, pings are ICMP: say so once if this machine cannot open ICMP sockets.
     if ping.port.is_none()
         && let Err(e) = tokio::task::spawn_blocking(|| {
-            icmp::ping(std::net::Ipv4Addr::LOCALHOST, PING_TIMEOUT, 0)
+            icmp::ping(std::net::Ipv4Addr::LOCALHOST.into(), PING_TIMEOUT, 0)
         })
         .await
         .unwrap_or(Ok(false))
@@ -335,15 +335,15 @@ async fn ping_loop(
                     )
                     .await
                     .is_ok_and(|r| r.is_ok()),
-                    None => match ip.parse() {
-                        Ok(v4) => {
-                            tokio::task::spawn_blocking(move || icmp::ping(v4, PING_TIMEOUT, seq))
+                    None => match ip.parse::<std::net::IpAddr>() {
+                        Ok(addr) => {
+                            tokio::task::spawn_blocking(move || icmp::ping(addr, PING_TIMEOUT, seq))
                                 .await
                                 .ok()
                                 .and_then(Result::ok)
                                 .unwrap_or(false)
                         }
-                        Err(_) => false, // IPv6 pod IPs: ICMPv6 is not implemented; use a TCP port
+                        Err(_) => false,
                     },
                 };
                 (pod, ip, ok)
