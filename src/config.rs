@@ -72,6 +72,9 @@ pub struct Config {
     /// A Pushgateway that gets the run's final metrics (runs can end between two scrapes).
     pub pushgateway: Option<String>,
     pub state_dir: PathBuf,
+    /// How many runs' copies (ConfigMaps) to keep in the cluster per lock name; older ones are
+    /// deleted at the end of a run.
+    pub keep_runs: usize,
     /// None: automatic (text on a terminal, JSON lines otherwise).
     pub log_format: Option<LogFormat>,
     /// The cluster's maintenance window, for playbooks without their own `[window]`.
@@ -158,6 +161,7 @@ struct RawMetrics {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawState {
     dir: Option<String>,
+    keep_runs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -341,6 +345,18 @@ impl Config {
                 "127.0.0.1:9797".to_owned()
             }
         };
+        let keep_runs = match &raw.state.keep_runs {
+            None => 50,
+            Some(k) if (1..=10_000).contains(k.get_ref()) => *k.get_ref() as usize,
+            Some(k) => {
+                err(
+                    k.span(),
+                    format!("keep-runs = {} is out of range", k.get_ref()),
+                    "keep between 1 and 10000 runs' copies in the cluster (default 50)".into(),
+                );
+                50
+            }
+        };
         let pushgateway = raw.metrics.pushgateway.map(|u| {
             if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) {
                 err(
@@ -402,6 +418,7 @@ impl Config {
             prometheus_url: raw.prometheus.url.map(|u| u.into_inner()),
             metrics_listen,
             pushgateway,
+            keep_runs,
             state_dir: raw
                 .state
                 .dir
@@ -455,6 +472,10 @@ mod tests {
             (
                 "[ssh]\nconnect-timeout = \"soon\"\n",
                 "`ssh.connect-timeout`: \"soon\" is not a duration",
+            ),
+            (
+                "[state]\nkeep-runs = 0\n",
+                "c.toml:2:13: `state.keep-runs`: keep-runs = 0 is out of range",
             ),
             (
                 "[window]\nstart = \"01:00\"\nend = \"05:00\"\ntimezone = \"Moon/Base\"\n",

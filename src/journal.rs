@@ -395,6 +395,7 @@ pub struct ClusterCopy {
     client: kube::Client,
     journal: PathBuf,
     run_id: String,
+    lock_name: String,
 }
 
 /// The playbook as the run started with it, kept beside the journal (and in the cluster copy).
@@ -421,10 +422,14 @@ fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
 
 /// The ConfigMap: the status (for `rollgate status`), the compressed journal and the playbook
 /// (so `rollgate resume` and `rollgate report` work from another machine).
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "rollgate");
+const LOCK_LABEL: &str = "rollgate.dev/lock";
+
 async fn copy_to_cluster(
     client: &kube::Client,
     journal: &Path,
     run_id: &str,
+    lock_name: &str,
 ) -> Result<(), String> {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -444,10 +449,10 @@ async fn copy_to_cluster(
     let cm = ConfigMap {
         metadata: kube::api::ObjectMeta {
             name: Some(configmap_name(run_id)),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_owned(),
-                "rollgate".to_owned(),
-            )])),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                (LOCK_LABEL.to_owned(), lock_name.to_owned()),
+            ])),
             ..Default::default()
         },
         data: Some(data),
@@ -463,6 +468,36 @@ async fn copy_to_cluster(
     .await
     .map(|_| ())
     .map_err(|e| e.to_string())
+}
+
+/// Deletes the oldest copies of runs under the same lock name, keeping `keep` (run ids sort by
+/// their start time). Returns how many were deleted.
+pub async fn prune_cluster_copies(
+    client: &kube::Client,
+    lock_name: &str,
+    keep: usize,
+) -> Result<usize, String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{DeleteParams, ListParams};
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), crate::lock::NAMESPACE);
+    let selector = format!("{}={},{LOCK_LABEL}={lock_name}", MANAGED_BY.0, MANAGED_BY.1);
+    let mut names: Vec<String> = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .into_iter()
+        .filter_map(|cm| cm.metadata.name)
+        .filter(|n| n.starts_with("rollgate-run-"))
+        .collect();
+    names.sort();
+    let old = names.len().saturating_sub(keep);
+    for name in &names[..old] {
+        api.delete(name, &DeleteParams::default())
+            .await
+            .map_err(|e| format!("cannot delete {name}: {e}"))?;
+    }
+    Ok(old)
 }
 
 /// Writes a run's journal and playbook from its cluster copy into `run_dir` (another machine
@@ -504,17 +539,24 @@ pub async fn restore_from_cluster(
 }
 
 impl ClusterCopy {
-    /// Copies shortly (200 ms) after the journal is written, and every 2 s in any case.
+    /// Copies shortly (200 ms) after the journal is written, and every 2 s in any case. The
+    /// copy is labelled with the lock name (runs against one cluster share it).
     pub fn start(
         client: kube::Client,
         journal: PathBuf,
         run_id: String,
+        lock_name: String,
         written: Arc<tokio::sync::Notify>,
     ) -> Self {
-        let (c, j, r) = (client.clone(), journal.clone(), run_id.clone());
+        let (c, j, r, l) = (
+            client.clone(),
+            journal.clone(),
+            run_id.clone(),
+            lock_name.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
-                if let Err(e) = copy_to_cluster(&c, &j, &r).await {
+                if let Err(e) = copy_to_cluster(&c, &j, &r, &l).await {
                     tracing::warn!(error = %e, "cannot copy the run status into the cluster");
                 }
                 tokio::select! {
@@ -531,16 +573,29 @@ impl ClusterCopy {
             client,
             journal,
             run_id,
+            lock_name,
         }
     }
 
-    pub async fn finish(self) {
+    /// A last copy, then the oldest copies beyond `keep` (same lock name) are deleted.
+    pub async fn finish(self, keep: usize) {
         self.task.abort();
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            copy_to_cluster(&self.client, &self.journal, &self.run_id),
+            copy_to_cluster(&self.client, &self.journal, &self.run_id, &self.lock_name),
         )
         .await;
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            prune_cluster_copies(&self.client, &self.lock_name, keep),
+        )
+        .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(deleted = n, keep, "pruned old run copies in the cluster"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune old run copies in the cluster"),
+            Err(_) => tracing::warn!("pruning old run copies in the cluster timed out"),
+        }
     }
 }
 

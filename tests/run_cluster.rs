@@ -1177,3 +1177,59 @@ async fn rollgate_pause_holds_new_nodes_until_rollgate_resume() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("not running"), "{stderr}");
 }
+
+#[tokio::test]
+async fn old_run_copies_in_the_cluster_are_pruned_per_lock_keeping_the_newest() {
+    let suite = unique("prune");
+    let mut nodes = TestNodes::new(&suite);
+    let n1 = format!("{suite}-n1");
+    nodes.add(&n1, &[], &[], "v1.35.4");
+    let dir = tempfile::tempdir().unwrap();
+    let playbook = write_playbook(
+        dir.path(),
+        &format!(
+            "name = \"prune\"\n[[phase]]\nname = \"all\"\nnodes = [\"{n1}\"]\n[command]\nrun = \"true\"\n"
+        ),
+    );
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[state]\nkeep-runs = 2\n").unwrap();
+    let lock = unique("prune-lock");
+    let mut run_ids = Vec::new();
+    for _ in 0..3 {
+        let mut cmd = rollgate(dir.path());
+        cmd.env("ROLLGATE_LOCK_NAME", &lock)
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-format", "json", "run", "--yes"])
+            .arg(&playbook);
+        let (code, stdout, stderr) = run_rollgate(cmd, MINUTE);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        run_ids.push(
+            named(&events(&stderr), "run-started")[0]["run_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        std::thread::sleep(Duration::from_millis(1100)); // run ids have a one-second resolution
+    }
+    let listed = kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "configmaps",
+        "-l",
+        &format!("rollgate.dev/lock={lock}"),
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let mut names: Vec<&str> = listed.split_whitespace().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            format!("rollgate-run-{}", run_ids[1]),
+            format!("rollgate-run-{}", run_ids[2])
+        ],
+        "the two newest copies remain"
+    );
+}

@@ -481,6 +481,7 @@ async fn run_with(
             clients.api.clone(),
             run_dir.join(crate::journal::FILE),
             run_id.clone(),
+            args.lock_name.clone(),
             journal_written,
         ));
         let steps = KubeSteps(StepContext {
@@ -537,7 +538,7 @@ async fn run_with(
     };
     let summary = summary.expect("the run produced a summary");
     if let Some(copy) = cluster_copy {
-        copy.finish().await;
+        copy.finish(config.keep_runs).await;
     }
     if let Some(server) = metrics_server {
         server.abort();
