@@ -79,6 +79,11 @@ fn builder(ssh: &SshConfig, user: Option<&str>) -> SessionBuilder {
     b.connect_timeout(ssh.connect_timeout);
     b.server_alive_interval(Duration::from_secs(15));
     b.control_directory(std::env::temp_dir());
+    // The connection master outlives a runner that is killed (SIGKILL cannot clean up); idle
+    // for a minute, it exits by itself instead of staying forever (openssh's default).
+    b.control_persist(openssh::ControlPersist::IdleFor(
+        std::num::NonZeroUsize::new(60).expect("non-zero"),
+    ));
     if let Some(f) = &ssh.config_file {
         b.config_file(f);
     }
