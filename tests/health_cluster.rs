@@ -104,11 +104,7 @@ fn at(e: &Value) -> jiff::Timestamp {
 #[tokio::test]
 async fn a_pod_crash_looping_elsewhere_during_a_drain_aborts_within_two_seconds_and_tells_slack() {
     let suite = unique("abort");
-    let mut nodes = TestNodes::new(&suite);
-    let names: Vec<String> = (1..=4).map(|i| format!("{suite}-n{i}")).collect();
-    for n in &names {
-        nodes.add(n, &[], &[], "v1.35.4");
-    }
+    let (_nodes, names) = TestNodes::numbered(&suite, 4);
     let ns = TestNamespace::new("abort");
     // Node 2's drain is held by a PDB, so the fault lands during it.
     held_by_pdb(&ns.0, &names[1]);
@@ -469,11 +465,7 @@ async fn a_pod_already_crash_looping_at_start_is_reported_not_held_against_the_r
 #[tokio::test]
 async fn slack_failures_and_timeouts_do_not_block_the_run_and_missed_messages_arrive_later() {
     let suite = unique("slack");
-    let mut nodes = TestNodes::new(&suite);
-    let names: Vec<String> = (1..=2).map(|i| format!("{suite}-n{i}")).collect();
-    for n in &names {
-        nodes.add(n, &[], &[], "v1.35.4");
-    }
+    let (_nodes, names) = TestNodes::numbered(&suite, 2);
     let channel = format!("#{suite}");
     // The next requests fail: three 500s, then two that take longer than the client's timeout.
     http_post(
@@ -582,16 +574,21 @@ async fn slack_failures_and_timeouts_do_not_block_the_run_and_missed_messages_ar
     );
 }
 
-#[tokio::test]
-async fn rollgate_monitor_streams_new_problems_as_json() {
-    let suite = unique("mon");
-    let mut nodes = TestNodes::new(&suite);
-    let n1 = format!("{suite}-n1");
-    nodes.add(&n1, &[], &[], "v1.35.4");
-    let ns = TestNamespace::new("mon");
+/// A node with a Ready pod `web` in its own namespace, and a playbook whose monitor watches them.
+struct WatchedPod {
+    _nodes: TestNodes,
+    ns: TestNamespace,
+    dir: tempfile::TempDir,
+    playbook: PathBuf,
+}
+
+fn watched_pod(name: &str) -> WatchedPod {
+    let suite = unique(name);
+    let (nodes, names) = TestNodes::numbered(&suite, 1);
+    let ns = TestNamespace::new(name);
     kubectl_apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: {}}}\nspec: {{nodeName: {n1}, containers: [{{name: c, image: app}}]}}\n",
-        ns.0
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: {}}}\nspec: {{nodeName: {}, containers: [{{name: c, image: app}}]}}\n",
+        ns.0, names[0]
     ));
     kubectl_ok(&[
         "-n",
@@ -602,10 +599,30 @@ async fn rollgate_monitor_streams_new_problems_as_json() {
         "--timeout=60s",
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let pb = dir.path().join("watch.toml");
-    std::fs::write(&pb, format!("name = \"watch\"\n[[phase]]\nname = \"x\"\nnodes = [\"{n1}\"]\n[command]\nrun = \"true\"\n{}", scope(&suite, &ns.0))).unwrap();
+    let playbook = dir.path().join("watch.toml");
+    std::fs::write(
+        &playbook,
+        format!(
+            "name = \"watch\"\n[[phase]]\nname = \"x\"\nnodes = [\"{}\"]\n[command]\nrun = \"true\"\n{}",
+            names[0],
+            scope(&suite, &ns.0)
+        ),
+    )
+    .unwrap();
+    WatchedPod {
+        _nodes: nodes,
+        ns,
+        dir,
+        playbook,
+    }
+}
+
+#[tokio::test]
+async fn rollgate_monitor_streams_new_problems_as_json() {
+    let w = watched_pod("mon");
+    let (ns, dir, pb) = (&w.ns, &w.dir, &w.playbook);
     let mut cmd = rollgate(dir.path());
-    cmd.args(["monitor", "-o", "json"]).arg(&pb);
+    cmd.args(["monitor", "-o", "json"]).arg(pb);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -658,11 +675,7 @@ async fn rollgate_monitor_streams_new_problems_as_json() {
 async fn the_metrics_endpoint_scraped_by_prometheus_shows_the_run_progress() {
     let e = env();
     let suite = unique("metrics");
-    let mut nodes = TestNodes::new(&suite);
-    let names: Vec<String> = (1..=2).map(|i| format!("{suite}-n{i}")).collect();
-    for n in &names {
-        nodes.add(n, &[], &[], "v1.35.4");
-    }
+    let (_nodes, names) = TestNodes::numbered(&suite, 2);
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -745,11 +758,7 @@ fn http_service(status: Arc<AtomicU32>, body: &'static str) -> u16 {
 #[tokio::test]
 async fn job_and_http_probes_gate_the_run_and_the_probe_job_is_cleaned_up() {
     let suite = unique("jobs");
-    let mut nodes = TestNodes::new(&suite);
-    let names: Vec<String> = (1..=2).map(|i| format!("{suite}-n{i}")).collect();
-    for n in &names {
-        nodes.add(n, &[], &[], "v1.35.4");
-    }
+    let (_nodes, names) = TestNodes::numbered(&suite, 2);
     let ns = TestNamespace::new("jobs");
     let dir = tempfile::tempdir().unwrap();
     // A relative manifest path is resolved against the playbook's directory.
@@ -939,29 +948,11 @@ async fn an_incoming_webhook_gets_the_same_messages_without_threads_and_its_url_
 #[tokio::test]
 async fn rollgate_monitor_at_a_terminal_shows_a_live_table_of_unhealthy_pods() {
     use std::os::unix::process::CommandExt;
-    let suite = unique("montty");
-    let mut nodes = TestNodes::new(&suite);
-    let n1 = format!("{suite}-n1");
-    nodes.add(&n1, &[], &[], "v1.35.4");
-    let ns = TestNamespace::new("montty");
-    kubectl_apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: {}}}\nspec: {{nodeName: {n1}, containers: [{{name: c, image: app}}]}}\n",
-        ns.0
-    ));
-    kubectl_ok(&[
-        "-n",
-        &ns.0,
-        "wait",
-        "--for=condition=Ready",
-        "pod/web",
-        "--timeout=60s",
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let pb = dir.path().join("watch.toml");
-    std::fs::write(&pb, format!("name = \"watch\"\n[[phase]]\nname = \"x\"\nnodes = [\"{n1}\"]\n[command]\nrun = \"true\"\n{}", scope(&suite, &ns.0))).unwrap();
+    let w = watched_pod("montty");
+    let (ns, dir, pb) = (&w.ns, &w.dir, &w.playbook);
     // A real pseudo-terminal (util-linux `script`), so rollgate draws its table.
     let mut inner = rollgate(dir.path());
-    inner.args(["monitor"]).arg(&pb);
+    inner.args(["monitor"]).arg(pb);
     let line: Vec<String> = std::iter::once(inner.get_program())
         .chain(inner.get_args())
         .map(|a| format!("'{}'", a.to_string_lossy()))

@@ -106,11 +106,7 @@ fn png_colors(path: &Path, colors: &[[u8; 3]]) -> (u32, u32, Vec<usize>) {
 #[tokio::test]
 async fn the_report_of_a_real_rollout_renders_in_chromium_with_one_timeline_row_per_node() {
     let suite = unique("report");
-    let mut nodes = TestNodes::new(&suite);
-    let names: Vec<String> = (1..=3).map(|i| format!("{suite}-n{i}")).collect();
-    for n in &names {
-        nodes.add(n, &[], &[], "v1.35.4");
-    }
+    let (_nodes, names) = TestNodes::numbered(&suite, 3);
     let ns = TestNamespace::new("report");
     deployment_with_pdb(&ns.0, "web", &suite, 3, 1);
     let dir = tempfile::tempdir().unwrap();

@@ -352,11 +352,7 @@ async fn a_pdb_blocking_past_the_timeout_fails_the_node_naming_the_budget_or_fal
 #[tokio::test]
 async fn a_failing_remote_command_stops_the_run_and_leaves_the_node_cordoned_with_the_reason() {
     let suite = unique("fail");
-    let mut nodes = TestNodes::new(&suite);
-    let names: Vec<String> = (1..=3).map(|i| format!("{suite}-n{i}")).collect();
-    for n in &names {
-        nodes.add(n, &[], &[], "v1.35.4");
-    }
+    let (_nodes, names) = TestNodes::numbered(&suite, 3);
     let dir = tempfile::tempdir().unwrap();
     let playbook = write_playbook(
         dir.path(),
@@ -610,11 +606,7 @@ async fn refusals_version_mismatch_and_precordoned_nodes() {
 /// with the stop, the lock is released (a new run takes it at once), exit 6; resume finishes.
 async fn one_stop_signal_finishes_the_node_in_flight(signal: &str) {
     let suite = unique(&format!("sig{}", signal.to_lowercase()));
-    let mut nodes = TestNodes::new(&suite);
-    let names: Vec<String> = (1..=3).map(|i| format!("{suite}-n{i}")).collect();
-    for n in &names {
-        nodes.add(n, &[], &[], "v1.35.4");
-    }
+    let (_nodes, names) = TestNodes::numbered(&suite, 3);
     let dir = tempfile::tempdir().unwrap();
     let playbook = write_playbook(
         dir.path(),
@@ -885,11 +877,7 @@ async fn kill_and_resume(kill_step: &str) {
 /// playbook come from the run's copy in the cluster.
 async fn kill_and_resume_on(kill_step: &str, elsewhere: bool) {
     let suite = unique(&format!("kill-{kill_step}"));
-    let mut nodes = TestNodes::new(&suite);
-    let names: Vec<String> = (1..=2).map(|i| format!("{suite}-n{i}")).collect();
-    for n in &names {
-        nodes.add(n, &[], &[], "v1.35.4");
-    }
+    let (_nodes, names) = TestNodes::numbered(&suite, 2);
     let ns = TestNamespace::new("kill");
     // A pod on node 1 whose PDB holds the drain until the test lifts it.
     held_by_pdb(&ns.0, &names[0]);
@@ -1091,11 +1079,7 @@ async fn after_sigkill_during_settle_resume_completes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rollgate_pause_holds_new_nodes_until_rollgate_resume() {
     let suite = unique("pause");
-    let mut nodes = TestNodes::new(&suite);
-    let names: Vec<String> = (1..=3).map(|i| format!("{suite}-n{i}")).collect();
-    for n in &names {
-        nodes.add(n, &[], &[], "v1.35.4");
-    }
+    let (_nodes, names) = TestNodes::numbered(&suite, 3);
     let dir = tempfile::tempdir().unwrap();
     let playbook = write_playbook(
         dir.path(),

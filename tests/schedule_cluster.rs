@@ -69,11 +69,7 @@ struct Setup {
 
 fn setup(suite: &str, outside: &str) -> Setup {
     let suite = unique(suite);
-    let mut nodes = TestNodes::new(&suite);
-    let names: Vec<String> = (1..=3).map(|i| format!("{suite}-n{i}")).collect();
-    for n in &names {
-        nodes.add(n, &[], &[], "v1.35.4");
-    }
+    let (nodes, names) = TestNodes::numbered(&suite, 3);
     let dir = tempfile::tempdir().unwrap();
     let clock = dir.path().join("clock");
     set_clock(&clock, INSIDE);

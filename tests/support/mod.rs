@@ -134,6 +134,16 @@ impl TestNodes {
         }
     }
 
+    /// `count` nodes `SUITE-n1`..`SUITE-nCOUNT` at kubelet v1.35.4, no labels or taints.
+    pub fn numbered(suite: &str, count: usize) -> (Self, Vec<String>) {
+        let mut nodes = Self::new(suite);
+        let names: Vec<String> = (1..=count).map(|i| format!("{suite}-n{i}")).collect();
+        for n in &names {
+            nodes.add(n, &[], &[], "v1.35.4");
+        }
+        (nodes, names)
+    }
+
     /// Adds a kwok node with its own sshd; returns its SSH address. Labels are `k=v`.
     pub fn add(
         &mut self,
