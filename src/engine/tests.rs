@@ -1,5 +1,5 @@
 //! Engine logic with fake steps and paused time: ordering, concurrency bounds, failure budgets,
-//! stop requests. Behaviour against a real cluster is in tests/run_cluster.rs.
+//! stop requests, maintenance windows and the deadline. Behaviour against a real cluster is in tests/run_cluster.rs.
 
 use super::*;
 use crate::plan::{PhasePlan, Wave};
@@ -234,4 +234,104 @@ async fn graceful_stop_finishes_in_flight_nodes_and_immediate_stop_abandons_them
             }
         }
     }
+}
+
+/// Runs with a schedule the test drives: (summary, fake, events).
+async fn run_scheduled(
+    plan: &Plan,
+    outside: OutsideWindow,
+    drive: impl FnOnce(watch::Sender<Schedule>, Arc<Fake>) -> tokio::task::JoinHandle<()>,
+) -> (RunSummary, Arc<Fake>, Vec<RunEvent>) {
+    let (sink, mut rx) = EventSink::channel();
+    let (_stop_tx, stop_rx) = watch::channel(StopRequest::None);
+    let (schedule_tx, schedule_rx) = watch::channel(Schedule::Open);
+    let mut engine = Engine::new(Fake::failing(vec![]), sink, stop_rx).with_schedule(
+        schedule_rx,
+        outside,
+        "mon-fri 01:00-05:00 UTC",
+    );
+    let driver = drive(schedule_tx, Arc::clone(&engine.steps));
+    let summary = engine.run("r1", "test", plan, None, false).await;
+    driver.abort();
+    let steps = Arc::clone(&engine.steps);
+    drop(engine);
+    let mut events = vec![];
+    while let Ok(e) = rx.try_recv() {
+        events.push(e.event);
+    }
+    (summary, steps, events)
+}
+
+/// Closes the window once node `a` has started, reopens it 10 minutes (paused time) later.
+fn close_after_first_node(
+    reopen: bool,
+) -> impl FnOnce(watch::Sender<Schedule>, Arc<Fake>) -> tokio::task::JoinHandle<()> {
+    move |tx, fake| {
+        tokio::spawn(async move {
+            while !fake.log.lock().unwrap().iter().any(|l| l == "a:cordon") {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = tx.send(Schedule::Closed { reopens_at: None });
+            if reopen {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                let _ = tx.send(Schedule::Open);
+            }
+            tx.closed().await;
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_window_holds_new_nodes_and_the_node_in_flight_finishes() {
+    let p = plan(&[("w", 1, 0, &[&["a", "b", "c"]])]);
+    let started = tokio::time::Instant::now();
+    let (summary, fake, events) =
+        run_scheduled(&p, OutsideWindow::Wait, close_after_first_node(true)).await;
+    assert_eq!(summary.outcome, Outcome::Succeeded);
+    assert_eq!(summary.done, ["a", "b", "c"]);
+    assert!(started.elapsed() >= Duration::from_secs(600), "it waited");
+    let log = fake.log.lock().unwrap().clone();
+    let a_done = log.iter().position(|l| l == "a:settle").unwrap();
+    let b_start = log.iter().position(|l| l == "b:cordon").unwrap();
+    assert!(a_done < b_start, "{log:?}");
+    let closed = events
+        .iter()
+        .position(|e| matches!(e, RunEvent::WindowClosed { .. }))
+        .expect("window-closed");
+    let opened = events
+        .iter()
+        .position(|e| matches!(e, RunEvent::WindowOpened))
+        .expect("window-opened");
+    assert!(closed < opened);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outside_exit_stops_resumable_after_the_node_in_flight() {
+    let p = plan(&[("w", 1, 0, &[&["a", "b", "c"]])]);
+    let (summary, _, _) =
+        run_scheduled(&p, OutsideWindow::Exit, close_after_first_node(false)).await;
+    assert_eq!(summary.outcome, Outcome::Stopped(StopReason::OutsideWindow));
+    assert_eq!(summary.done, ["a"]);
+    assert_eq!(summary.not_started, ["b", "c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_passed_deadline_stops_the_run_even_while_waiting_for_the_window() {
+    let p = plan(&[("w", 1, 0, &[&["a", "b"]])]);
+    let (summary, _, _) = run_scheduled(&p, OutsideWindow::Wait, |tx, fake| {
+        tokio::spawn(async move {
+            while !fake.log.lock().unwrap().iter().any(|l| l == "a:cordon") {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = tx.send(Schedule::Closed { reopens_at: None });
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let _ = tx.send(Schedule::DeadlinePassed {
+                deadline: jiff::Timestamp::UNIX_EPOCH,
+            });
+            tx.closed().await;
+        })
+    })
+    .await;
+    assert_eq!(summary.outcome, Outcome::Stopped(StopReason::Deadline));
+    assert_eq!(summary.not_started, ["b"]);
 }
