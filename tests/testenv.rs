@@ -91,6 +91,8 @@ async fn faults_on_demand_crashloop_with_rising_restarts_and_node_not_ready() {
     let ns = TestNamespace::new("fault");
     kubectl_apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: crashy, namespace: {ns}, labels: {{rollgate.test/crashloop: \"true\"}}}}\n\
+         spec: {{nodeName: {name}, containers: [{{name: c, image: app}}]}}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: steady, namespace: {ns}}}\n\
          spec: {{nodeName: {name}, containers: [{{name: c, image: app}}]}}\n",
         ns = ns.0
     ));
@@ -148,11 +150,47 @@ async fn faults_on_demand_crashloop_with_rising_restarts_and_node_not_ready() {
         is_ready(false),
     )
     .await;
+    let steady_ready = |want: bool| {
+        let pods = pods.clone();
+        move || {
+            let pods = pods.clone();
+            async move {
+                pods.get("steady").await.is_ok_and(|p| {
+                    p.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && (c.status == "True") == want)
+                })
+            }
+        }
+    };
     kubectl_ok(&["label", "node", &name, "rollgate.test/not-ready-"]);
     eventually(
         "the node to be Ready again",
         Duration::from_secs(20),
         is_ready(true),
+    )
+    .await;
+    // The node lifecycle controller marks a down node's pods not Ready (as it did, racing a
+    // node's return, in a demo run); like a kubelet's next status sync, kwok reports them Ready
+    // again.
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "patch",
+        "pod",
+        "steady",
+        "--subresource=status",
+        "--type=strategic",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
+    ]);
+    assert!(steady_ready(false)().await, "marked not Ready");
+    eventually(
+        "the steady pod to be Ready again",
+        Duration::from_secs(30),
+        steady_ready(true),
     )
     .await;
 }
