@@ -126,6 +126,14 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// List runs: this machine's and those copied into the cluster by any machine, newest first.
+    #[command(
+        after_help = "Examples:\n  rollgate runs                        # then `rollgate status RUN` or `rollgate resume RUN`\n  rollgate runs -o json\n\nExit codes: 0 listed, 2 bad config."
+    )]
+    Runs {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
     /// Show a run's state from its journal: each node's state, step, since when, last error.
     #[command(
         after_help = "Examples:\n  rollgate status                      # the latest run\n  rollgate status 20261125-013000-ab12 -o json\n\nExit codes: 0 shown, 2 no such run."

@@ -599,6 +599,51 @@ impl ClusterCopy {
     }
 }
 
+/// A run copied into the cluster: its id, lock name and status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterRun {
+    pub run_id: String,
+    pub lock: String,
+    pub status: RunStatus,
+}
+
+/// Every run whose copy is in the cluster (any lock name), newest first.
+pub async fn list_cluster_copies(client: &kube::Client) -> Result<Vec<ClusterRun>, String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ListParams;
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), crate::lock::NAMESPACE);
+    let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    let mut runs: Vec<ClusterRun> = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .into_iter()
+        .filter_map(|cm| {
+            let run_id = cm
+                .metadata
+                .name
+                .as_deref()?
+                .strip_prefix("rollgate-run-")?
+                .to_owned();
+            let lock = cm
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LOCK_LABEL).cloned())
+                .unwrap_or_default();
+            let status = serde_json::from_str(cm.data.as_ref()?.get("status.json")?).ok()?;
+            Some(ClusterRun {
+                run_id,
+                lock,
+                status,
+            })
+        })
+        .collect();
+    runs.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+    Ok(runs)
+}
+
 /// Reads a run's status from its cluster copy (for `rollgate status` on another machine).
 pub async fn status_from_cluster(client: &kube::Client, run_id: &str) -> Result<RunStatus, String> {
     use k8s_openapi::api::core::v1::ConfigMap;

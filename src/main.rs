@@ -34,6 +34,7 @@ fn main() -> ExitCode {
                 commands::plan::run(&cli.global, playbook, *output).await
             }
             Command::Run(args) => commands::run::run(&cli.global, args).await,
+            Command::Runs { output } => commands::run::runs(&cli.global, *output).await,
             Command::Status { run, output } => {
                 commands::run::status(&cli.global, run.as_deref(), *output).await
             }

@@ -96,6 +96,7 @@ fn help_has_examples_and_exit_codes_and_completions_are_generated() {
         "{stdout}"
     );
     for sub in [
+        "runs",
         "check",
         "plan",
         "run",

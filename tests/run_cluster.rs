@@ -1216,4 +1216,32 @@ async fn old_run_copies_in_the_cluster_are_pruned_per_lock_keeping_the_newest() 
         ],
         "the two newest copies remain"
     );
+    // `rollgate runs`: here, all three (two also in the cluster); elsewhere, the cluster's two.
+    let listed = |state_dir: &Path| -> Vec<Value> {
+        let mut cmd = rollgate(state_dir);
+        cmd.args(["runs", "-o", "json"]);
+        let (code, stdout, stderr) = run_rollgate(cmd, MINUTE);
+        assert_eq!(code, 0, "{stderr}");
+        let all: Vec<Value> = serde_json::from_str(&stdout).unwrap();
+        all.into_iter()
+            .filter(|r| run_ids.iter().any(|id| r["run_id"] == id.as_str()))
+            .collect()
+    };
+    let here = listed(dir.path());
+    assert_eq!(here.len(), 3, "{here:?}");
+    assert_eq!(here[0]["run_id"], run_ids[2].as_str(), "newest first");
+    assert!(
+        here.iter()
+            .all(|r| r["local"] == true && r["state"] == "succeeded")
+    );
+    assert_eq!(here.iter().filter(|r| r["cluster"] == true).count(), 2);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let there = listed(elsewhere.path());
+    assert_eq!(there.len(), 2, "{there:?}");
+    assert!(
+        there
+            .iter()
+            .all(|r| r["local"] == false && r["lock"] == lock.as_str())
+    );
+    assert_eq!(there[1]["done"], 1);
 }

@@ -601,6 +601,91 @@ pub(super) fn latest_run(runs: &std::path::Path, run: Option<&str>) -> Result<St
     }
 }
 
+/// `rollgate runs`: the runs this machine has (state directory) and those copied into the
+/// cluster (from any machine), newest first: id, state, playbook, progress, where.
+pub async fn runs(global: &GlobalArgs, output: crate::cli::OutputFormat) -> Result<u8, Failure> {
+    #[derive(serde::Serialize)]
+    struct Row {
+        run_id: String,
+        state: String,
+        playbook: String,
+        done: usize,
+        nodes: usize,
+        lock: Option<String>,
+        local: bool,
+        cluster: bool,
+    }
+    let config = load_config(global)?;
+    let mut rows: std::collections::BTreeMap<String, Row> = Default::default();
+    let row = |id: &str, s: &crate::journal::RunStatus| Row {
+        run_id: id.to_owned(),
+        state: s.state.clone(),
+        playbook: s.playbook.clone(),
+        done: s.nodes.values().filter(|n| n.state == "done").count(),
+        nodes: s.nodes.len(),
+        lock: None,
+        local: false,
+        cluster: false,
+    };
+    let runs_dir = config.state_dir.join("runs");
+    for entry in std::fs::read_dir(&runs_dir).into_iter().flatten().flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if let Ok(s) =
+            crate::journal::RunStatus::from_journal(&entry.path().join(crate::journal::FILE))
+        {
+            let mut r = row(&id, &s);
+            r.local = true;
+            rows.insert(id, r);
+        }
+    }
+    let from_cluster = match cluster::connect(&config).await {
+        Ok(clients) => crate::journal::list_cluster_copies(&clients.api).await,
+        Err(e) => Err(e.to_string()),
+    };
+    match from_cluster {
+        Ok(copies) => {
+            for c in copies {
+                let r = rows
+                    .entry(c.run_id.clone())
+                    .or_insert_with(|| row(&c.run_id, &c.status));
+                r.cluster = true;
+                r.lock = Some(c.lock);
+            }
+        }
+        Err(e) => eprintln!("warning: runs in the cluster not listed: {e}"),
+    }
+    let rows: Vec<Row> = rows.into_values().rev().collect();
+    if output == crate::cli::OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("serialisable")
+        );
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<22} {:<28} {:>7}  {:<14} {:<16} PLAYBOOK",
+        "RUN", "STATE", "DONE", "WHERE", "LOCK"
+    );
+    for r in &rows {
+        let place = match (r.local, r.cluster) {
+            (true, true) => "here+cluster",
+            (true, false) => "here",
+            _ => "cluster",
+        };
+        let state: String = r.state.chars().take(28).collect();
+        println!(
+            "{:<22} {:<28} {:>7}  {:<14} {:<16} {}",
+            r.run_id,
+            state,
+            format!("{}/{}", r.done, r.nodes),
+            place,
+            r.lock.as_deref().unwrap_or("-"),
+            r.playbook
+        );
+    }
+    Ok(exit::OK)
+}
+
 /// `rollgate status [RUN]`: each node's state, step, since when and last error, from the journal.
 pub async fn status(
     global: &GlobalArgs,
