@@ -11,11 +11,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // kube and reqwest may bring different rustls providers; pick one for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // As for the run's events: JSON when asked for, or when stderr is not a terminal.
-    let json_logs = match cli.global.log_format {
-        Some(f) => matches!(f, rollgate::cli::LogFormatArg::Json),
-        None => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    };
+    // As for the run's events: the flag, else the config's `log.format` (a config that does
+    // not load is reported by the command itself), else JSON when stderr is not a terminal.
+    let json_logs = commands::load_config(&cli.global)
+        .ok()
+        .and_then(|c| c.log_format)
+        .map_or_else(
+            || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            |f| f == rollgate::config::LogFormat::Json,
+        );
     rollgate::logging::init(json_logs);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
