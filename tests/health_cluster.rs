@@ -108,10 +108,7 @@ async fn a_pod_crash_looping_elsewhere_during_a_drain_aborts_within_two_seconds_
     let ns = TestNamespace::new("abort");
     // Node 2's drain is held by a PDB, so the fault lands during it.
     held_by_pdb(&ns.0, &names[1]);
-    kubectl_apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: victim, namespace: {}}}\nspec: {{nodeName: {}, containers: [{{name: c, image: app}}]}}\n",
-        ns.0, names[3]
-    ));
+    ns.pod("victim", &names[3], "");
     kubectl_ok(&[
         "-n",
         &ns.0,
@@ -203,9 +200,8 @@ async fn a_pod_crash_looping_elsewhere_during_a_drain_aborts_within_two_seconds_
 #[tokio::test]
 async fn a_failing_probe_after_drain_aborts_before_the_remote_command() {
     let suite = unique("probe");
-    let mut nodes = TestNodes::new(&suite);
-    let n1 = format!("{suite}-n1");
-    nodes.add(&n1, &[], &[], "v1.35.4");
+    let (_nodes, names) = TestNodes::numbered(&suite, 1);
+    let n1 = names[0].clone();
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("command-ran");
     let (code, events, stderr) = finish(spawn(rollgate_run(
@@ -337,10 +333,7 @@ async fn a_ping_gate_pauses_when_a_pod_stops_answering_and_rollgate_resume_conti
         nodes.add(w, &["role=worker"], &[], "v1.35.4");
     }
     let ns = TestNamespace::new("ping");
-    kubectl_apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: rabbit, namespace: {}, labels: {{app: rabbit}}}}\nspec: {{nodeName: {svc}, containers: [{{name: c, image: rabbitmq}}]}}\n",
-        ns.0
-    ));
+    ns.pod("rabbit", &svc, "app: rabbit");
     kubectl_ok(&[
         "-n",
         &ns.0,
@@ -425,10 +418,7 @@ async fn a_pod_already_crash_looping_at_start_is_reported_not_held_against_the_r
     nodes.add(&n1, &[], &[], "v1.35.4");
     nodes.add(&other, &[], &[], "v1.35.4");
     let ns = TestNamespace::new("base");
-    kubectl_apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: old-crash, namespace: {}, labels: {{rollgate.test/crashloop: \"true\"}}}}\nspec: {{nodeName: {other}, containers: [{{name: c, image: app}}]}}\n",
-        ns.0
-    ));
+    ns.pod("old-crash", &other, "rollgate.test/crashloop: \"true\"");
     eventually("the pod to crash-loop", MINUTE, || {
         let ns = ns.0.clone();
         async move {
@@ -586,10 +576,7 @@ fn watched_pod(name: &str) -> WatchedPod {
     let suite = unique(name);
     let (nodes, names) = TestNodes::numbered(&suite, 1);
     let ns = TestNamespace::new(name);
-    kubectl_apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: {}}}\nspec: {{nodeName: {}, containers: [{{name: c, image: app}}]}}\n",
-        ns.0, names[0]
-    ));
+    ns.pod("web", &names[0], "");
     kubectl_ok(&[
         "-n",
         &ns.0,
@@ -736,23 +723,7 @@ async fn the_metrics_endpoint_scraped_by_prometheus_shows_the_run_progress() {
 
 /// Answers every HTTP request with `status` and `body` while running.
 fn http_service(status: Arc<AtomicU32>, body: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf);
-            let code = status.load(Ordering::SeqCst);
-            let _ = write!(
-                s,
-                "HTTP/1.0 {code} X\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
+    serve_http(move || (status.load(Ordering::SeqCst), body.to_owned()))
 }
 
 #[tokio::test]
@@ -856,10 +827,7 @@ async fn icmp_pings_reach_pod_ips_and_keep_the_gate_open() {
     nodes.add(&svc, &[], &[], "v1.35.4");
     nodes.add(&n1, &[], &[], "v1.35.4");
     let ns = TestNamespace::new("icmp");
-    kubectl_apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: mq, namespace: {}, labels: {{app: mq}}}}\nspec: {{nodeName: {svc}, containers: [{{name: c, image: rabbitmq}}]}}\n",
-        ns.0
-    ));
+    ns.pod("mq", &svc, "app: mq");
     kubectl_ok(&[
         "-n",
         &ns.0,
@@ -887,9 +855,8 @@ async fn icmp_pings_reach_pod_ips_and_keep_the_gate_open() {
 #[tokio::test]
 async fn an_incoming_webhook_gets_the_same_messages_without_threads_and_its_url_stays_secret() {
     let suite = unique("hook");
-    let mut nodes = TestNodes::new(&suite);
-    let n1 = format!("{suite}-n1");
-    nodes.add(&n1, &[], &[], "v1.35.4");
+    let (_nodes, names) = TestNodes::numbered(&suite, 1);
+    let n1 = names[0].clone();
     let dir = tempfile::tempdir().unwrap();
     // The URL is the secret: it comes from the environment, like a token.
     let path = format!("/services/T0ROLLGATE/B0ROLLGATE/{suite}");

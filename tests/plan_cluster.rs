@@ -94,10 +94,7 @@ async fn plan_resolves_selectors_reports_blocking_pdbs_and_refusals_and_never_wr
     nodes.add(&wb, &["zone=b"], &[], "v1.35.4");
     let ns = TestNamespace::new("plan");
     deployment_with_pdb(&ns.0, "web", &suite, 2, 0);
-    kubectl_apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: bare, namespace: {}}}\nspec: {{nodeName: {wb}, containers: [{{name: c, image: app}}]}}\n",
-        ns.0
-    ));
+    ns.pod("bare", &wb, "");
     // The PDB must have observed the pods before it reports 0 allowed disruptions.
     let pdb_ready = || async {
         kubectl_ok(&[

@@ -143,10 +143,7 @@ async fn six_node_two_phase_rollout_upgrades_every_node_control_plane_first() {
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: cache, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: cache}}}}\n  template:\n    metadata: {{labels: {{app: cache}}}}\n    spec:\n      nodeSelector: {{rollgate.test/suite: \"{suite}\"}}\n      volumes: [{{name: scratch, emptyDir: {{}}}}]\n      containers: [{{name: c, image: cache}}]\n",
         ns = ns.0
     ));
-    kubectl_apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: loner, namespace: {}}}\nspec: {{nodeName: {}, containers: [{{name: c, image: app}}]}}\n",
-        ns.0, workers[3]
-    ));
+    ns.pod("loner", &workers[3], "");
     kubectl_ok(&[
         "-n",
         &ns.0,
@@ -396,9 +393,8 @@ fn alive(pid: &str) -> bool {
 #[tokio::test]
 async fn the_command_timeout_kills_the_remote_process_and_facts_arrive_as_environment() {
     let suite = unique("tmo");
-    let mut nodes = TestNodes::new(&suite);
-    let n1 = format!("{suite}-n1");
-    nodes.add(&n1, &[], &[], "v1.35.4");
+    let (_nodes, names) = TestNodes::numbered(&suite, 1);
+    let n1 = names[0].clone();
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("pwned");
     let pids = dir.path().join("pids");
@@ -445,11 +441,8 @@ async fn the_command_timeout_kills_the_remote_process_and_facts_arrive_as_enviro
 #[tokio::test]
 async fn dry_run_reports_every_write_and_command_and_changes_nothing() {
     let suite = unique("dry");
-    let mut nodes = TestNodes::new(&suite);
-    let n1 = format!("{suite}-n1");
-    let n2 = format!("{suite}-n2");
-    nodes.add(&n1, &[], &[], "v1.35.4");
-    nodes.add(&n2, &[], &[], "v1.35.4");
+    let (_nodes, names) = TestNodes::numbered(&suite, 2);
+    let (n1, n2) = (names[0].clone(), names[1].clone());
     let ns = TestNamespace::new("dry");
     deployment_with_pdb(&ns.0, "web", &suite, 2, 1);
     let pods_before = kubectl_ok(&[
@@ -514,10 +507,7 @@ async fn refusals_version_mismatch_and_precordoned_nodes() {
     nodes.add(&old_node, &[], &[], "v1.35.4");
     nodes.add(&pre_node, &[], &[], "v1.35.4");
     let ns = TestNamespace::new("misc");
-    kubectl_apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: bare, namespace: {}}}\nspec: {{nodeName: {bare_node}, containers: [{{name: c, image: app}}]}}\n",
-        ns.0
-    ));
+    ns.pod("bare", &bare_node, "");
     let dir = tempfile::tempdir().unwrap();
     let book = |node: &str, target: &str| {
         format!(
@@ -763,11 +753,8 @@ async fn a_host_key_mismatch_or_a_dead_sshd_fails_the_node_before_any_command_ru
 async fn a_second_runner_is_refused_while_the_first_holds_the_lock_and_takes_over_once_it_expires()
 {
     let suite = unique("lock");
-    let mut nodes = TestNodes::new(&suite);
-    let n1 = format!("{suite}-n1");
-    let n2 = format!("{suite}-n2");
-    nodes.add(&n1, &[], &[], "v1.35.4");
-    nodes.add(&n2, &[], &[], "v1.35.4");
+    let (_nodes, names) = TestNodes::numbered(&suite, 2);
+    let (n1, n2) = (names[0].clone(), names[1].clone());
     let lock = unique("shared");
     let dir1 = tempfile::tempdir().unwrap();
     let dir2 = tempfile::tempdir().unwrap();
@@ -1165,9 +1152,8 @@ async fn rollgate_pause_holds_new_nodes_until_rollgate_resume() {
 #[tokio::test]
 async fn old_run_copies_in_the_cluster_are_pruned_per_lock_keeping_the_newest() {
     let suite = unique("prune");
-    let mut nodes = TestNodes::new(&suite);
-    let n1 = format!("{suite}-n1");
-    nodes.add(&n1, &[], &[], "v1.35.4");
+    let (_nodes, names) = TestNodes::numbered(&suite, 1);
+    let n1 = names[0].clone();
     let dir = tempfile::tempdir().unwrap();
     let playbook = write_playbook(
         dir.path(),

@@ -199,6 +199,14 @@ impl TestNamespace {
         kubectl_ok(&["create", "namespace", &name]);
         Self(name)
     }
+
+    /// A bare pod (no controller) pinned to `node`, with `labels` (`k: v` pairs, YAML).
+    pub fn pod(&self, name: &str, node: &str, labels: &str) {
+        kubectl_apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {}, labels: {{{labels}}}}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: app}}]}}\n",
+            self.0
+        ));
+    }
 }
 
 impl Drop for TestNamespace {
@@ -362,12 +370,9 @@ pub fn http_post(url: &str, body: &str) {
     http("POST", url, None, body);
 }
 
-/// A /metrics target the test controls: `NAME{suite="SUITE"} VALUE`. Returns its port.
-pub fn serve_metric(
-    name: &'static str,
-    value: std::sync::Arc<std::sync::atomic::AtomicU32>,
-    suite: String,
-) -> u16 {
+/// A loopback HTTP server answering every request with `respond()` = (status, body), for the
+/// life of the test process. Returns its port.
+pub fn serve_http(respond: impl Fn() -> (u32, String) + Send + 'static) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -375,18 +380,30 @@ pub fn serve_metric(
             let Ok(mut s) = stream else { continue };
             let mut buf = [0u8; 2048];
             let _ = s.read(&mut buf);
-            let body = format!(
-                "# TYPE {name} gauge\n{name}{{suite=\"{suite}\"}} {}\n",
-                value.load(std::sync::atomic::Ordering::SeqCst)
-            );
+            let (status, body) = respond();
             let _ = write!(
                 s,
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                "HTTP/1.0 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
         }
     });
     port
+}
+
+/// A /metrics target the test controls: `NAME{suite="SUITE"} VALUE`. Returns its port.
+pub fn serve_metric(
+    name: &'static str,
+    value: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    suite: String,
+) -> u16 {
+    serve_http(move || {
+        let v = value.load(std::sync::atomic::Ordering::SeqCst);
+        (
+            200,
+            format!("# TYPE {name} gauge\n{name}{{suite=\"{suite}\"}} {v}\n"),
+        )
+    })
 }
 
 /// Events of one kind from a run's JSON lines.
