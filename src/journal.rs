@@ -14,6 +14,33 @@ use std::sync::{Arc, Mutex};
 
 pub const FILE: &str = "journal.jsonl";
 
+/// The journal's first line: what the run is. Written once; fields added later are optional so
+/// older journals still read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Header {
+    pub journal: u32,
+    pub run_id: String,
+    pub playbook: String,
+    pub playbook_file: PathBuf,
+    pub dry_run: bool,
+    /// RFC 3339: no node starts after it (a resume may set a new one: `deadline-set`).
+    pub deadline: Option<String>,
+    /// `user@host`.
+    pub started_by: Option<String>,
+    /// The cluster lock the run holds; a resume takes the same one.
+    pub lock_name: Option<String>,
+    pub lock_duration_secs: Option<u64>,
+    /// The plan's order: (node, phase).
+    pub nodes: Vec<(String, String)>,
+}
+
+impl Header {
+    pub fn parse(line: &str) -> Option<Header> {
+        serde_json::from_str(line).ok()
+    }
+}
+
 pub struct Journal {
     file: Mutex<File>,
     path: PathBuf,
@@ -39,13 +66,15 @@ fn journaled(e: &RunEvent) -> bool {
             | RunEvent::Resumed
             | RunEvent::WindowClosed { .. }
             | RunEvent::WindowOpened
+            | RunEvent::DeadlineSet { .. }
             | RunEvent::RunFinished { .. }
     )
 }
 
 impl Journal {
     /// Creates the journal with its header line.
-    pub fn create(dir: &Path, header: &serde_json::Value) -> std::io::Result<Self> {
+    pub fn create(dir: &Path, header: &Header) -> std::io::Result<Self> {
+        let header = serde_json::to_string(header).expect("a header serialises");
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE);
         let mut file = OpenOptions::new()
@@ -120,24 +149,19 @@ impl RunStatus {
     pub fn from_journal(path: &Path) -> std::io::Result<Self> {
         let reader = std::io::BufReader::new(File::open(path)?);
         let mut lines = reader.lines();
-        let header: serde_json::Value = lines
+        let header = lines
             .next()
             .transpose()?
-            .and_then(|l| serde_json::from_str(&l).ok())
+            .and_then(|l| Header::parse(&l))
             .unwrap_or_default();
         let mut status = RunStatus {
-            run_id: header["run_id"].as_str().unwrap_or("").into(),
-            playbook: header["playbook"].as_str().unwrap_or("").into(),
+            run_id: header.run_id.clone(),
+            playbook: header.playbook.clone(),
             state: "running".into(),
             nodes: BTreeMap::new(),
             decisions: vec![],
         };
-        for (node, phase) in header["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|n| Some((n[0].as_str()?, n[1].as_str()?)))
-        {
+        for (node, phase) in &header.nodes {
             status.nodes.insert(
                 node.into(),
                 NodeStatus {
@@ -224,8 +248,11 @@ pub struct ResumePoints {
     pub done: std::collections::BTreeSet<String>,
     /// Nodes that had started: the step they start from now.
     pub from: std::collections::HashMap<String, crate::engine::Step>,
-    /// The run's deadline, if it had one.
+    /// The run's deadline, if it had one (the latest one a resume set).
     pub deadline: Option<jiff::Timestamp>,
+    /// The lock the run held (None in journals written before it was recorded).
+    pub lock_name: Option<String>,
+    pub lock_duration: Option<std::time::Duration>,
 }
 
 /// Reads the journal and decides, per node, where to start again: a node interrupted while
@@ -241,14 +268,24 @@ pub fn resume_points(
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut lines = text.lines();
-    let header: serde_json::Value = lines
+    let header = lines
         .next()
-        .and_then(|l| serde_json::from_str(l).ok())
+        .and_then(Header::parse)
         .ok_or_else(|| format!("{} has no header", path.display()))?;
+    if header.dry_run {
+        return Err(format!(
+            "run {} was a dry run: it changed nothing and cannot be resumed; start it again (with or without --dry-run)",
+            header.run_id
+        ));
+    }
     let mut points = ResumePoints {
-        run_id: header["run_id"].as_str().unwrap_or("").into(),
-        playbook_file: PathBuf::from(header["playbook_file"].as_str().unwrap_or("")),
-        deadline: header["deadline"].as_str().and_then(|d| d.parse().ok()),
+        run_id: header.run_id.clone(),
+        playbook_file: header.playbook_file.clone(),
+        deadline: header.deadline.as_deref().and_then(|d| d.parse().ok()),
+        lock_name: header.lock_name.clone(),
+        lock_duration: header
+            .lock_duration_secs
+            .map(std::time::Duration::from_secs),
         ..Default::default()
     };
     // Per node: (last step started, whether it finished).
@@ -258,6 +295,9 @@ pub fn resume_points(
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             break;
         };
+        if v["event"] == "deadline-set" {
+            points.deadline = v["deadline"].as_str().and_then(|d| d.parse().ok());
+        }
         let Some(node) = v["node"].as_str().map(str::to_owned) else {
             continue;
         };
@@ -667,7 +707,18 @@ mod tests {
     #[test]
     fn status_is_rebuilt_from_the_journal_even_after_a_torn_last_line() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::create(dir.path(), &serde_json::json!({"run_id": "r1", "playbook": "p", "nodes": [["a", "w"], ["b", "w"], ["c", "w"]]})).unwrap();
+        let j = Journal::create(
+            dir.path(),
+            &Header {
+                run_id: "r1".into(),
+                playbook: "p".into(),
+                nodes: ["a", "b", "c"]
+                    .map(|n| (n.to_owned(), "w".to_owned()))
+                    .to_vec(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let at = std::time::SystemTime::now();
         for event in [
             RunEvent::NodeStarted {
@@ -721,7 +772,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(
             dir.path(),
-            &serde_json::json!({"run_id": "r1", "playbook_file": "/p.toml"}),
+            &Header {
+                run_id: "r1".into(),
+                playbook_file: "/p.toml".into(),
+                ..Default::default()
+            },
         )
         .unwrap();
         let at = std::time::SystemTime::now();
@@ -821,5 +876,36 @@ mod tests {
         let mut p = points();
         reconcile_with_nodes(&mut p, &records, true, &[]).unwrap();
         assert_eq!(p.from["in-command"], Step::Command);
+    }
+
+    #[test]
+    fn a_dry_run_is_not_resumable_and_a_resumed_deadline_replaces_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = |dry_run| Header {
+            run_id: "r1".into(),
+            dry_run,
+            deadline: Some("2026-11-25T02:00:00Z".into()),
+            lock_name: Some("blue".into()),
+            lock_duration_secs: Some(10),
+            ..Default::default()
+        };
+        let dry = dir.path().join("dry");
+        Journal::create(&dry, &header(true)).unwrap();
+        let err = resume_points(&dry.join(FILE), false, &[]).unwrap_err();
+        assert!(err.contains("dry run"), "{err}");
+        let real = dir.path().join("real");
+        let j = Journal::create(&real, &header(false)).unwrap();
+        let p = resume_points(&real.join(FILE), false, &[]).unwrap();
+        assert_eq!(p.deadline, Some("2026-11-25T02:00:00Z".parse().unwrap()));
+        assert_eq!(p.lock_name.as_deref(), Some("blue"));
+        assert_eq!(p.lock_duration, Some(std::time::Duration::from_secs(10)));
+        j.record(&Stamped {
+            at: std::time::SystemTime::now(),
+            event: RunEvent::DeadlineSet {
+                deadline: "2026-11-26T06:00:00Z".into(),
+            },
+        });
+        let p = resume_points(&real.join(FILE), false, &[]).unwrap();
+        assert_eq!(p.deadline, Some("2026-11-26T06:00:00Z".parse().unwrap()));
     }
 }

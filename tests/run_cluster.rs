@@ -494,6 +494,26 @@ async fn dry_run_reports_every_write_and_command_and_changes_nothing() {
         pods_before,
         "no pod was evicted"
     );
+    // A dry run cut short (here: its end removed from the journal) is never "resumed" into a
+    // real run.
+    let run_id = std::fs::read_to_string(dir.path().join("runs/latest")).unwrap();
+    let journal = dir
+        .path()
+        .join("runs")
+        .join(run_id.trim())
+        .join("journal.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("\"run-finished\""))
+        .collect();
+    std::fs::write(&journal, kept.join("\n") + "\n").unwrap();
+    let mut resume = rollgate(dir.path());
+    resume.arg("resume");
+    let (code, _, stderr) = run_rollgate(resume, MINUTE);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("dry run"), "{stderr}");
+    assert!(!unschedulable(&n1) && !unschedulable(&n2));
 }
 
 #[tokio::test]

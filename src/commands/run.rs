@@ -260,6 +260,7 @@ async fn run_with(
         .map(|r| r.run_id.clone())
         .unwrap_or_else(new_run_id);
     crate::logging::set_run_id(&run_id);
+    let me = user_at_host();
     let clock = crate::window::Clock::from_env();
     let deadline = match &args.schedule.deadline {
         Some(text) => Some(crate::window::parse_deadline(text, clock.now()).map_err(|e| {
@@ -290,7 +291,7 @@ async fn run_with(
     let lock = if args.dry_run {
         None
     } else {
-        let holder = format!("{} pid {} run {run_id}", user_at_host(), std::process::id());
+        let holder = format!("{me} pid {} run {run_id}", std::process::id());
         if args.force_unlock {
             eprintln!(
                 "WARNING: --force-unlock: taking the cluster lock {:?} even if another run holds it",
@@ -316,16 +317,28 @@ async fn run_with(
     };
     let runs_dir = config.state_dir.join("runs");
     let run_dir = runs_dir.join(&run_id);
-    let header = serde_json::json!({
-        "journal": 1,
-        "run_id": run_id,
-        "playbook": playbook.name,
-        "playbook_file": std::fs::canonicalize(&args.playbook).unwrap_or_else(|_| args.playbook.clone()),
-        "dry_run": args.dry_run,
-        "deadline": deadline.map(|d| d.to_string()),
-        "started_by": user_at_host(),
-        "nodes": report.plan.phases.iter().flat_map(|p| p.waves.iter().flat_map(move |w| w.nodes.iter().map(move |n| [n.as_str(), p.name.as_str()]))).collect::<Vec<_>>(),
-    });
+    let header = crate::journal::Header {
+        journal: 1,
+        run_id: run_id.clone(),
+        playbook: playbook.name.clone(),
+        playbook_file: std::fs::canonicalize(&args.playbook)
+            .unwrap_or_else(|_| args.playbook.clone()),
+        dry_run: args.dry_run,
+        deadline: deadline.map(|d| d.to_string()),
+        started_by: Some(me.clone()),
+        lock_name: Some(args.lock_name.clone()),
+        lock_duration_secs: Some(args.lock_duration.as_secs()),
+        nodes: report
+            .plan
+            .phases
+            .iter()
+            .flat_map(|p| {
+                p.waves
+                    .iter()
+                    .flat_map(|w| w.nodes.iter().map(|n| (n.clone(), p.name.clone())))
+            })
+            .collect(),
+    };
     let journal = if resume.is_some() {
         crate::journal::Journal::open_append(&run_dir)
     } else {
@@ -346,6 +359,8 @@ async fn run_with(
     let journal_written = journal.written();
     let (sink, rx) = EventSink::channel();
     let sink = sink.with_journal(Arc::new(journal));
+    // A resume given a new deadline records it, so later resumes keep it.
+    let new_deadline = deadline.filter(|_| resume.is_some() && args.schedule.deadline.is_some());
     let mut consumers: Vec<Box<dyn Consumer>> = Vec::new();
     if json {
         consumers.push(Box::new(report::json::JsonLines::stderr(&run_id)));
@@ -399,6 +414,11 @@ async fn run_with(
         slack_task = Some(task);
     }
     let reporting = tokio::spawn(report::dispatch(rx, consumers));
+    if let Some(d) = new_deadline {
+        sink.emit(crate::engine::RunEvent::DeadlineSet {
+            deadline: d.to_string(),
+        });
+    }
 
     let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
     if let Some(l) = &lock {
@@ -423,7 +443,7 @@ async fn run_with(
             run_id: run_id.clone(),
             sink: sink.clone(),
         });
-        let mut engine = Engine::new(steps, sink, stop_rx).by(user_at_host());
+        let mut engine = Engine::new(steps, sink, stop_rx).by(me.clone());
         Some(
             engine
                 .run(
@@ -500,7 +520,7 @@ async fn run_with(
             }
         );
         let mut engine = Engine::new(steps, sink.clone(), stop_rx)
-            .by(user_at_host())
+            .by(me.clone())
             .with_guard(Arc::clone(&guard), &hint)
             .resuming(resume.as_ref().map(|r| r.from.clone()).unwrap_or_default());
         if !scheduler.is_unbounded() {
@@ -907,8 +927,12 @@ pub async fn resume(
             dry_run: false,
             show_output: false,
             force_unlock: false,
-            lock_name: std::env::var("ROLLGATE_LOCK_NAME").unwrap_or_else(|_| "default".into()),
-            lock_duration: Duration::from_secs(30),
+            // The lock the run held; an explicit ROLLGATE_LOCK_NAME wins.
+            lock_name: std::env::var("ROLLGATE_LOCK_NAME")
+                .ok()
+                .or_else(|| points.lock_name.clone())
+                .unwrap_or_else(|| "default".into()),
+            lock_duration: points.lock_duration.unwrap_or(Duration::from_secs(30)),
             metrics_listen: None,
             pushgateway: std::env::var("ROLLGATE_PUSHGATEWAY").ok(),
             schedule: schedule.clone(),

@@ -187,6 +187,10 @@ pub enum RunEvent {
         reopens_at: Option<String>,
     },
     WindowOpened,
+    /// A resume gave the run a new deadline (RFC 3339); later resumes keep it.
+    DeadlineSet {
+        deadline: String,
+    },
     /// The monitor saw a new problem (a pod crash-looping, a node NotReady, a pod unreachable).
     Problem {
         problem: crate::monitor::pods::Problem,

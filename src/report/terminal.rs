@@ -265,6 +265,9 @@ impl Consumer for Terminal {
                     .map(|t| format!(" at {t}"))
                     .unwrap_or_else(|| " (not within a year!)".into())
             )),
+            RunEvent::DeadlineSet { deadline } => {
+                self.println(format!("deadline: no node starts after {deadline}"))
+            }
             RunEvent::WindowOpened => self.println("the maintenance window is open: continuing".to_owned()),
             RunEvent::Problem { problem } => {
                 self.println(format!(

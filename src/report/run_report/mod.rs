@@ -178,14 +178,9 @@ impl RunReport {
     /// Builds the report from a journal's text; None when it has no header line.
     pub fn from_journal(text: &str) -> Option<Self> {
         let mut lines = text.lines();
-        let header: serde_json::Value = serde_json::from_str(lines.next()?).ok()?;
+        let header = crate::journal::Header::parse(lines.next()?)?;
         let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
-        let plan: Vec<(String, String)> = header["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|n| Some((n[0].as_str()?.to_owned(), n[1].as_str()?.to_owned())))
-            .collect();
+        let plan = header.nodes.clone();
         let mut b = Builder {
             nodes: plan
                 .iter()
@@ -201,11 +196,11 @@ impl RunReport {
             ..Default::default()
         };
         let mut report = RunReport {
-            run_id: s(&header["run_id"]),
-            playbook: s(&header["playbook"]),
-            playbook_file: s(&header["playbook_file"]),
-            started_by: header["started_by"].as_str().map(str::to_owned),
-            dry_run: header["dry_run"].as_bool().unwrap_or(false),
+            run_id: header.run_id,
+            playbook: header.playbook,
+            playbook_file: header.playbook_file.display().to_string(),
+            started_by: header.started_by,
+            dry_run: header.dry_run,
             started_at: None,
             ended_at: None,
             outcome: "no end recorded (crashed or still running)".into(),
