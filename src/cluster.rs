@@ -227,13 +227,13 @@ impl KubeSteps {
             .map_err(|e| StepError::new(format!("cannot read node {node}: {e}")))
     }
 
-    async fn mark_step(&self, node: &str, step: Step) -> Result<(), StepError> {
+    /// Records the step on the node; returns the node as updated.
+    async fn mark_step(&self, node: &str, step: Step) -> Result<Node, StepError> {
         self.patch(
             node,
             json!({"metadata": {"annotations": {STEP: step.name()}}}),
         )
         .await
-        .map(|_| ())
     }
 
     /// Node facts passed to the remote command as environment variables.
@@ -301,8 +301,7 @@ impl NodeSteps for KubeSteps {
     }
 
     async fn run_command(&self, job: &NodeJob) -> Result<(), StepError> {
-        self.mark_step(&job.node, Step::Command).await?;
-        let node = self.get(&job.node).await?;
+        let node = self.mark_step(&job.node, Step::Command).await?;
         let address = ssh_address(&node, &self.config.ssh.address).ok_or_else(|| {
             StepError::new(format!(
                 "node {} has no {:?} address to SSH to (see `ssh.address` in the config)",

@@ -579,7 +579,7 @@ pub async fn restore_from_cluster(
 }
 
 impl ClusterCopy {
-    /// Copies shortly (200 ms) after the journal is written, and every 2 s in any case. The
+    /// Copies shortly (200 ms) after each journal write, retrying failed copies every 2 s. The
     /// copy is labelled with the lock name (runs against one cluster share it).
     pub fn start(
         client: kube::Client,
@@ -595,16 +595,32 @@ impl ClusterCopy {
             lock_name.clone(),
         );
         let task = tokio::spawn(async move {
+            // Copy when the journal changed; after a failed copy, retry every 2 s until one
+            // succeeds (a new write also retries at once).
+            let mut pending = true;
             loop {
-                if let Err(e) = copy_to_cluster(&c, &j, &r, &l).await {
-                    tracing::warn!(error = %e, "cannot copy the run status into the cluster");
+                if pending {
+                    match copy_to_cluster(&c, &j, &r, &l).await {
+                        Ok(()) => pending = false,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot copy the run status into the cluster")
+                        }
+                    }
                 }
+                let retry = async {
+                    if pending {
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await
+                    } else {
+                        std::future::pending().await
+                    }
+                };
                 tokio::select! {
                     _ = written.notified() => {
                         // Let a burst of events settle into one copy.
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        pending = true;
                     }
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                    _ = retry => {}
                 }
             }
         });

@@ -117,3 +117,37 @@ fn help_has_examples_and_exit_codes_and_completions_are_generated() {
     assert_eq!(code, 0);
     assert!(stdout.contains("_rollgate()"), "bash completion function");
 }
+
+#[test]
+fn a_run_id_that_is_not_one_is_bad_input_before_any_file_is_touched() {
+    for command in ["status", "resume", "pause", "report"] {
+        let (code, _, stderr) = rollgate(&[command, "../../etc", "--state-dir", "/nonexistent"]);
+        assert_eq!(code, 2, "{command}: {stderr}");
+        assert!(stderr.contains("is not a run id"), "{command}: {stderr}");
+    }
+}
+
+#[test]
+fn check_shows_the_configs_maintenance_window_for_a_playbook_without_one() {
+    let dir = std::env::temp_dir().join(format!("rollgate-cli-window-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        "[window]\ndays = [\"sat\"]\nstart = \"02:00\"\nend = \"06:00\"\n",
+    )
+    .unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let (code, stdout, stderr) = rollgate(&[
+        "check",
+        &format!("{root}/playbooks/demo.toml"),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("maintenance window: sat 02:00-06:00 UTC"),
+        "{stdout}"
+    );
+}

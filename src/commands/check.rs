@@ -1,6 +1,6 @@
 //! `rollgate check`: offline validation of a playbook (and the config), with a one-screen summary.
 
-use super::{Failure, load_config, load_playbook};
+use super::{Failure, load_config, load_playbook_with};
 use crate::cli::GlobalArgs;
 use crate::exit;
 use crate::playbook::{NodeSelection, Ordering, PdbTimeoutPolicy, Playbook};
@@ -8,8 +8,8 @@ use std::fmt::Write;
 use std::path::Path;
 
 pub fn run(global: &GlobalArgs, path: &Path) -> Result<u8, Failure> {
-    let playbook = load_playbook(path)?;
     let config = load_config(global)?;
+    let playbook = load_playbook_with(path, &config)?;
     print!("{}", summary(path, &playbook));
     match &config.source {
         Some(p) => println!("config {}: valid", p.display()),

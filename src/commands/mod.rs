@@ -46,6 +46,16 @@ pub fn load_config(global: &GlobalArgs) -> Result<Config, Failure> {
     Ok(Config::load(global.config.as_deref(), &overrides)?)
 }
 
+/// The playbook as a run against this config sees it: without its own `[window]`, the
+/// config's (the cluster's maintenance window) applies.
+pub fn load_playbook_with(path: &Path, config: &Config) -> Result<Playbook, Failure> {
+    let mut playbook = load_playbook(path)?;
+    if playbook.window.is_none() {
+        playbook.window = config.window.clone();
+    }
+    Ok(playbook)
+}
+
 pub fn load_playbook(path: &Path) -> Result<Playbook, Failure> {
     Ok(playbook::load(path)?)
 }

@@ -2,7 +2,7 @@
 //! node's state and what a drain would do (evict / skip / refuse, PDBs that would block now).
 //! Reads only: nodes, pods and PodDisruptionBudgets.
 
-use super::{Failure, load_config, load_playbook};
+use super::{Failure, load_config, load_playbook_with};
 use crate::cli::{GlobalArgs, OutputFormat};
 use crate::cluster::{self, Clients};
 use crate::drain::filter::{PodAction, classify};
@@ -246,8 +246,8 @@ pub fn render_table(report: &PlanReport) -> String {
 }
 
 pub async fn run(global: &GlobalArgs, path: &Path, output: OutputFormat) -> Result<u8, Failure> {
-    let playbook = load_playbook(path)?;
     let config = load_config(global)?;
+    let playbook = load_playbook_with(path, &config)?;
     let clients = cluster::connect(&config).await.map_err(connect_failure)?;
     let report = build(&clients, &playbook).await?;
     match output {

@@ -33,14 +33,12 @@ pub async fn run(
     let journal = dir.join(crate::journal::FILE);
     // Not here, but named: another machine ran it; its journal may be in the cluster copy.
     if run.is_some()
-        && !run_id.is_empty()
-        && !run_id.contains('/')
         && !journal.is_file()
         && let Err(e) = super::run::fetch_run_from_cluster(&config, &run_id, &dir).await
     {
         eprintln!("{}", e.message);
     }
-    if run_id.is_empty() || run_id.contains('/') || !journal.is_file() {
+    if !journal.is_file() {
         let known = known_runs(&runs);
         let hint = if known.is_empty() {
             "pass the --state-dir the run used (the report needs the run's journal; from another machine `rollgate status RUN` shows its cluster copy)".to_owned()

@@ -3,7 +3,7 @@
 //! report. `rollgate resume` continues a paused run from another shell.
 
 use super::plan::{build, connect_failure, render_table};
-use super::{Failure, load_config, load_playbook};
+use super::{Failure, load_config, load_playbook, load_playbook_with};
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::cluster::{self, DryRunSteps, KubeSteps, StepContext};
 use crate::config::{Config, LogFormat};
@@ -217,8 +217,8 @@ async fn run_with(
     args: &RunArgs,
     resume: Option<crate::journal::ResumePoints>,
 ) -> Result<u8, Failure> {
-    let playbook = Arc::new(load_playbook(&args.playbook)?);
     let config = Arc::new(load_config(global)?);
+    let playbook = Arc::new(load_playbook_with(&args.playbook, &config)?);
     let slack_target = slack_target(&config)?;
     let tty = std::io::stderr().is_terminal();
     // No terminal, or asked for: JSON lines and no prompts.
@@ -277,8 +277,7 @@ async fn run_with(
             }),
         },
     };
-    // The playbook's window, else the cluster's from the config.
-    let window = playbook.window.clone().or_else(|| config.window.clone());
+    let window = playbook.window.clone();
     if args.schedule.ignore_window && window.is_some() {
         eprintln!("WARNING: --ignore-window: nodes start even outside the maintenance window");
     }
@@ -614,6 +613,20 @@ async fn run_with(
 
 pub(super) fn latest_run(runs: &std::path::Path, run: Option<&str>) -> Result<String, Failure> {
     match run {
+        // A run id names a directory: nothing that could step outside the runs directory.
+        Some(r)
+            if r.is_empty()
+                || !r
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+        {
+            Err(Failure::new(
+                exit::BAD_INPUT,
+                format!(
+                    "error: {r:?} is not a run id\n  hint: run ids look like 20261125-013000-ab12; `rollgate runs` lists them"
+                ),
+            ))
+        }
         Some(r) => Ok(r.to_owned()),
         None => std::fs::read_to_string(runs.join(LATEST_FILE)).map(|s| s.trim().to_owned()).map_err(|_| {
             Failure::new(exit::BAD_INPUT, format!("error: no run found in {}\n  hint: pass the run id, or the --state-dir the run uses", runs.display()))
