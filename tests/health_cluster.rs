@@ -982,3 +982,61 @@ async fn rollgate_monitor_at_a_terminal_shows_a_live_table_of_unhealthy_pods() {
         .unwrap_or_else(|| panic!("{shown}"));
     assert!(row.to_lowercase().contains("crash"), "{row}");
 }
+
+#[tokio::test]
+async fn pods_restarted_by_their_own_nodes_upgrade_are_not_held_against_the_run() {
+    let suite = unique("reboot");
+    let (_nodes, names) = TestNodes::numbered(&suite, 2);
+    let ns = TestNamespace::new("reboot");
+    // A node agent (DaemonSet) on both nodes: it restarts when its node reboots.
+    kubectl_apply(&format!(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    spec:\n      nodeSelector: {{rollgate.test/suite: {suite}}}\n      containers: [{{name: c, image: agent}}]\n",
+        ns = ns.0
+    ));
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "rollout",
+        "status",
+        "daemonset/agent",
+        "--timeout=60s",
+    ]);
+    // The "upgrade" of each node bumps the restart count of its agent, as a reboot would.
+    let kubectl = format!(
+        "{} --kubeconfig {} -n {}",
+        env().kubectl.display(),
+        env().kubeconfig.display(),
+        ns.0
+    );
+    let upgrade = format!(
+        r#"p=$({kubectl} get pod -l app=agent --field-selector spec.nodeName=$ROLLGATE_NODE -o name); {kubectl} patch $p --subresource=status --type=json -p '[{{"op":"replace","path":"/status/containerStatuses/0/restartCount","value":1}}]'; sleep 2"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (code, events, stderr) = finish(spawn(rollgate_run(
+        dir.path(),
+        "#reboot",
+        &format!(
+            "name = \"reboot\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\"]\n[drain]\nignore-daemonsets = true\n[command]\nrun = '''{upgrade}'''\n[settle]\nsoak = \"2s\"\n{}",
+            names[0],
+            names[1],
+            scope(&suite, &ns.0)
+        ),
+    )));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(named(&events, "gate-decision").is_empty(), "{stderr}");
+    let restarts = kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "get",
+        "pods",
+        "-l",
+        "app=agent",
+        "-o",
+        "jsonpath={.items[*].status.containerStatuses[0].restartCount}",
+    ]);
+    assert_eq!(
+        restarts.trim(),
+        "1 1",
+        "both agents restarted during the run"
+    );
+}

@@ -183,6 +183,7 @@ impl<S: NodeSteps> Engine<S> {
         };
         let mut paused_reported = false;
         let (_always_open, open) = watch::channel(Schedule::Open);
+        let (_never_stop, never_stopped) = watch::channel(StopRequest::None);
         let (mut schedule, outside, window) = match &self.schedule {
             Some((rx, outside, window)) => (rx.clone(), *outside, window.clone()),
             None => (open.clone(), OutsideWindow::Wait, String::new()),
@@ -358,7 +359,7 @@ impl<S: NodeSteps> Engine<S> {
                             }
                             if changed.is_err() {
                                 // The stop channel closed: nobody can ask to stop any more; keep going.
-                                std::future::pending::<()>().await;
+                                self.stop = never_stopped.clone();
                             }
                         }
                     }

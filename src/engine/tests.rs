@@ -335,3 +335,19 @@ async fn a_passed_deadline_stops_the_run_even_while_waiting_for_the_window() {
     assert_eq!(summary.outcome, Outcome::Stopped(StopReason::Deadline));
     assert_eq!(summary.not_started, ["b"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_run_goes_on_when_nobody_can_ask_it_to_stop_any_more() {
+    let p = plan(&[("w", 1, 0, &[&["a", "b"]])]);
+    let (sink, _rx) = EventSink::channel();
+    let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
+    drop(stop_tx); // e.g. the signal handler could not be installed
+    let mut engine = Engine::new(Fake::failing(vec![]), sink, stop_rx);
+    let summary = tokio::time::timeout(
+        Duration::from_secs(3600),
+        engine.run("r1", "test", &p, None, false),
+    )
+    .await
+    .expect("the run finishes");
+    assert_eq!(summary.done, ["a", "b"]);
+}

@@ -171,7 +171,7 @@ pub async fn start(
 
     let pod_stores = Arc::new(pod_stores);
     {
-        let (guard, sink, opts, baseline, pod_stores, node_store) = (
+        let (guard, sink, opts, mut baseline, pod_stores, node_store) = (
             Arc::clone(&guard),
             sink.clone(),
             opts.clone(),
@@ -200,13 +200,15 @@ pub async fn start(
                             .is_none_or(|s| s.matches(n.labels()))
                     })
                     .collect();
+                let exempt = guard.exempt_nodes();
+                baseline.accept_restarts_on(&pods, &exempt);
                 let problems = pods::new_problems(
                     &baseline,
                     &pods,
                     &nodes,
                     jiff::Timestamp::now(),
                     thresholds,
-                    &guard.exempt_nodes(),
+                    &exempt,
                 );
                 let fresh: Vec<&Problem> = problems
                     .iter()

@@ -199,6 +199,18 @@ impl Baseline {
         b
     }
 
+    /// Pods on nodes being upgraded restart with their node (DaemonSet pods, say): take their
+    /// restart counts as the new baseline, so once the node is released only restarts *after*
+    /// its upgrade count as rising.
+    pub fn accept_restarts_on(&mut self, pods: &[Pod], exempt: &BTreeSet<String>) {
+        for p in pods {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            if node.is_some_and(|n| exempt.contains(n)) {
+                self.restarts.insert(key(p), restarts(p));
+            }
+        }
+    }
+
     /// All problems already present at the baseline (reported once, not held against the run).
     pub fn describe(&self) -> Vec<String> {
         self.problems
@@ -442,5 +454,21 @@ mod tests {
                 ("n2".into(), ProblemKind::NodeNotReady)
             ]
         );
+    }
+
+    #[test]
+    fn restarts_during_a_nodes_own_upgrade_are_not_held_against_it_afterwards() {
+        let agent = |restarts| pod("agent", "n1", "Running", true, None, restarts);
+        let mut baseline = Baseline::take(&[agent(0)], &[node("n1", true)], ts(0), T);
+        let upgrading: BTreeSet<String> = ["n1".to_string()].into();
+        // The node reboots during its upgrade: its DaemonSet pod restarts once.
+        baseline.accept_restarts_on(&[agent(1)], &upgrading);
+        let released = BTreeSet::new();
+        let now = [node("n1", true)];
+        assert!(new_problems(&baseline, &[agent(1)], &now, ts(5), T, &released).is_empty());
+        // A restart after the node was released is a new problem again.
+        let got = new_problems(&baseline, &[agent(2)], &now, ts(9), T, &released);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].kind, ProblemKind::RestartsRising);
     }
 }
