@@ -71,6 +71,8 @@ impl ProbeRunner {
         }
     }
 
+    /// A command's program: relative paths with a slash are beside the playbook; a bare name
+    /// is looked up on PATH.
     fn resolve(&self, path: &str) -> PathBuf {
         let p = Path::new(path);
         if p.is_relative() && path.contains('/') {
@@ -297,7 +299,9 @@ impl ProbeRunner {
         let Some(client) = &self.kube else {
             return Outcome::Inconclusive("no cluster connection".into());
         };
-        let path = self.resolve(&manifest.display().to_string());
+        // A manifest is a file, always beside the playbook when relative (unlike a program,
+        // which a bare name finds on PATH).
+        let path = self.base_dir.join(manifest);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => return Outcome::Inconclusive(format!("cannot read {}: {e}", path.display())),

@@ -743,7 +743,7 @@ async fn job_and_http_probes_gate_the_run_and_the_probe_job_is_cleaned_up() {
     let playbook = |when: &str| {
         format!(
             "name = \"jobs\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\"]\n[command]\nrun = \"true\"\n\
-             [[probe]]\nname = \"smoke\"\nkind = \"job\"\nmanifest = \"./smoke-job.yaml\"\nnamespace = \"{ns}\"\ntimeout = \"1m\"\nwhen = [\"before-run\"]\n\
+             [[probe]]\nname = \"smoke\"\nkind = \"job\"\nmanifest = \"smoke-job.yaml\"\nnamespace = \"{ns}\"\ntimeout = \"1m\"\nwhen = [\"before-run\"]\n\
              [[probe]]\nname = \"api\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{port}/healthz\"\nbody-contains = \"ok\"\nwhen = [\"{when}\"]\n{}",
             names[0],
             names[1],

@@ -146,16 +146,11 @@ pub async fn run(
     )
     .await
     .map_err(connect_failure)?;
-    // Decisions are shown, never acted on: keep the guard running so every problem is reported.
-    let mut states = guard.subscribe();
+    // Decisions are shown, never acted on (the guard reports each one whatever its state).
     let mut redraw = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
-            // Decisions are shown, not acted on: lift a pause so later problems are reported too.
-            _ = states.changed() => {
-                guard.resume();
-            }
             _ = redraw.tick() => {
                 if output == OutputFormat::Table {
                     table.lock().expect("lock").render();

@@ -321,7 +321,7 @@ async fn ping_loop(
             })
             .filter_map(|p| {
                 Some((
-                    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+                    crate::drain::pod_key(&p),
                     p.status.as_ref()?.pod_ip.clone()?,
                 ))
             })

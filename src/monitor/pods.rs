@@ -45,13 +45,7 @@ pub struct Thresholds {
     pub pending_after: Duration,
 }
 
-fn key(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or(""),
-        pod.metadata.name.as_deref().unwrap_or("")
-    )
-}
+use crate::drain::pod_key as key;
 
 fn restarts(pod: &Pod) -> i32 {
     pod.status
