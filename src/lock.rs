@@ -121,19 +121,47 @@ pub async fn acquire(
     let renew = {
         let (api, name, holder) = (api.clone(), lease_name.clone(), holder.to_owned());
         tokio::spawn(async move {
+            use futures::StreamExt;
+            use kube::runtime::{WatchStreamExt, watcher};
+            let ours = |lease: &Lease| {
+                lease
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.holder_identity.as_deref())
+                    == Some(holder.as_str())
+            };
+            // Watched, so a `--force-unlock` elsewhere is noticed at once, not at the next renewal.
+            let mut changes = watcher(
+                api.clone(),
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
+            )
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+            let mut renew_at = tokio::time::Instant::now() + duration / 3;
             loop {
-                tokio::time::sleep(duration / 3).await;
-                let Ok(mut lease) = api.get(&name).await else {
-                    continue;
-                };
-                let mut spec = lease.spec.clone().unwrap_or_default();
-                if spec.holder_identity.as_deref() != Some(holder.as_str()) {
-                    let _ = lost_tx.send(true);
-                    return;
+                tokio::select! {
+                    Some(Ok(lease)) = changes.next() => {
+                        if !ours(&lease) {
+                            let _ = lost_tx.send(true);
+                            return;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(renew_at) => {
+                        renew_at += duration / 3;
+                        let Ok(mut lease) = api.get(&name).await else {
+                            continue;
+                        };
+                        if !ours(&lease) {
+                            let _ = lost_tx.send(true);
+                            return;
+                        }
+                        if let Some(spec) = lease.spec.as_mut() {
+                            spec.renew_time = Some(now());
+                        }
+                        let _ = api.replace(&name, &PostParams::default(), &lease).await;
+                    }
                 }
-                spec.renew_time = Some(now());
-                lease.spec = Some(spec);
-                let _ = api.replace(&name, &PostParams::default(), &lease).await;
             }
         })
     };

@@ -422,9 +422,15 @@ async fn run_with(
     let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
     if let Some(l) = &lock {
         // Lost the lock (someone forced it away): stop starting nodes.
-        let (mut lost, stop) = (l.lost.clone(), stop_tx.clone());
+        let (mut lost, stop, sink) = (l.lost.clone(), stop_tx.clone(), sink.clone());
         tokio::spawn(async move {
             if lost.wait_for(|l| *l).await.is_ok() {
+                sink.emit(crate::engine::RunEvent::Warning {
+                    node: None,
+                    message:
+                        "another run took the cluster lock (--force-unlock): starting no new node"
+                            .into(),
+                });
                 let _ = stop.send(StopRequest::Graceful);
             }
         });
