@@ -883,8 +883,13 @@ async fn kill_and_resume(kill_step: &str) {
 
 /// `elsewhere`: resume from another machine (an empty state directory): the journal and the
 /// playbook come from the run's copy in the cluster.
-async fn kill_and_resume_on(kill_step: &str, elsewhere: bool) {
-    let suite = unique(&format!("kill-{kill_step}"));
+async fn kill_and_resume_on(case: &str, elsewhere: bool) {
+    let suite = unique(&format!("kill-{case}"));
+    // "safe-command": killed during a command the playbook marks safe to rerun.
+    let (kill_step, safe) = match case {
+        "safe-command" => ("command", true),
+        step => (step, false),
+    };
     let (_nodes, names) = TestNodes::numbered(&suite, 2);
     let ns = TestNamespace::new("kill");
     // A pod on node 1 whose PDB holds the drain until the test lifts it.
@@ -897,7 +902,7 @@ async fn kill_and_resume_on(kill_step: &str, elsewhere: bool) {
     let playbook = write_playbook(
         dir.path(),
         &format!(
-            "name = \"kill\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\"]\n[drain]\ntimeout = \"2m\"\n[command]\nrun = 'echo \"$ROLLGATE_NODE\" >> {}; sleep 2'\n[settle]\nsoak = \"4s\"\n",
+            "name = \"kill\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\"]\n[drain]\ntimeout = \"2m\"\n[command]\nrun = 'echo \"$ROLLGATE_NODE\" >> {}; sleep 2'\nsafe-to-rerun = {safe}\n[settle]\nsoak = \"4s\"\n",
             names[0],
             names[1],
             markers.display()
@@ -981,7 +986,7 @@ async fn kill_and_resume_on(kill_step: &str, elsewhere: bool) {
         }
         run_rollgate(cmd, 2 * MINUTE)
     };
-    if kill_step == "command" && !elsewhere {
+    if kill_step == "command" && !elsewhere && !safe {
         // Drop the journal's last lines, as a cluster copy a few seconds old would: the node's
         // annotations still say its command started.
         let path = dir
@@ -1004,7 +1009,7 @@ async fn kill_and_resume_on(kill_step: &str, elsewhere: bool) {
         );
     }
     let (mut code, _, mut stderr) = resume(&[]);
-    if kill_step == "command" {
+    if kill_step == "command" && !safe {
         assert_eq!(
             code, 2,
             "a command that may have run is not rerun blindly: {stderr}"
@@ -1024,10 +1029,12 @@ async fn kill_and_resume_on(kill_step: &str, elsewhere: bool) {
     }
     let markers = std::fs::read_to_string(&markers).unwrap();
     for n in &names {
+        // A command safe to rerun runs again on the node it was interrupted on.
+        let expected = if safe && *n == names[0] { 2 } else { 1 };
         assert_eq!(
             markers.lines().filter(|l| l == n).count(),
-            1,
-            "the command ran once on {n} ({kill_step}): {markers}"
+            expected,
+            "the command ran {expected} time(s) on {n} ({case}): {markers}"
         );
     }
     if elsewhere {
@@ -1077,6 +1084,11 @@ async fn after_sigkill_mid_drain_resume_drains_again_and_completes() {
 #[tokio::test]
 async fn after_sigkill_during_the_command_resume_does_not_rerun_it_unless_told() {
     kill_and_resume("command").await;
+}
+
+#[tokio::test]
+async fn after_sigkill_during_a_command_safe_to_rerun_resume_runs_it_again_unasked() {
+    kill_and_resume_on("safe-command", false).await;
 }
 
 #[tokio::test]
