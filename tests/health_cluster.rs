@@ -707,8 +707,14 @@ async fn the_metrics_endpoint_scraped_by_prometheus_shows_the_run_progress() {
     let done = query(&format!(
         "max_over_time(rollgate_nodes{{suite=\"{job}\",phase=\"all\",state=\"done\"}}[5m])"
     ));
+    // The run can end before the scrape after its last node: at least one node done was seen
+    // (the final figures are what the Pushgateway test checks).
+    let seen: f64 = serde_json::from_str::<Value>(&done).unwrap()["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample: {done}"));
     assert!(
-        done.contains("\"value\":[") && (done.contains("\"1\"]") || done.contains("\"2\"]")),
+        (1.0..=2.0).contains(&seen),
         "Prometheus saw nodes done: {done}"
     );
     let steps = query(&format!(

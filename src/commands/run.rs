@@ -176,7 +176,7 @@ fn watch_resume_requests(
                     // Weak: a prompt still waiting when the run ends must not keep the run alive.
                     let g = Arc::downgrade(&guard);
                     tokio::task::spawn_blocking(move || {
-                        if ask("run paused by a health gate; resume now?")
+                        if ask("run paused; resume now?")
                             && let Some(g) = g.upgrade()
                         {
                             g.resume();

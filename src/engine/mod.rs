@@ -203,7 +203,7 @@ impl<S: NodeSteps> Engine<S> {
                 });
                 let mut queue = wave.nodes.iter().peekable();
                 let mut in_flight: JoinSet<NodeResult> = JoinSet::new();
-                loop {
+                'wave: loop {
                     let state = health.borrow_and_update().clone();
                     if let HealthState::Aborted(_) = state
                         && stop_reason.is_none_or(|r| r < StopReason::GateAbort)
@@ -239,7 +239,7 @@ impl<S: NodeSteps> Engine<S> {
                     let paused = paused || closed;
                     // Start nodes while there is room and no reason to stop.
                     while stop_reason.is_none() && !paused && in_flight.len() < phase.concurrency {
-                        let Some(node) = queue.next() else { break };
+                        let Some(node) = queue.peek().map(|n| (*n).clone()) else { break };
                         if let Some(confirm) = &self.confirm {
                             let confirm = Arc::clone(confirm);
                             let name = node.clone();
@@ -253,12 +253,27 @@ impl<S: NodeSteps> Engine<S> {
                                 });
                                 break;
                             }
+                            // The prompt blocked this loop: a stop, gate decision or closed window
+                            // that came meanwhile is dealt with first (the node stays queued).
+                            if *self.stop.borrow() != StopRequest::None {
+                                stop_reason = Some(StopReason::OperatorGraceful);
+                                self.sink.emit(RunEvent::Stopping {
+                                    reason: StopReason::OperatorGraceful,
+                                });
+                                break;
+                            }
+                            if health.has_changed().unwrap_or(false)
+                                || schedule.has_changed().unwrap_or(false)
+                            {
+                                continue 'wave;
+                            }
                         }
+                        queue.next();
                         started_nodes.insert(node.clone());
                         let job = NodeJob {
                             node: node.clone(),
                             phase: phase.name.clone(),
-                            from: self.resume_from.get(node).copied().unwrap_or(Step::Cordon),
+                            from: self.resume_from.get(&node).copied().unwrap_or(Step::Cordon),
                         };
                         in_flight.spawn(upgrade_node(
                             Arc::clone(&self.steps),

@@ -351,3 +351,25 @@ async fn the_run_goes_on_when_nobody_can_ask_it_to_stop_any_more() {
     .expect("the run finishes");
     assert_eq!(summary.done, ["a", "b"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_asked_for_while_the_step_prompt_waits_is_obeyed_before_the_node_starts() {
+    let p = plan(&[("w", 1, 0, &[&["a", "b", "c"]])]);
+    let (sink, _rx) = EventSink::channel();
+    let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
+    let stop_tx = Arc::new(stop_tx);
+    let asked = Arc::clone(&stop_tx);
+    // The operator presses Ctrl-C while asked about b, then answers yes.
+    let confirm: Confirm = Arc::new(move |node: &str| {
+        if node == "b" {
+            let _ = asked.send(StopRequest::Graceful);
+        }
+        true
+    });
+    let mut engine = Engine::new(Fake::failing(vec![]), sink, stop_rx).with_confirm(confirm);
+    let summary = engine.run("r1", "test", &p, None, false).await;
+    assert_eq!(summary.done, ["a"]);
+    assert_eq!(summary.not_started, ["b", "c"]);
+    assert_eq!(summary.outcome, Outcome::Stopped(StopReason::OperatorGraceful));
+    drop(stop_tx);
+}
