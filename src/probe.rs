@@ -97,6 +97,14 @@ impl ProbeRunner {
             .await
             {
                 Ok(o) => o,
+                // Prometheus is the instrument, not the thing measured: a hung Prometheus makes
+                // the probe inconclusive, as a refused connection does (not a failure).
+                Err(_) if matches!(probe.kind, ProbeKind::Prometheus { .. }) => {
+                    Outcome::Inconclusive(format!(
+                        "Prometheus did not answer within {}",
+                        humantime::format_duration(probe.timeout)
+                    ))
+                }
                 Err(_) => Outcome::Fail(format!(
                     "timed out after {}",
                     humantime::format_duration(probe.timeout)
@@ -373,5 +381,59 @@ impl ProbeRunner {
         // Nothing half-done left behind: the Job and its pods go.
         let _ = api.delete(&name, &DeleteParams::background()).await;
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(kind: ProbeKind) -> Probe {
+        Probe {
+            name: "p".into(),
+            kind,
+            timeout: Duration::from_millis(300),
+            retries: 0,
+            when: vec![ProbeWhen::BeforeRun],
+            interval: None,
+        }
+    }
+
+    fn ctx() -> ProbeContext {
+        ProbeContext {
+            when: ProbeWhen::BeforeRun,
+            node: None,
+            phase: None,
+            run_id: "r1".into(),
+        }
+    }
+
+    /// A real socket that accepts and never answers.
+    fn silent_server() -> (std::net::TcpListener, String) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        (l, url)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_prometheus_is_inconclusive_but_a_hung_http_check_fails() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (_keep, url) = silent_server();
+        let runner = ProbeRunner::new(None, Some(url.clone()), Path::new("/p.toml"));
+        let prometheus = probe(ProbeKind::Prometheus {
+            query: Some("up".into()),
+            min: None,
+            max: None,
+            alerts_matching: None,
+        });
+        assert!(
+            matches!(runner.run(&prometheus, &ctx()).await, Outcome::Inconclusive(e) if e.contains("did not answer")),
+        );
+        let http = probe(ProbeKind::Http {
+            url: format!("{url}/health"),
+            expect_status: 200,
+            body_contains: None,
+        });
+        assert!(matches!(runner.run(&http, &ctx()).await, Outcome::Fail(_)));
     }
 }

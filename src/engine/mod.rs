@@ -239,7 +239,9 @@ impl<S: NodeSteps> Engine<S> {
                     let paused = paused || closed;
                     // Start nodes while there is room and no reason to stop.
                     while stop_reason.is_none() && !paused && in_flight.len() < phase.concurrency {
-                        let Some(node) = queue.peek().map(|n| (*n).clone()) else { break };
+                        let Some(node) = queue.peek().map(|n| (*n).clone()) else {
+                            break;
+                        };
                         if let Some(confirm) = &self.confirm {
                             let confirm = Arc::clone(confirm);
                             let name = node.clone();

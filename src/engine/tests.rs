@@ -370,6 +370,9 @@ async fn a_stop_asked_for_while_the_step_prompt_waits_is_obeyed_before_the_node_
     let summary = engine.run("r1", "test", &p, None, false).await;
     assert_eq!(summary.done, ["a"]);
     assert_eq!(summary.not_started, ["b", "c"]);
-    assert_eq!(summary.outcome, Outcome::Stopped(StopReason::OperatorGraceful));
+    assert_eq!(
+        summary.outcome,
+        Outcome::Stopped(StopReason::OperatorGraceful)
+    );
     drop(stop_tx);
 }
