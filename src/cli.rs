@@ -18,11 +18,7 @@ const AFTER_HELP: &str = concat!(
     "Examples:\n  rollgate check playbooks/k8s-upgrade.toml\n  rollgate plan playbooks/k8s-upgrade.toml --config prod.toml\n",
     "  rollgate run playbooks/k8s-upgrade.toml --config prod.toml --dry-run\n",
     "  rollgate run playbooks/k8s-upgrade.toml --config prod.toml --yes --log-format json\n\n",
-    "Exit codes:\n  0  success\n  1  internal error\n  2  bad input (playbook, config or command line)\n",
-    "  3  cluster unreachable, or the plan does not fit the cluster\n",
-    "  4  rollout stopped: nodes failed beyond the failure budget (failed nodes stay cordoned)\n",
-    "  5  rollout aborted by a health gate\n  6  interrupted by the operator (Ctrl-C, SIGTERM, or declined at the prompt)\n",
-    "  7  another run holds the cluster lock"
+    crate::exit_codes_help!()
 );
 
 #[derive(Args, Debug, Clone)]
@@ -98,13 +94,13 @@ pub enum Command {
     },
     /// Run the rollout: cordon, drain, remote command, wait Ready, uncordon, settle; node by node.
     #[command(
-        after_help = "Examples:\n  rollgate run playbooks/k8s-upgrade.toml --dry-run\n  rollgate run playbooks/k8s-upgrade.toml --step\n  rollgate run playbooks/k8s-upgrade.toml --yes --log-format json\n\nCtrl-C once: finish the nodes in flight, start no new ones. Twice: stop now (nodes in flight stay cordoned).\nExit codes: 0 done, 2 bad input, 3 cluster, 4 nodes failed, 6 interrupted."
+        after_help = concat!("Examples:\n  rollgate run playbooks/k8s-upgrade.toml --dry-run\n  rollgate run playbooks/k8s-upgrade.toml --step\n  rollgate run playbooks/k8s-upgrade.toml --yes --log-format json\n\nCtrl-C once: finish the nodes in flight, start no new ones. Twice: stop now: the nodes in flight stay cordoned, and a remote command in flight goes on on its node (`rollgate resume` reattaches to it).\n\n", crate::exit_codes_help!())
     )]
     Run(RunArgs),
     /// Continue a paused run (by a gate or `rollgate pause`), or one that crashed, was killed or
     /// stopped (from its journal).
     #[command(
-        after_help = "Examples:\n  rollgate resume                      # the latest run in the state directory\n  rollgate resume 20261125-013000-ab12\n\nExit codes: 0 resumed, 2 no such paused run."
+        after_help = concat!("Examples:\n  rollgate resume                      # the latest run in the state directory\n  rollgate resume 20261125-013000-ab12\n\nA resumed run exits like `rollgate run`; resuming a live paused run exits 0 once it goes on.\n", crate::exit_codes_help!())
     )]
     Resume {
         /// The run id (default: the latest run).

@@ -6,7 +6,14 @@
 //! rollgate records its work on the Node as annotations under `rollgate.dev/`:
 //! `cordoned-by` (run id; rollgate only uncordons nodes it cordoned), `precordoned` (the node
 //! was cordoned by someone else before: it stays cordoned), `step` (current step), `reason`
-//! and `failed-step` (why a node failed: it stays cordoned), `last-run` (after success).
+//! and `failed-step` (why a node failed: it stays cordoned), `boot-id` (the boot ID when the
+//! command started), `last-run` (after success).
+//!
+//! Readiness around reboots: wait-ready wants the node Ready (and the target kubelet, and with
+//! `[ready] reboot = true` a new boot ID) and staying so on one boot for `[ready] stable-for`;
+//! uncordon never uncordons a NotReady node (it waits for it); a node that turns NotReady or
+//! reboots during settle is waited for and settled again. Each wait is bounded by the ready
+//! timeout and said on the node's events.
 
 use crate::config::{AddressSource, Config};
 use crate::drain::{self, DrainReport};
@@ -30,6 +37,8 @@ pub const STEP: &str = "rollgate.dev/step";
 pub const REASON: &str = "rollgate.dev/reason";
 pub const FAILED_STEP: &str = "rollgate.dev/failed-step";
 pub const LAST_RUN: &str = "rollgate.dev/last-run";
+/// The node's boot ID when its command started (a changed boot ID means it rebooted since).
+pub const BOOT_ID: &str = "rollgate.dev/boot-id";
 
 /// Two clients on one connection config: `api` with kube's default retries, `drain` without
 /// them (the drain loop owns its 429 handling, see [`crate::drain`]).
@@ -114,6 +123,15 @@ pub fn is_ready(node: &Node) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// `status.nodeInfo.bootID`: changes when the node reboots.
+pub fn boot_id(node: &Node) -> String {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.boot_id.clone())
+        .unwrap_or_default()
 }
 
 pub fn kubelet_version(node: &Node) -> String {
@@ -236,6 +254,129 @@ impl KubeSteps {
         .await
     }
 
+    /// Whether the node is up: Ready, reporting the target kubelet version, and (when
+    /// `rebooted_from` is given) with a boot ID other than that one.
+    fn is_up(&self, node: &Node, rebooted_from: Option<&str>) -> bool {
+        is_ready(node)
+            && self
+                .playbook
+                .target_kubelet_version
+                .as_ref()
+                .is_none_or(|v| kubelet_version(node) == *v)
+            && rebooted_from.is_none_or(|b| boot_id(node) != b)
+    }
+
+    /// Waits (by watch) until the node is up ([`Self::is_up`]) and stays up, on the same boot,
+    /// for `[ready] stable-for`: a node that turns NotReady or reboots within it (a command
+    /// that scheduled a reboot and returned) is waited for again, and the operator is told.
+    /// Fails at `deadline` naming what is missing.
+    async fn wait_up(
+        &self,
+        job: &NodeJob,
+        rebooted_from: Option<&str>,
+        deadline: tokio::time::Instant,
+        when: &str,
+    ) -> Result<Node, StepError> {
+        let timeout = self.playbook.ready.timeout;
+        let stable = self.playbook.ready.stable_for;
+        loop {
+            let up = |n: Option<&Node>| n.is_some_and(|n| self.is_up(n, rebooted_from));
+            let node = match tokio::time::timeout_at(
+                deadline,
+                await_condition(self.nodes(), &job.node, up),
+            )
+            .await
+            {
+                Ok(Ok(Some(node))) => node,
+                Ok(Ok(None)) => {
+                    return Err(StepError::new(format!(
+                        "node {} was deleted while waiting for it to be Ready",
+                        job.node
+                    )));
+                }
+                Ok(Err(e)) => {
+                    return Err(StepError::new(format!("watching node {}: {e}", job.node)));
+                }
+                Err(_) => {
+                    let node = self.get(&job.node).await?;
+                    return Err(StepError::new(self.not_up_reason(
+                        &node,
+                        rebooted_from,
+                        timeout,
+                    )));
+                }
+            };
+            let boot = boot_id(&node);
+            let went_down = |n: Option<&Node>| {
+                n.is_none_or(|n| !self.is_up(n, rebooted_from) || boot_id(n) != boot)
+            };
+            match tokio::time::timeout(
+                stable,
+                await_condition(self.nodes(), &job.node, went_down),
+            )
+            .await
+            {
+                Err(_) => return Ok(node),
+                Ok(Err(e)) => {
+                    return Err(StepError::new(format!("watching node {}: {e}", job.node)));
+                }
+                Ok(Ok(_)) => self.sink.emit(RunEvent::Warning {
+                    node: Some(job.node.clone()),
+                    message: format!(
+                        "node turned NotReady or rebooted within {stable:?} of being Ready {when}: \
+                         not done; waiting for it to be Ready again (up to the ready timeout, {timeout:?})"
+                    ),
+                }),
+            }
+        }
+    }
+
+    /// Why a node is not up, for the timeout message.
+    fn not_up_reason(&self, node: &Node, rebooted_from: Option<&str>, timeout: Duration) -> String {
+        let version = kubelet_version(node);
+        if let Some(before) = rebooted_from
+            && boot_id(node) == before
+        {
+            return format!(
+                "node did not reboot within {timeout:?} (boot ID still {before:?}; `[ready] reboot = true` expects the command to reboot it)"
+            );
+        }
+        match (&self.playbook.target_kubelet_version, is_ready(node)) {
+            (Some(v), true) => format!(
+                "node is Ready but reports kubelet {version}, expected {v} (after {timeout:?})"
+            ),
+            _ => {
+                let cond = node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                    .map(|c| {
+                        format!(
+                            "{} {}: {}",
+                            c.status,
+                            c.reason.as_deref().unwrap_or(""),
+                            c.message.as_deref().unwrap_or("")
+                        )
+                    });
+                format!(
+                    "node not Ready after {timeout:?} (Ready condition: {})",
+                    cond.unwrap_or_else(|| "missing".into())
+                )
+            }
+        }
+    }
+
+    /// Resolves when the node turns NotReady or reboots (its boot ID changes from `boot`).
+    async fn went_down(&self, node: &str, boot: &str) -> Result<(), StepError> {
+        await_condition(self.nodes(), node, |n: Option<&Node>| {
+            n.is_none_or(|n| !is_ready(n) || boot_id(n) != boot)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| StepError::new(format!("watching node {node}: {e}")))
+    }
+
     /// Node facts passed to the remote command as environment variables.
     fn command_env(&self, job: &NodeJob, address: &str) -> BTreeMap<String, String> {
         let mut env = self.playbook.command.env.clone();
@@ -265,6 +406,7 @@ impl NodeSteps for KubeSteps {
         annotations.insert(STEP.into(), json!(Step::Cordon.name()));
         annotations.insert(REASON.into(), serde_json::Value::Null);
         annotations.insert(FAILED_STEP.into(), serde_json::Value::Null);
+        annotations.insert(BOOT_ID.into(), serde_json::Value::Null);
         if unschedulable && ours.is_none() && annotation(&node, PRECORDONED).is_none() {
             annotations.insert(PRECORDONED.into(), json!("true"));
             self.sink.emit(RunEvent::Warning {
@@ -302,6 +444,15 @@ impl NodeSteps for KubeSteps {
 
     async fn run_command(&self, job: &NodeJob) -> Result<(), StepError> {
         let node = self.mark_step(&job.node, Step::Command).await?;
+        // The boot ID before the command (kept when a resumed run comes back to this step), so
+        // wait-ready can tell a reboot.
+        if annotation(&node, BOOT_ID).is_none() {
+            self.patch(
+                &job.node,
+                json!({"metadata": {"annotations": {BOOT_ID: boot_id(&node)}}}),
+            )
+            .await?;
+        }
         let address = ssh_address(&node, &self.config.ssh.address).ok_or_else(|| {
             StepError::new(format!(
                 "node {} has no {:?} address to SSH to (see `ssh.address` in the config)",
@@ -310,83 +461,65 @@ impl NodeSteps for KubeSteps {
         })?;
         let env = self.command_env(job, &address);
         let cmd = &self.playbook.command;
+        let record = remote::record_dir(&self.run_id, &job.node);
         let inv = remote::RemoteInvocation {
             address: &address,
             user: cmd.user.as_deref(),
             run: &cmd.run,
             env: &env,
             timeout: cmd.timeout,
+            record: &record,
+            sudo: cmd.sudo,
         };
         let sink = self.sink.clone();
         let node_name = job.node.clone();
-        remote::run(&self.config.ssh, &inv, move |stream, line| {
-            sink.emit(RunEvent::CommandOutput {
+        let ended = remote::run(&self.config.ssh, &inv, move |event| match event {
+            remote::RemoteEvent::Output(stream, line) => sink.emit(RunEvent::CommandOutput {
                 node: node_name.clone(),
                 stream,
                 line,
-            })
+            }),
+            remote::RemoteEvent::Note(message) => sink.emit(RunEvent::Warning {
+                node: Some(node_name.clone()),
+                message,
+            }),
         })
         .await
-        .map_err(|e| StepError::new(e.to_string()))
-    }
-
-    async fn wait_ready(&self, job: &NodeJob) -> Result<String, StepError> {
-        self.mark_step(&job.node, Step::WaitReady).await?;
-        let want = self.playbook.target_kubelet_version.clone();
-        let want_for_condition = want.clone();
-        let condition = move |n: Option<&Node>| {
-            n.is_some_and(|n| {
-                is_ready(n)
-                    && want_for_condition
-                        .as_ref()
-                        .is_none_or(|v| kubelet_version(n) == *v)
-            })
-        };
-        let timeout = self.playbook.ready.timeout;
-        match tokio::time::timeout(timeout, await_condition(self.nodes(), &job.node, condition))
-            .await
-        {
-            Ok(Ok(Some(node))) => Ok(format!("Ready, kubelet {}", kubelet_version(&node))),
-            Ok(Ok(None)) => Err(StepError::new(format!(
-                "node {} was deleted while waiting for it to be Ready",
+        .map_err(|e| StepError::new(e.to_string()))?;
+        match ended {
+            remote::Ended::Exited => Ok(()),
+            remote::Ended::Rebooted if self.playbook.ready.reboot => Ok(()),
+            remote::Ended::Rebooted => Err(StepError::new(format!(
+                "node {} rebooted while its command ran, before the command recorded an exit status \
+                 (output in {record}/output on the node); if the command reboots the node, set \
+                 `reboot = true` under [ready] in the playbook",
                 job.node
             ))),
-            Ok(Err(e)) => Err(StepError::new(format!("watching node {}: {e}", job.node))),
-            Err(_) => {
-                let node = self.get(&job.node).await?;
-                let version = kubelet_version(&node);
-                Err(StepError::new(match (&want, is_ready(&node)) {
-                    (Some(v), true) => format!(
-                        "node is Ready but reports kubelet {version}, expected {v} (after {timeout:?})"
-                    ),
-                    _ => {
-                        let cond = node
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.conditions.as_ref())
-                            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-                            .map(|c| {
-                                format!(
-                                    "{} {}: {}",
-                                    c.status,
-                                    c.reason.as_deref().unwrap_or(""),
-                                    c.message.as_deref().unwrap_or("")
-                                )
-                            });
-                        format!(
-                            "node not Ready after {timeout:?} (Ready condition: {})",
-                            cond.unwrap_or_else(|| "missing".into())
-                        )
-                    }
-                }))
-            }
         }
     }
 
+    async fn wait_ready(&self, job: &NodeJob) -> Result<String, StepError> {
+        let node = self.mark_step(&job.node, Step::WaitReady).await?;
+        let before = self
+            .playbook
+            .ready
+            .reboot
+            .then(|| annotation(&node, BOOT_ID).unwrap_or_default().to_owned());
+        let deadline = tokio::time::Instant::now() + self.playbook.ready.timeout;
+        let node = self
+            .wait_up(job, before.as_deref(), deadline, "after its command")
+            .await?;
+        Ok(format!(
+            "Ready, kubelet {}{}",
+            kubelet_version(&node),
+            if before.is_some() { ", rebooted" } else { "" }
+        ))
+    }
+
     async fn uncordon(&self, job: &NodeJob) -> Result<(), StepError> {
-        let node = self.get(&job.node).await?;
+        let node = self.ensure_up(job, "before uncordoning it").await?;
         let precordoned = annotation(&node, PRECORDONED).is_some();
-        let clear = json!({CORDONED_BY: null, STEP: null, REASON: null, FAILED_STEP: null, PRECORDONED: null, LAST_RUN: format!("{} {}", self.run_id, now())});
+        let clear = json!({CORDONED_BY: null, STEP: null, REASON: null, FAILED_STEP: null, PRECORDONED: null, BOOT_ID: null, LAST_RUN: format!("{} {}", self.run_id, now())});
         if precordoned {
             self.sink.emit(RunEvent::Warning {
                 node: Some(job.node.clone()),
@@ -404,7 +537,57 @@ impl NodeSteps for KubeSteps {
         Ok(())
     }
 
-    async fn settle(&self, _job: &NodeJob, drained: &DrainReport) -> Result<(), StepError> {
+    async fn settle(&self, job: &NodeJob, drained: &DrainReport) -> Result<(), StepError> {
+        // The node is not done while it is down: if it turns NotReady or reboots during the
+        // settle or soak, wait for it (within the ready timeout) and settle again.
+        for _ in 0..=MAX_SETTLE_RESTARTS {
+            let node = self.ensure_up(job, "before settling").await?;
+            let boot = boot_id(&node);
+            tokio::select! {
+                settled = self.settle_workloads(drained) => return settled,
+                down = self.went_down(&job.node, &boot) => {
+                    down?;
+                    self.sink.emit(RunEvent::Warning {
+                        node: Some(job.node.clone()),
+                        message: "node turned NotReady or rebooted during settle: not done; waiting for it to be Ready again, then settling again".into(),
+                    });
+                }
+            }
+        }
+        Err(StepError::new(format!(
+            "node {} went down during settle {} times in a row; check it",
+            job.node,
+            MAX_SETTLE_RESTARTS + 1
+        )))
+    }
+
+    async fn mark_failed(&self, job: &NodeJob, step: Step, reason: &str) {
+        self.record_failure(job, step, reason).await
+    }
+}
+
+/// How often a node that keeps going down during settle is waited for before it fails.
+const MAX_SETTLE_RESTARTS: usize = 3;
+
+impl KubeSteps {
+    /// The node, once it is Ready: a node found NotReady is waited for (and the operator told).
+    async fn ensure_up(&self, job: &NodeJob, when: &str) -> Result<Node, StepError> {
+        let node = self.get(&job.node).await?;
+        if is_ready(&node) {
+            return Ok(node);
+        }
+        self.sink.emit(RunEvent::Warning {
+            node: Some(job.node.clone()),
+            message: format!(
+                "node is NotReady {when}: not done; waiting for it to be Ready again (up to the ready timeout, {:?})",
+                self.playbook.ready.timeout
+            ),
+        });
+        let deadline = tokio::time::Instant::now() + self.playbook.ready.timeout;
+        self.wait_up(job, None, deadline, when).await
+    }
+
+    async fn settle_workloads(&self, drained: &DrainReport) -> Result<(), StepError> {
         // Controllers whose pods were evicted must have all their replicas Ready again.
         let owners: BTreeSet<(String, String, String)> = drained
             .evicted
@@ -465,7 +648,7 @@ impl NodeSteps for KubeSteps {
         Ok(())
     }
 
-    async fn mark_failed(&self, job: &NodeJob, step: Step, reason: &str) {
+    async fn record_failure(&self, job: &NodeJob, step: Step, reason: &str) {
         // Annotation values are bounded; keep the message readable.
         let reason: String = reason.chars().take(1000).collect();
         let patch = json!({"metadata": {"annotations": {STEP: "failed", FAILED_STEP: step.name(), REASON: reason}}});
@@ -567,21 +750,24 @@ impl NodeSteps for DryRunSteps {
             ssh_address(&node, &self.config.ssh.address).unwrap_or_else(|| "(no address)".into());
         let cmd = &self.playbook.command;
         let env = BTreeMap::new();
+        let record = remote::record_dir(&self.run_id, &job.node);
         let inv = remote::RemoteInvocation {
             address: &address,
             user: cmd.user.as_deref(),
             run: &cmd.run,
             env: &env,
             timeout: cmd.timeout,
+            record: &record,
+            sudo: cmd.sudo,
         };
-        let words = remote::remote_words(&inv);
+        let words = remote::describe_words(&inv);
         let user = cmd
             .user
             .clone()
             .or_else(|| self.config.ssh.user.clone())
             .map(|u| format!("{u}@"))
             .unwrap_or_default();
-        self.say(job, format!("SSH {user}{address}: {} (with ROLLGATE_NODE={} and other node facts in the environment)", words.join(" "), job.node));
+        self.say(job, format!("SSH {user}{address}: {words} (with ROLLGATE_NODE={} and other node facts in the environment)", job.node));
         Ok(())
     }
 

@@ -22,7 +22,11 @@ pub const LOCKED: u8 = 7;
 /// new node was started, the nodes in flight finished; `rollgate resume` continues.
 pub const RESUMABLE: u8 = 8;
 
-pub const TABLE: &str = "Exit codes:
+/// The exit codes as `--help` lists them (a macro so clap's `after_help` can `concat!` it).
+#[macro_export]
+macro_rules! exit_codes_help {
+    () => {
+        "Exit codes:
   0  success
   1  internal error
   2  bad input (playbook, config or command line)
@@ -31,4 +35,9 @@ pub const TABLE: &str = "Exit codes:
   5  rollout aborted by a health gate
   6  interrupted by the operator (Ctrl-C, SIGTERM, or declined at the prompt)
   7  another run holds the cluster lock
-  8  stopped at the end of the maintenance window or at the deadline (`rollgate resume` continues)";
+  8  stopped at the end of the maintenance window or at the deadline (`rollgate resume` continues)"
+    };
+}
+
+/// The exit codes, one line each (`rollgate --help`, `rollgate run --help`, the README).
+pub const TABLE: &str = exit_codes_help!();

@@ -248,6 +248,9 @@ pub struct ResumePoints {
     pub done: std::collections::BTreeSet<String>,
     /// Nodes that had started: the step they start from now.
     pub from: std::collections::HashMap<String, crate::engine::Step>,
+    /// Nodes whose remote command may have started (they start from the command step, which
+    /// reattaches to it): resume checks each node's record of it first.
+    pub uncertain: std::collections::BTreeSet<String>,
     /// The run's deadline, if it had one (the latest one a resume set).
     pub deadline: Option<jiff::Timestamp>,
     /// The lock the run held (None in journals written before it was recorded).
@@ -256,14 +259,11 @@ pub struct ResumePoints {
 }
 
 /// Reads the journal and decides, per node, where to start again: a node interrupted while
-/// cordoning or draining is drained again; one whose remote command may have started runs it
-/// again only when the playbook marks it safe to repeat (or it is listed in `command_done`,
-/// the operator's word that it finished); later steps restart where they stopped.
-pub fn resume_points(
-    path: &Path,
-    safe_to_rerun: bool,
-    command_done: &[String],
-) -> Result<ResumePoints, String> {
+/// cordoning or draining is drained again; one whose remote command may have started goes
+/// back to the command step, which reattaches to the command (its record on the node decides;
+/// see [`crate::remote`]), unless it is listed in `command_done` (the operator's word that it
+/// finished); later steps restart where they stopped.
+pub fn resume_points(path: &Path, command_done: &[String]) -> Result<ResumePoints, String> {
     use crate::engine::Step;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -321,28 +321,19 @@ pub fn resume_points(
             _ => {}
         }
     }
-    let mut refused = Vec::new();
     for (node, (step, finished)) in last {
         let from = match (step, finished) {
             (Step::Settle, true) => Step::Settle,
             (s, true) => Step::ALL[Step::ALL.iter().position(|x| *x == s).expect("a step") + 1],
             (Step::Cordon | Step::Drain, false) => Step::Cordon,
-            (Step::Command, false) if safe_to_rerun => Step::Command,
             (Step::Command, false) if command_done.contains(&node) => Step::WaitReady,
             (Step::Command, false) => {
-                refused.push(node);
-                continue;
+                points.uncertain.insert(node.clone());
+                Step::Command
             }
             (s, false) => s,
         };
         points.from.insert(node, from);
-    }
-    if !refused.is_empty() {
-        return Err(format!(
-            "the remote command may have started on {} and the playbook does not mark it safe-to-rerun.\n  \
-             Check the node(s); then resume with --command-done NODE (it finished) for each, or set safe-to-rerun = true in the playbook",
-            refused.join(", ")
-        ));
     }
     Ok(points)
 }
@@ -361,16 +352,14 @@ pub struct NodeRecord {
 
 /// Moves each unfinished node's resume point forward to what its annotations prove about this
 /// run. A node whose annotations say its command started, where the journal does not know it,
-/// is treated like one interrupted in its command (refused unless safe to rerun or confirmed).
+/// is treated like one interrupted in its command (uncertain: its record on the node decides).
 pub fn reconcile_with_nodes(
     points: &mut ResumePoints,
     records: &[NodeRecord],
-    safe_to_rerun: bool,
     command_done: &[String],
 ) -> Result<(), String> {
     use crate::engine::Step;
     let index = |s: Step| Step::ALL.iter().position(|x| *x == s).expect("a step");
-    let mut refused = Vec::new();
     for r in records {
         if points.done.contains(&r.node) {
             continue;
@@ -402,25 +391,19 @@ pub fn reconcile_with_nodes(
         }
         let from = match cluster {
             Step::Cordon | Step::Drain => Step::Cordon,
-            Step::Command if safe_to_rerun => Step::Command,
             Step::Command if command_done.contains(&r.node) => Step::WaitReady,
             Step::Command => {
-                refused.push(r.node.clone());
-                continue;
+                points.uncertain.insert(r.node.clone());
+                Step::Command
             }
             later => later,
         };
+        if from != Step::Command {
+            points.uncertain.remove(&r.node);
+        }
         points.from.insert(r.node.clone(), from);
     }
-    if refused.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the nodes' annotations show the remote command may have started on {} (the journal copy had not caught up) and the playbook does not mark it safe-to-rerun.\n  \
-             Check the node(s); then resume with --command-done NODE (it finished) for each, or set safe-to-rerun = true in the playbook",
-            refused.join(", ")
-        ))
-    }
+    Ok(())
 }
 
 /// The ConfigMap (in kube-system) that mirrors a run's status, so another machine can see it.
@@ -823,22 +806,19 @@ mod tests {
             j.record(&Stamped { at, event });
         }
         let path = dir.path().join(FILE);
-        let err = resume_points(&path, false, &[]).unwrap_err();
-        assert!(
-            err.contains("in-command") && err.contains("--command-done"),
-            "{err}"
-        );
-        let p = resume_points(&path, false, &["in-command".into()]).unwrap();
+        // A command that may have started goes back to the command step (which reattaches);
+        // the node's record decides, so resume checks it first (uncertain).
+        let p = resume_points(&path, &[]).unwrap();
+        assert_eq!(p.from["in-command"], Step::Command);
+        assert_eq!(p.uncertain.iter().collect::<Vec<_>>(), ["in-command"]);
+        let p = resume_points(&path, &["in-command".into()]).unwrap();
+        assert!(p.uncertain.is_empty());
         assert_eq!(p.run_id, "r1");
         assert!(p.done.contains("done") && !p.from.contains_key("done"));
         assert_eq!(p.from["draining"], Step::Cordon);
         assert_eq!(p.from["commanded"], Step::WaitReady);
         assert_eq!(p.from["in-command"], Step::WaitReady);
         assert_eq!(p.from["settling"], Step::Settle);
-        assert_eq!(
-            resume_points(&path, true, &[]).unwrap().from["in-command"],
-            Step::Command
-        );
     }
 
     #[test]
@@ -870,28 +850,22 @@ mod tests {
             record("in-command", "r1", "command", ""),
             record("lagging", "r1", "command", ""),
         ];
-        let err = reconcile_with_nodes(&mut points(), &records, false, &[]).unwrap_err();
-        assert!(
-            err.contains("in-command") && err.contains("lagging") && !err.contains("other-run"),
-            "{err}"
-        );
         let mut p = points();
-        reconcile_with_nodes(
-            &mut p,
-            &records,
-            false,
-            &["in-command".into(), "lagging".into()],
-        )
-        .unwrap();
+        reconcile_with_nodes(&mut p, &records, &[]).unwrap();
+        assert_eq!(
+            p.uncertain.iter().collect::<Vec<_>>(),
+            ["in-command", "lagging"]
+        );
+        assert_eq!(p.from["in-command"], Step::Command);
+        let mut p = points();
+        reconcile_with_nodes(&mut p, &records, &["in-command".into(), "lagging".into()]).unwrap();
+        assert!(p.uncertain.is_empty());
         assert_eq!(p.from["lagging"], Step::WaitReady);
         assert!(p.done.contains("done") && !p.from.contains_key("done"));
         assert_eq!(p.from["ahead"], Step::WaitReady);
         assert_eq!(p.from["uncordoned"], Step::Settle);
         assert_eq!(p.from["in-command"], Step::WaitReady);
         assert!(!p.from.contains_key("other-run") && !p.from.contains_key("old-run"));
-        let mut p = points();
-        reconcile_with_nodes(&mut p, &records, true, &[]).unwrap();
-        assert_eq!(p.from["in-command"], Step::Command);
     }
 
     #[test]
@@ -907,11 +881,11 @@ mod tests {
         };
         let dry = dir.path().join("dry");
         Journal::create(&dry, &header(true)).unwrap();
-        let err = resume_points(&dry.join(FILE), false, &[]).unwrap_err();
+        let err = resume_points(&dry.join(FILE), &[]).unwrap_err();
         assert!(err.contains("dry run"), "{err}");
         let real = dir.path().join("real");
         let j = Journal::create(&real, &header(false)).unwrap();
-        let p = resume_points(&real.join(FILE), false, &[]).unwrap();
+        let p = resume_points(&real.join(FILE), &[]).unwrap();
         assert_eq!(p.deadline, Some("2026-11-25T02:00:00Z".parse().unwrap()));
         assert_eq!(p.lock_name.as_deref(), Some("blue"));
         assert_eq!(p.lock_duration, Some(std::time::Duration::from_secs(10)));
@@ -921,7 +895,7 @@ mod tests {
                 deadline: "2026-11-26T06:00:00Z".into(),
             },
         });
-        let p = resume_points(&real.join(FILE), false, &[]).unwrap();
+        let p = resume_points(&real.join(FILE), &[]).unwrap();
         assert_eq!(p.deadline, Some("2026-11-26T06:00:00Z".parse().unwrap()));
     }
 }

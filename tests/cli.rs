@@ -151,3 +151,50 @@ fn check_shows_the_configs_maintenance_window_for_a_playbook_without_one() {
         "{stdout}"
     );
 }
+
+#[test]
+fn every_exit_code_is_listed_alike_in_the_readme_and_in_help() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### Exit codes")
+        .nth(1)
+        .expect("the README has an exit code table");
+    let readme_codes: Vec<u8> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| code"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let table_codes: Vec<u8> = rollgate::exit::TABLE
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(readme_codes, table_codes, "README table vs exit::TABLE");
+    for args in [&["--help"][..], &["run", "--help"], &["resume", "--help"]] {
+        let (code, stdout, _) = rollgate(args);
+        assert_eq!(code, 0);
+        for line in rollgate::exit::TABLE.lines().skip(1) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            assert!(
+                stdout
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .windows(words.len())
+                    .any(|w| w == words),
+                "`rollgate {}` lists {line:?}:\n{stdout}",
+                args.join(" ")
+            );
+        }
+    }
+}

@@ -612,7 +612,8 @@ async fn refusals_version_mismatch_and_precordoned_nodes() {
     );
 }
 
-/// One graceful stop signal: the node in flight finishes, no new one starts, the journal ends
+/// One graceful stop signal (SIGTERM, as a service manager sends it; Ctrl-C at a terminal is
+/// tested through a pseudo-terminal in tests/command_cluster.rs): the node in flight finishes, no new one starts, the journal ends
 /// with the stop, the lock is released (a new run takes it at once), exit 6; resume finishes.
 async fn one_stop_signal_finishes_the_node_in_flight(signal: &str) {
     let suite = unique(&format!("sig{}", signal.to_lowercase()));
@@ -679,11 +680,6 @@ async fn one_stop_signal_finishes_the_node_in_flight(signal: &str) {
     for n in &names {
         assert!(journal_has(dir.path(), n, "step-finished", "settle"), "{n}");
     }
-}
-
-#[tokio::test]
-async fn ctrl_c_once_finishes_the_node_in_flight_and_starts_no_new_one() {
-    one_stop_signal_finishes_the_node_in_flight("INT").await;
 }
 
 #[tokio::test]
@@ -885,9 +881,11 @@ async fn kill_and_resume(kill_step: &str) {
 /// playbook come from the run's copy in the cluster.
 async fn kill_and_resume_on(case: &str, elsewhere: bool) {
     let suite = unique(&format!("kill-{case}"));
-    // "safe-command": killed during a command the playbook marks safe to rerun.
+    // "safe-command": killed during a command the playbook marks safe to rerun, whose record
+    // on the node is then lost; "reinstalled": the same with a command not safe to rerun.
     let (kill_step, safe) = match case {
         "safe-command" => ("command", true),
+        "reinstalled" => ("command", false),
         step => (step, false),
     };
     let (_nodes, names) = TestNodes::numbered(&suite, 2);
@@ -986,9 +984,23 @@ async fn kill_and_resume_on(case: &str, elsewhere: bool) {
         }
         run_rollgate(cmd, 2 * MINUTE)
     };
-    if kill_step == "command" && !elsewhere && !safe {
+    let record = format!("/var/tmp/rollgate-{}-{}", run_id.trim(), names[0]);
+    if kill_step == "command" {
+        // The command outlived the runner: it finishes on the node and records its status.
+        let status = format!("{record}/status");
+        eventually(
+            "the command to finish on the node without rollgate",
+            MINUTE,
+            || {
+                let status = status.clone();
+                async move { std::fs::read_to_string(&status).is_ok_and(|s| s.trim() == "0") }
+            },
+        )
+        .await;
+    }
+    if case == "command" && !elsewhere {
         // Drop the journal's last lines, as a cluster copy a few seconds old would: the node's
-        // annotations still say its command started.
+        // annotations still say its command started, and its record on the node decides.
         let path = dir
             .path()
             .join("runs")
@@ -1001,24 +1013,29 @@ async fn kill_and_resume_on(case: &str, elsewhere: bool) {
             .unwrap();
         let kept: Vec<&str> = text.lines().take(cut).collect();
         std::fs::write(&path, kept.join("\n") + "\n").unwrap();
-        let (code, _, stderr) = resume(&[]);
-        assert_eq!(code, 2, "{stderr}");
-        assert!(
-            stderr.contains("annotations") && stderr.contains(&names[0]),
-            "{stderr}"
-        );
+    }
+    if matches!(case, "safe-command" | "reinstalled") {
+        // The node was reinstalled: its record of the command is gone.
+        std::fs::remove_dir_all(&record).unwrap();
     }
     let (mut code, _, mut stderr) = resume(&[]);
-    if kill_step == "command" && !safe {
+    if case == "reinstalled" {
         assert_eq!(
             code, 2,
-            "a command that may have run is not rerun blindly: {stderr}"
+            "a command that may have run, with no record left, is not rerun blindly: {stderr}"
         );
         assert!(
-            stderr.contains(&names[0]) && stderr.contains("--command-done"),
+            stderr.contains(&names[0])
+                && stderr.contains("no record")
+                && stderr.contains("--command-done"),
             "{stderr}"
         );
         (code, _, stderr) = resume(&["--command-done", &names[0]]);
+    } else if kill_step == "command" {
+        assert!(
+            stderr.contains("its record decides") || stderr.contains("safe to rerun"),
+            "resume says what it found on the node: {stderr}"
+        );
     }
     assert_eq!(code, 0, "resume after a kill during {kill_step}: {stderr}");
     for n in &names {
@@ -1029,7 +1046,8 @@ async fn kill_and_resume_on(case: &str, elsewhere: bool) {
     }
     let markers = std::fs::read_to_string(&markers).unwrap();
     for n in &names {
-        // A command safe to rerun runs again on the node it was interrupted on.
+        // A command safe to rerun whose record is gone runs again on its node; otherwise
+        // resume reattaches to the record and nothing runs twice.
         let expected = if safe && *n == names[0] { 2 } else { 1 };
         assert_eq!(
             markers.lines().filter(|l| l == n).count(),
@@ -1082,13 +1100,21 @@ async fn after_sigkill_mid_drain_resume_drains_again_and_completes() {
 }
 
 #[tokio::test]
-async fn after_sigkill_during_the_command_resume_does_not_rerun_it_unless_told() {
+async fn after_sigkill_during_the_command_it_finishes_on_the_node_and_resume_reattaches_without_rerunning()
+ {
     kill_and_resume("command").await;
 }
 
 #[tokio::test]
-async fn after_sigkill_during_a_command_safe_to_rerun_resume_runs_it_again_unasked() {
+async fn after_sigkill_during_a_command_safe_to_rerun_whose_record_is_gone_resume_runs_it_again_unasked()
+ {
     kill_and_resume_on("safe-command", false).await;
+}
+
+#[tokio::test]
+async fn after_sigkill_during_the_command_on_a_node_since_reinstalled_resume_asks_for_command_done()
+{
+    kill_and_resume_on("reinstalled", false).await;
 }
 
 #[tokio::test]

@@ -592,6 +592,12 @@ async fn run_with(
                 "  {node}: stopped during {}",
                 step.map(|s| s.name()).unwrap_or("?")
             );
+            if *step == Some(crate::engine::Step::Command) {
+                let record = crate::remote::record_dir(&run_id, node);
+                eprintln!(
+                    "    its command goes on running on the node: output in {record}/output, exit status in {record}/status (once it ends); `rollgate resume` reattaches to it"
+                );
+            }
         }
         eprintln!(
             "  after fixing the cause, uncordon with `kubectl uncordon NODE` or rerun the playbook"
@@ -871,6 +877,67 @@ pub async fn pause(
     ))
 }
 
+/// Before resuming, asks each node whose command may have started what its record on the node
+/// says (see [`crate::remote`]): running or finished, the command step reattaches; no record
+/// (never started, or the node was reinstalled) is refused unless the command is safe to
+/// rerun: the operator says `--command-done NODE` once they checked it.
+async fn check_command_records(
+    config: &crate::config::Config,
+    playbook: &crate::playbook::Playbook,
+    points: &crate::journal::ResumePoints,
+    nodes: &[k8s_openapi::api::core::v1::Node],
+) -> Result<(), String> {
+    use crate::remote::{self, RecordState};
+    let mut refused = Vec::new();
+    for name in &points.uncertain {
+        let record = remote::record_dir(&points.run_id, name);
+        let Some(address) = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+            .and_then(|n| cluster::ssh_address(n, &config.ssh.address))
+        else {
+            refused.push(format!(
+                "{name}: the node is gone or has no address to SSH to"
+            ));
+            continue;
+        };
+        let env = Default::default();
+        let inv = remote::RemoteInvocation {
+            address: &address,
+            user: playbook.command.user.as_deref(),
+            run: "",
+            env: &env,
+            timeout: playbook.command.timeout,
+            record: &record,
+            sudo: playbook.command.sudo,
+        };
+        match remote::probe(&config.ssh, &inv).await {
+            Ok(RecordState::NoRecord) if playbook.command.safe_to_rerun => eprintln!(
+                "{name}: no record of its command on the node ({record}); it is safe to rerun: running it"
+            ),
+            Ok(RecordState::NoRecord) => refused.push(format!(
+                "{name}: no record of its command on the node ({record} is missing: it never started, or the node was reinstalled or its /var/tmp cleared)"
+            )),
+            Ok(RecordState::Running) => {
+                eprintln!("{name}: its command is still running on the node: reattaching")
+            }
+            Ok(state) => eprintln!(
+                "{name}: its command ended on the node ({state:?}): its record decides (output in {record}/output)"
+            ),
+            Err(e) => refused.push(format!("{name}: cannot read its command's record: {e}")),
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the remote command may have started on these nodes and rollgate cannot tell how it ended:\n  {}\n  \
+             Check the node(s); then resume with --command-done NODE (it finished) for each, or set safe-to-rerun = true in the playbook",
+            refused.join("\n  ")
+        ))
+    }
+}
+
 /// `rollgate resume [RUN]`: continues a run. A live run that a gate paused is told to go on;
 /// a run whose process is gone (crashed, killed, stopped) continues from its journal.
 pub async fn resume(
@@ -896,7 +963,7 @@ pub async fn resume(
             return Ok(exit::OK);
         }
         // The header names the playbook; whether its command is safe to rerun decides the rest.
-        let mut playbook_file = crate::journal::resume_points(&journal, true, &[])
+        let mut playbook_file = crate::journal::resume_points(&journal, &[])
             .map(|p| p.playbook_file)
             .map_err(|e| Failure::new(exit::BAD_INPUT, format!("error: {e}")))?;
         // Not on this machine (or moved): the copy the run kept.
@@ -916,24 +983,18 @@ pub async fn resume(
                 format!("error: cannot resume run {run_id}: {e}"),
             )
         };
-        let mut points =
-            crate::journal::resume_points(&journal, playbook.command.safe_to_rerun, command_done)
-                .map_err(cannot)?;
+        let mut points = crate::journal::resume_points(&journal, command_done).map_err(cannot)?;
         // The nodes' annotations can be ahead of a journal fetched from the cluster copy.
         let clients = cluster::connect(&config).await.map_err(connect_failure)?;
-        let records: Vec<_> = cluster::list_nodes(&clients.api)
+        let nodes = cluster::list_nodes(&clients.api)
             .await
-            .map_err(connect_failure)?
-            .iter()
-            .map(cluster::node_record)
-            .collect();
-        crate::journal::reconcile_with_nodes(
-            &mut points,
-            &records,
-            playbook.command.safe_to_rerun,
-            command_done,
-        )
-        .map_err(cannot)?;
+            .map_err(connect_failure)?;
+        let records: Vec<_> = nodes.iter().map(cluster::node_record).collect();
+        crate::journal::reconcile_with_nodes(&mut points, &records, command_done)
+            .map_err(cannot)?;
+        check_command_records(&config, &playbook, &points, &nodes)
+            .await
+            .map_err(cannot)?;
         eprintln!(
             "resuming run {run_id} from its journal: {} node(s) done, {} to pick up where they stopped",
             points.done.len(),

@@ -102,11 +102,17 @@ pub struct RemoteCommand {
     pub env: BTreeMap<String, String>,
     /// Whether running the command twice on a node is harmless (used by resume).
     pub safe_to_rerun: bool,
+    /// Run the command wrapper (and so the command and its timeout) as root through `sudo -n`.
+    pub sudo: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct ReadyOptions {
     pub timeout: Duration,
+    /// The command reboots the node: wait for a new boot ID, then Ready.
+    pub reboot: bool,
+    /// How long the node must stay Ready on the same boot before it counts as back.
+    pub stable_for: Duration,
 }
 
 #[derive(Debug, Clone)]

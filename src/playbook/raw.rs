@@ -71,12 +71,17 @@ struct RawCommand {
     env: BTreeMap<String, String>,
     #[serde(default)]
     safe_to_rerun: bool,
+    #[serde(default)]
+    sudo: bool,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawReady {
     timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    reboot: bool,
+    stable_for: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -316,6 +321,7 @@ impl Validator<'_> {
                     timeout: Duration::ZERO,
                     env: BTreeMap::new(),
                     safe_to_rerun: false,
+                    sudo: false,
                 }
             }
         };
@@ -324,6 +330,13 @@ impl Validator<'_> {
                 raw.ready.timeout,
                 Duration::from_secs(600),
                 Duration::from_secs(1),
+                MAX_WAIT,
+            ),
+            reboot: raw.ready.reboot,
+            stable_for: self.duration(
+                raw.ready.stable_for,
+                Duration::from_secs(5),
+                Duration::ZERO,
                 MAX_WAIT,
             ),
         };
@@ -608,6 +621,7 @@ impl Validator<'_> {
             ),
             env: c.env,
             safe_to_rerun: c.safe_to_rerun,
+            sudo: c.sudo,
         }
     }
 

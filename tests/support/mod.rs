@@ -489,3 +489,103 @@ pub fn last_journal_event(state_dir: &Path, node: &str) -> serde_json::Value {
         .pop()
         .unwrap_or(serde_json::Value::Null)
 }
+
+/// rollgate at a real pseudo-terminal (util-linux `script`): what a person at a terminal sees,
+/// and keys typed as a person types them (the terminal's interrupt character is Ctrl-C).
+pub struct Terminal {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    screen: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Terminal {
+    pub fn start(inner: &Command) -> Self {
+        use std::os::unix::process::CommandExt;
+        let line: Vec<String> = std::iter::once(inner.get_program())
+            .chain(inner.get_args())
+            .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', r"'\''")))
+            .collect();
+        let mut cmd = Command::new("script");
+        cmd.args(["-qfec", &line.join(" "), "/dev/null"])
+            .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0);
+        if let Some(dir) = inner.get_current_dir() {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().expect("start script(1)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&screen);
+        std::thread::spawn(move || {
+            let mut stdout = stdout;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self {
+            child,
+            stdin,
+            screen,
+        }
+    }
+
+    /// Everything shown so far.
+    pub fn screen(&self) -> String {
+        self.screen.lock().unwrap().clone()
+    }
+
+    /// Waits until the screen shows `text`; panics after `timeout`.
+    pub fn wait_for(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.screen().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "the terminal did not show {text:?} within {timeout:?}:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Types Ctrl-C (the terminal's interrupt character: the kernel sends SIGINT to the
+    /// terminal's foreground process group).
+    pub fn ctrl_c(&mut self) {
+        self.stdin.write_all(b"\x03").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits for rollgate to exit: (exit code, screen). Kills it after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> (i32, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(200));
+                return (status.code().unwrap_or(-1), self.screen());
+            }
+            if Instant::now() > deadline {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                    .status();
+                let _ = self.child.wait();
+                panic!(
+                    "rollgate did not exit within {timeout:?}:\n{}",
+                    self.screen()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A non-root user on the test nodes with passwordless sudo (made by `cargo xtask testenv install`).
+pub const SUDO_USER: &str = "rollgate-sudo";

@@ -95,6 +95,19 @@ need_pkg prometheus prometheus
 need_pkg prometheus-pushgateway prometheus-pushgateway
 need_pkg openssl openssl
 need_pkg chromium chromium            # renders the run report in tests/report_cluster.rs
+need_pkg sudo sudo                    # `[command] sudo = true` is tested with a non-root SSH user
+need_pkg setsid util-linux            # the remote command runs detached (setsid) on the node
+# The non-root SSH user of the sudo tests (the test sshds accept the test key for any user).
+if ! id rollgate-sudo >/dev/null 2>&1; then
+  log "adding user rollgate-sudo (passwordless sudo, for the test nodes' sshd)"
+  useradd --create-home --shell /bin/sh rollgate-sudo
+fi
+# No password, but not locked ("!"): sshd without PAM refuses locked accounts.
+if [ "$(getent shadow rollgate-sudo | cut -d: -f2)" != '*' ]; then usermod -p '*' rollgate-sudo; fi
+if [ ! -f /etc/sudoers.d/rollgate-testenv ]; then
+  echo 'rollgate-sudo ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/rollgate-testenv
+  chmod 0440 /etc/sudoers.d/rollgate-testenv
+fi
 case "${1:-all}" in
   all) build_kwok; build_etcd; build_k8s ;;
   k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; packages) ;;

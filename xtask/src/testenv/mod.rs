@@ -297,8 +297,8 @@ pub fn up() -> Result<()> {
     fs::write(
         ssh.join("ssh_config"),
         format!(
-            "# Written by `cargo xtask testenv up`: every test node listens on 127.0.1.N:22.\n\
-             Host 127.0.1.*\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  \
+            "# Written by `cargo xtask testenv up`: every test node listens on 127.0.B.N:22 (B >= 1).\n\
+             Host 127.0.*\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  \
              StrictHostKeyChecking yes\n  GlobalKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectTimeout 5\n",
             key = client_key.display(),
             kh = ssh.join("known_hosts").display()

@@ -1,5 +1,6 @@
 //! Test nodes: a kwok-managed Node object with an InternalIP of 127.0.1.N and a podCIDR of
-//! 127.2.N.0/24, plus one sshd bound to 127.0.1.N:22 with its own host key in known_hosts.
+//! 127.2.N.0/24 (N = 1..254; beyond that 127.0.B.H and 127.(10+B).H.0/24, see [`addresses`]),
+//! plus one sshd bound to that address's port 22 with its own host key in known_hosts.
 //! N is allocated atomically (a directory per index) and never reused while the environment
 //! runs, so a known_hosts line never goes stale.
 
@@ -49,15 +50,34 @@ pub fn run(command: NodeCommand) -> Result<()> {
     }
 }
 
-fn allocate_index(state: &Path) -> Result<u8> {
+/// How many test nodes one environment can create over its life (addresses are not reused).
+const MAX_NODES: u32 = 254 * 40;
+
+fn allocate_index(state: &Path) -> Result<u32> {
     let dir = state.join("node-index");
     fs::create_dir_all(&dir).context("create node-index dir")?;
-    for n in 1..=254u8 {
+    for n in 1..=MAX_NODES {
         if fs::create_dir(dir.join(n.to_string())).is_ok() {
             return Ok(n);
         }
     }
-    Err("all 254 test node addresses are used: restart the environment".into())
+    Err(format!(
+        "all {MAX_NODES} test node addresses are used: restart the environment"
+    ))
+}
+
+/// The node's SSH address and pod CIDR for index `n`: 127.0.1.n and 127.2.n.0/24 for the
+/// first 254, then 127.0.B.H and 127.(10+B).H.0/24 (B from 2, H in 1..=254).
+fn addresses(n: u32) -> (String, String) {
+    if n <= 254 {
+        return (format!("127.0.1.{n}"), format!("127.2.{n}.0/24"));
+    }
+    let m = n - 255;
+    let (block, host) = (2 + m / 254, m % 254 + 1);
+    (
+        format!("127.0.{block}.{host}"),
+        format!("127.{}.{host}.0/24", 8 + block),
+    )
 }
 
 fn add(name: &str, labels: &[String], taints: &[String], kubelet_version: &str) -> Result<String> {
@@ -69,7 +89,7 @@ fn add(name: &str, labels: &[String], taints: &[String], kubelet_version: &str) 
     }
     fs::create_dir_all(&node_dir).context("create node dir")?;
     let n = allocate_index(&state)?;
-    let ip = format!("127.0.1.{n}");
+    let (ip, pod_cidr) = addresses(n);
 
     // sshd bound to the node's address, with its own host key.
     let host_key = node_dir.join("ssh_host_ed25519_key");
@@ -145,7 +165,7 @@ fn add(name: &str, labels: &[String], taints: &[String], kubelet_version: &str) 
             "labels": label_map,
             "annotations": {"kwok.x-k8s.io/node": "fake", "rollgate.test/ssh-address": ip},
         },
-        "spec": {"podCIDR": format!("127.2.{n}.0/24"), "podCIDRs": [format!("127.2.{n}.0/24")], "taints": taint_list},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr], "taints": taint_list},
         "status": {
             "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
             "nodeInfo": {"kubeletVersion": kubelet_version, "architecture": "amd64", "operatingSystem": "linux",
@@ -206,4 +226,26 @@ fn rm(name: &str) -> Result<()> {
     let _ = fs::remove_file(pid_file);
     let _ = fs::remove_dir_all(state.join("nodes").join(name));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addresses;
+
+    #[test]
+    fn node_addresses_stay_distinct_past_the_first_254() {
+        assert_eq!(addresses(1), ("127.0.1.1".into(), "127.2.1.0/24".into()));
+        assert_eq!(
+            addresses(254),
+            ("127.0.1.254".into(), "127.2.254.0/24".into())
+        );
+        assert_eq!(addresses(255), ("127.0.2.1".into(), "127.10.1.0/24".into()));
+        assert_eq!(
+            addresses(508),
+            ("127.0.2.254".into(), "127.10.254.0/24".into())
+        );
+        assert_eq!(addresses(509), ("127.0.3.1".into(), "127.11.1.0/24".into()));
+        let all: std::collections::BTreeSet<_> = (1..=super::MAX_NODES).map(addresses).collect();
+        assert_eq!(all.len(), super::MAX_NODES as usize);
+    }
 }

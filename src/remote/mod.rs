@@ -1,0 +1,605 @@
+//! The remote command over SSH, through the openssh crate (the system `ssh`: ssh_config,
+//! ProxyJump, agents and certificates work as they do for the operator).
+//!
+//! - The command runs **detached on the node** ([`WRAPPER`]): in its own session, under
+//!   `timeout -s KILL`, its output appended to `DIR/output` and its exit status written to
+//!   `DIR/status`, where DIR is [`record_dir`] (one per run and node, under `/var/tmp`, which
+//!   survives a reboot). rollgate streams the output while it runs. If the SSH session is lost
+//!   (Ctrl-C, SIGKILL or a crash of rollgate, a network cut), the command goes on; rollgate
+//!   reattaches (at once after a dropped connection, or on `rollgate resume`) and its recorded
+//!   exit status decides. A wrapper that finds DIR already there attaches instead of starting
+//!   the command again: it never runs twice in one run.
+//! - The local `ssh` client runs in its own process group, so a terminal's Ctrl-C reaches
+//!   rollgate only (which then finishes the nodes in flight), not the SSH session.
+//! - Host keys are checked strictly unless the config says `known-hosts = "accept-new"`.
+//! - Node facts and the playbook's environment reach the command as environment variables set
+//!   by `env NAME=VALUE ...`, every word shell-escaped; nothing is spliced into a shell string
+//!   except the playbook's own `run` line, which is one escaped argument of `sh -c`.
+//! - `[command] sudo = true` runs the whole wrapper with `sudo -n`, so the timeout (root) can
+//!   kill a command that sudo would otherwise start in a session of its own.
+//! - Needs on the node: a POSIX `sh`, `setsid`, `timeout` and GNU `tail` (`--pid`).
+
+use crate::config::{KnownHostsPolicy, SshConfig};
+use crate::engine::Stream;
+use openssh::{KnownHosts, SessionBuilder};
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The shell script run on the node around the playbook's command.
+pub const WRAPPER: &str = include_str!("wrapper.sh");
+/// Prefix of the wrapper's control lines (on stderr).
+const CONTROL: &str = "ROLLGATE:";
+/// How many output lines a failure message quotes.
+const TAIL_LINES: usize = 5;
+/// Exit status of a command killed by `timeout -s KILL` (128 + 9).
+const KILLED: i32 = 137;
+/// How long after the command's own timeout rollgate keeps trying to reattach to it.
+const REATTACH_GRACE: Duration = Duration::from_secs(60);
+/// Pause between two attempts to reattach after a lost SSH session.
+const REATTACH_PAUSE: Duration = Duration::from_secs(2);
+
+/// Where the command's record lives on the node: `/var/tmp/rollgate-RUN-NODE` (`output`,
+/// `status`, `pid`, `boot`).
+pub fn record_dir(run_id: &str, node: &str) -> String {
+    format!("/var/tmp/rollgate-{run_id}-{node}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("cannot connect to {destination} over SSH: {source}")]
+    Connect {
+        destination: String,
+        source: openssh::Error,
+    },
+    #[error("cannot start the remote command on {destination}: {message}")]
+    Spawn {
+        destination: String,
+        message: String,
+    },
+    #[error("the command wrapper failed on {destination} (exit status {code}){}", tail_text(.tail))]
+    Wrapper {
+        destination: String,
+        code: i32,
+        tail: Vec<String>,
+    },
+    #[error("the remote command exited with status {code} on {destination}{}", tail_text(.tail))]
+    Exit {
+        destination: String,
+        code: i32,
+        tail: Vec<String>,
+    },
+    #[error("the remote command on {destination} ended without an exit status (its process is gone: killed, or the node rebooted{}); its output is in {record}/output{}", if *.rebooted { " — it did" } else { "?" }, tail_text(.tail))]
+    Lost {
+        destination: String,
+        record: String,
+        rebooted: bool,
+        tail: Vec<String>,
+    },
+    #[error("the remote command was killed after its {timeout:?} timeout on {destination}{}", tail_text(.tail))]
+    Timeout {
+        destination: String,
+        timeout: Duration,
+        tail: Vec<String>,
+    },
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; last output: {}", tail.join(" | "))
+    }
+}
+
+/// One command to run on one node.
+pub struct RemoteInvocation<'a> {
+    pub address: &'a str,
+    pub user: Option<&'a str>,
+    pub run: &'a str,
+    pub env: &'a BTreeMap<String, String>,
+    pub timeout: Duration,
+    /// The node's record directory ([`record_dir`]).
+    pub record: &'a str,
+    /// Run the wrapper with `sudo -n`.
+    pub sudo: bool,
+}
+
+/// What the wrapper reports while the command runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteEvent {
+    Output(Stream, String),
+    /// Something the operator should know (started, reattached, connection lost).
+    Note(String),
+}
+
+/// What a node's record says about the command ([`probe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordState {
+    /// No record: the command never started in this run, or the record was removed
+    /// (node reinstalled).
+    NoRecord,
+    Running,
+    Exited(i32),
+    /// No exit status, and the node booted since the command started.
+    Rebooted,
+    /// No exit status, and its process is gone.
+    Lost,
+}
+
+impl RecordState {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text.trim() {
+            "no-record" => Self::NoRecord,
+            "running" | "starting" => Self::Running,
+            "rebooted" => Self::Rebooted,
+            "lost" => Self::Lost,
+            other => Self::Exited(other.strip_prefix("exit ")?.trim().parse().ok()?),
+        })
+    }
+}
+
+/// How the command ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited 0.
+    Exited,
+    /// The node rebooted before the command recorded an exit status.
+    Rebooted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Start,
+    Probe,
+}
+
+impl Mode {
+    fn word(self) -> &'static str {
+        match self {
+            Mode::Start => "start",
+            Mode::Probe => "probe",
+        }
+    }
+}
+
+fn builder(ssh: &SshConfig, user: Option<&str>) -> SessionBuilder {
+    let mut b = SessionBuilder::default();
+    b.known_hosts_check(match ssh.known_hosts {
+        KnownHostsPolicy::Strict => KnownHosts::Strict,
+        KnownHostsPolicy::AcceptNew => KnownHosts::Add,
+    });
+    b.connect_timeout(ssh.connect_timeout);
+    b.server_alive_interval(Duration::from_secs(15));
+    b.control_directory(std::env::temp_dir());
+    // The connection master outlives a runner that is killed (SIGKILL cannot clean up); idle
+    // for a minute, it exits by itself instead of staying forever (openssh's default).
+    b.control_persist(openssh::ControlPersist::IdleFor(
+        std::num::NonZeroUsize::new(60).expect("non-zero"),
+    ));
+    if let Some(f) = &ssh.config_file {
+        b.config_file(f);
+    }
+    if let Some(u) = user.map(str::to_owned).or_else(|| ssh.user.clone()) {
+        b.user(u);
+    }
+    if let Some(p) = ssh.port {
+        b.port(p);
+    }
+    if let Some(k) = &ssh.identity_file {
+        b.keyfile(k);
+    }
+    if let Some(j) = &ssh.jump_host {
+        b.jump_hosts([j]);
+    }
+    if let Some(k) = &ssh.known_hosts_file {
+        b.user_known_hosts_file(k);
+    }
+    b
+}
+
+/// The words run on the node: `[sudo -n] env K=V ... sh -c WRAPPER rollgate-wrapper MODE DIR
+/// SECS RUN SKIP`.
+pub fn remote_words(inv: &RemoteInvocation<'_>, mode: Mode, skip: usize) -> Vec<String> {
+    let mut words = Vec::new();
+    if inv.sudo {
+        words.extend(["sudo".to_owned(), "-n".to_owned()]);
+    }
+    words.push("env".to_owned());
+    words.extend(inv.env.iter().map(|(k, v)| format!("{k}={v}")));
+    words.extend([
+        "sh".into(),
+        "-c".into(),
+        WRAPPER.into(),
+        "rollgate-wrapper".into(),
+        mode.word().into(),
+        inv.record.to_owned(),
+        inv.timeout.as_secs().max(1).to_string(),
+        inv.run.to_owned(),
+        skip.to_string(),
+    ]);
+    words
+}
+
+/// The words as the operator would type them (the wrapper script abbreviated), for `--dry-run`.
+pub fn describe_words(inv: &RemoteInvocation<'_>) -> String {
+    remote_words(inv, Mode::Start, 0)
+        .iter()
+        .map(|w| {
+            if w == WRAPPER {
+                "'<rollgate wrapper: detached, timeout -s KILL, record>'".to_owned()
+            } else {
+                shell_quote(w)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Quotes one word for a POSIX shell.
+fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// How one SSH session with the wrapper ended.
+#[derive(Debug, PartialEq, Eq)]
+enum SessionEnd {
+    /// The wrapper reported the record's state at its end.
+    Record(RecordState),
+    /// No final control line: the connection (or the local ssh) went away.
+    Disconnected(String),
+    /// The wrapper itself failed (e.g. `sudo -n` wants a password).
+    WrapperFailed(i32),
+}
+
+async fn connect(
+    ssh: &SshConfig,
+    inv: &RemoteInvocation<'_>,
+) -> Result<openssh::Session, RemoteError> {
+    builder(ssh, inv.user)
+        .connect(inv.address)
+        .await
+        .map_err(|source| RemoteError::Connect {
+            destination: inv.address.to_owned(),
+            source,
+        })
+}
+
+/// Runs the wrapper once over the session's control socket. The local `ssh` is a child in
+/// its own process group (a terminal's Ctrl-C does not reach it), killed if this future is
+/// dropped (which leaves the remote command running).
+async fn one_session(
+    session: &openssh::Session,
+    words: &[String],
+    on_event: &mut (impl FnMut(RemoteEvent) + Send),
+    tail: &mut Vec<String>,
+    seen: &mut usize,
+) -> Result<SessionEnd, String> {
+    let line: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+    let mut cmd = tokio::process::Command::new("ssh");
+    cmd.arg("-S")
+        .arg(session.control_socket())
+        .args(["-o", "BatchMode=yes", "-T", "-p", "9", "none", "--"])
+        .arg(line.join(" "))
+        .process_group(0)
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run ssh: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Stream, String)>();
+    let pump = |stream: Stream, reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>| {
+        let tx = tx.clone();
+        async move {
+            let mut lines = BufReader::new(reader).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send((stream, line));
+            }
+        }
+    };
+    let out_task = tokio::spawn(pump(Stream::Stdout, Box::new(stdout)));
+    let err_task = tokio::spawn(pump(Stream::Stderr, Box::new(stderr)));
+    drop(tx);
+    let mut end: Option<RecordState> = None;
+    let mut errors: Vec<String> = Vec::new();
+    while let Some((stream, line)) = rx.recv().await {
+        if stream == Stream::Stderr
+            && let Some(control) = line.strip_prefix(CONTROL)
+        {
+            let (what, rest) = control.split_once(' ').unwrap_or((control, ""));
+            match what {
+                "end" | "state" => end = RecordState::parse(rest),
+                "started" => on_event(RemoteEvent::Note(format!(
+                    "command started detached on the node; output in {rest}/output, exit status in {rest}/status"
+                ))),
+                "attached" => on_event(RemoteEvent::Note(format!(
+                    "attached to the command already started on the node ({rest})"
+                ))),
+                _ => errors.push(control.to_owned()),
+            }
+            continue;
+        }
+        if stream == Stream::Stderr {
+            errors.push(line.clone());
+        } else {
+            *seen += 1;
+        }
+        if tail.len() == TAIL_LINES {
+            tail.remove(0);
+        }
+        tail.push(line.clone());
+        on_event(RemoteEvent::Output(stream, line));
+    }
+    let _ = out_task.await;
+    let _ = err_task.await;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("waiting for ssh: {e}"))?;
+    Ok(match (end, status.code()) {
+        (Some(state), _) => SessionEnd::Record(state),
+        // ssh's own failures (connection lost, master gone) exit 255; no code: killed.
+        (None, Some(255) | None) => SessionEnd::Disconnected(errors.join("; ")),
+        (None, Some(code)) => {
+            tail.extend(errors);
+            SessionEnd::WrapperFailed(code)
+        }
+    })
+}
+
+/// What the node's record says about this run's command (one SSH session, starts nothing).
+pub async fn probe(
+    ssh: &SshConfig,
+    inv: &RemoteInvocation<'_>,
+) -> Result<RecordState, RemoteError> {
+    let session = connect(ssh, inv).await?;
+    let words = remote_words(inv, Mode::Probe, 0);
+    let mut tail = Vec::new();
+    let result = one_session(&session, &words, &mut |_| {}, &mut tail, &mut 0).await;
+    let _ = session.close().await;
+    match result {
+        Ok(SessionEnd::Record(state)) => Ok(state),
+        Ok(SessionEnd::WrapperFailed(code)) => Err(RemoteError::Wrapper {
+            destination: inv.address.to_owned(),
+            code,
+            tail,
+        }),
+        Ok(SessionEnd::Disconnected(why)) | Err(why) => Err(RemoteError::Spawn {
+            destination: inv.address.to_owned(),
+            message: if why.is_empty() {
+                "the SSH session ended early".into()
+            } else {
+                why
+            },
+        }),
+    }
+}
+
+/// Runs the command (or attaches to it if this run started it before), reporting output and
+/// notes as they come; reattaches after a lost session until the command's timeout (plus a
+/// grace) has passed. Ok when it exited 0 or the node rebooted before it recorded a status.
+pub async fn run(
+    ssh: &SshConfig,
+    inv: &RemoteInvocation<'_>,
+    mut on_event: impl FnMut(RemoteEvent) + Send,
+) -> Result<Ended, RemoteError> {
+    let destination = inv.address.to_owned();
+    let give_up = Instant::now() + inv.timeout + REATTACH_GRACE;
+    let mut tail: Vec<String> = Vec::new();
+    let mut seen = 0usize;
+    let mut first = true;
+    loop {
+        let attempt = match connect(ssh, inv).await {
+            Ok(session) => {
+                let words = remote_words(inv, Mode::Start, seen);
+                let end = one_session(&session, &words, &mut on_event, &mut tail, &mut seen).await;
+                let _ = session.close().await;
+                end
+            }
+            Err(e) if first => return Err(e),
+            Err(e) => Ok(SessionEnd::Disconnected(e.to_string())),
+        };
+        first = false;
+        let why = match attempt {
+            Ok(SessionEnd::Record(RecordState::Exited(0))) => return Ok(Ended::Exited),
+            Ok(SessionEnd::Record(RecordState::Exited(KILLED))) => {
+                return Err(RemoteError::Timeout {
+                    destination,
+                    timeout: inv.timeout,
+                    tail,
+                });
+            }
+            Ok(SessionEnd::Record(RecordState::Exited(code))) => {
+                return Err(RemoteError::Exit {
+                    destination,
+                    code,
+                    tail,
+                });
+            }
+            Ok(SessionEnd::Record(RecordState::Rebooted)) => return Ok(Ended::Rebooted),
+            Ok(SessionEnd::Record(RecordState::Lost)) => {
+                return Err(RemoteError::Lost {
+                    destination,
+                    record: inv.record.to_owned(),
+                    rebooted: false,
+                    tail,
+                });
+            }
+            Ok(SessionEnd::WrapperFailed(code)) => {
+                return Err(RemoteError::Wrapper {
+                    destination,
+                    code,
+                    tail,
+                });
+            }
+            // The wrapper stopped following a command that is still running (or said nothing
+            // of it): the session went away; reattach.
+            Ok(SessionEnd::Record(state)) => {
+                format!("the session ended with the command {state:?}")
+            }
+            Ok(SessionEnd::Disconnected(why)) | Err(why) => why,
+        };
+        if Instant::now() >= give_up {
+            return Err(RemoteError::Timeout {
+                destination,
+                timeout: inv.timeout,
+                tail,
+            });
+        }
+        on_event(RemoteEvent::Note(format!(
+            "lost the SSH session to {destination} ({}); the command goes on on the node, reattaching in {REATTACH_PAUSE:?}",
+            if why.is_empty() {
+                "no reason given"
+            } else {
+                why.as_str()
+            }
+        )));
+        tokio::time::sleep(REATTACH_PAUSE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invocation<'a>(
+        env: &'a BTreeMap<String, String>,
+        run: &'a str,
+        record: &'a str,
+    ) -> RemoteInvocation<'a> {
+        RemoteInvocation {
+            address: "10.0.0.1",
+            user: None,
+            run,
+            env,
+            timeout: Duration::from_secs(90),
+            record,
+            sudo: false,
+        }
+    }
+
+    #[test]
+    fn facts_travel_as_env_words_and_the_run_line_as_one_argument() {
+        let env: BTreeMap<String, String> =
+            [("ROLLGATE_NODE".to_string(), "n1; rm -rf /".to_string())].into();
+        let inv = invocation(&env, "chef-client -o 'role[x]'", "/var/tmp/rollgate-r1-n1");
+        let words = remote_words(&inv, Mode::Start, 0);
+        assert_eq!(words[..2], ["env", "ROLLGATE_NODE=n1; rm -rf /"]);
+        assert_eq!(words[2..4], ["sh", "-c"]);
+        assert_eq!(
+            words[5..],
+            [
+                "rollgate-wrapper",
+                "start",
+                "/var/tmp/rollgate-r1-n1",
+                "90",
+                "chef-client -o 'role[x]'",
+                "0"
+            ]
+        );
+        let sudo = RemoteInvocation { sudo: true, ..inv };
+        assert_eq!(
+            remote_words(&sudo, Mode::Probe, 3)[..3],
+            ["sudo", "-n", "env"]
+        );
+        assert_eq!(
+            describe_words(&sudo),
+            r#"sudo -n env 'ROLLGATE_NODE=n1; rm -rf /' sh -c '<rollgate wrapper: detached, timeout -s KILL, record>' rollgate-wrapper start /var/tmp/rollgate-r1-n1 90 'chef-client -o '\''role[x]'\''' 0"#
+        );
+    }
+
+    #[test]
+    fn record_states_parse_from_the_wrappers_words() {
+        assert_eq!(RecordState::parse("exit 0"), Some(RecordState::Exited(0)));
+        assert_eq!(
+            RecordState::parse("exit 137\n"),
+            Some(RecordState::Exited(137))
+        );
+        assert_eq!(RecordState::parse("running"), Some(RecordState::Running));
+        assert_eq!(RecordState::parse("starting"), Some(RecordState::Running));
+        assert_eq!(RecordState::parse("no-record"), Some(RecordState::NoRecord));
+        assert_eq!(RecordState::parse("rebooted"), Some(RecordState::Rebooted));
+        assert_eq!(RecordState::parse("lost"), Some(RecordState::Lost));
+        assert_eq!(RecordState::parse("exit x"), None);
+    }
+
+    /// Runs the wrapper with the local `sh` (the node's side without SSH): (stdout, stderr).
+    fn wrapper(mode: &str, dir: &std::path::Path, run: &str) -> (String, String) {
+        let out = std::process::Command::new("sh")
+            .args(["-c", WRAPPER, "rollgate-wrapper", mode])
+            .arg(dir)
+            .args(["30", run, "0"])
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn the_wrapper_records_output_and_status_and_never_starts_a_command_twice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("record");
+        let count = tmp.path().join("count");
+        let run = format!(
+            "echo run >> {}; echo one; echo two >&2; exit 3",
+            count.display()
+        );
+        let (probe_out, probe) = wrapper("probe", &dir, &run);
+        assert_eq!(
+            (probe_out.as_str(), probe.trim()),
+            ("", "ROLLGATE:state no-record")
+        );
+        let (out, err) = wrapper("start", &dir, &run);
+        assert_eq!(out, "one\ntwo\n", "{err}");
+        assert!(err.contains("ROLLGATE:started"), "{err}");
+        assert!(err.trim_end().ends_with("ROLLGATE:end exit 3"), "{err}");
+        // Again: it attaches to the record (replaying the output) and does not run it again.
+        let (out, err) = wrapper("start", &dir, &run);
+        assert_eq!(out, "one\ntwo\n");
+        assert!(err.contains("ROLLGATE:attached"), "{err}");
+        assert!(err.trim_end().ends_with("ROLLGATE:end exit 3"), "{err}");
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "run\n");
+        assert_eq!(
+            wrapper("probe", &dir, &run).1.trim(),
+            "ROLLGATE:state exit 3"
+        );
+    }
+
+    #[test]
+    fn the_command_outlives_the_wrapper_that_started_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("record");
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", WRAPPER, "rollgate-wrapper", "start"])
+            .arg(&dir)
+            .args(["30", "echo begin; sleep 1; echo finished", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        // The session goes away (as when ssh dies): the wrapper is killed, the command is not.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            wrapper("probe", &dir, "").1.trim(),
+            "ROLLGATE:state running"
+        );
+        let (out, err) = wrapper("start", &dir, "echo must not run");
+        assert_eq!(out, "begin\nfinished\n", "{err}");
+        assert!(err.trim_end().ends_with("ROLLGATE:end exit 0"), "{err}");
+    }
+}
