@@ -4,10 +4,11 @@
 //! reported; a drain that times out names every pod left and why.
 //!
 //! Both contentions are made certain, and kept local to this test:
-//! - budget conflicts: a writer bumps the budget's resourceVersion (an annotation) in a tight loop
-//!   for a while, as many concurrent evictions and the disruption controller do on a large
-//!   cluster, so the apiserver's own 20 conflict retries of an eviction all lose and the 409
-//!   reaches rollgate;
+//! - budget conflicts: for the first 20 s, a validating webhook of the test answers updates of the
+//!   budget's status with the conflict (409) the apiserver gives when another writer got there
+//!   first; the apiserver's eviction handler retries it 20 times over 10 s and then answers the
+//!   eviction with it, as it does when many concurrent evictions keep winning the race (a race
+//!   the shared 2-core test cluster cannot make certain on its own);
 //! - throttling: rollgate authenticates as a ServiceAccount of the test's namespace whose
 //!   evictions in that namespace a FlowSchema sends to a PriorityLevelConfiguration of about
 //!   three seats that rejects the rest (the admin user is exempt from API priority and fairness).
@@ -16,9 +17,10 @@ mod support;
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use support::*;
 
@@ -94,36 +96,158 @@ spec:
     (path, objects)
 }
 
-/// Until `stop` is set, bumps the PodDisruptionBudget's resourceVersion from `writers` loops,
-/// so status updates read before a bump conflict (409). Returns how many bumps were made.
-async fn contend_budget(ns: String, pdb: String, writers: usize, stop: Arc<AtomicBool>) -> usize {
-    let client = client().await;
-    let api: kube::Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
-        kube::Api::namespaced(client, &ns);
-    let loops = (0..writers).map(|w| {
-        let (api, pdb, stop) = (api.clone(), pdb.clone(), Arc::clone(&stop));
-        async move {
-            let mut bumps = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                let patch = serde_json::json!({"metadata": {"annotations": {
-                    format!("rollgate.test/contention-{w}"): bumps.to_string()
-                }}});
-                if api
-                    .patch(
-                        &pdb,
-                        &kube::api::PatchParams::default(),
-                        &kube::api::Patch::Merge(&patch),
-                    )
-                    .await
-                    .is_ok()
-                {
-                    bumps += 1;
+/// A validating admission webhook, served by this test over TLS, that answers every update of
+/// the status of PodDisruptionBudget `pdb` in `ns` with the apiserver's own conflict (409
+/// `Conflict`, "the object has been modified") while `conflict` is set. Evictions read the budget,
+/// then update its status; the apiserver's eviction handler retries that conflict 20 times over
+/// 10 s, then answers the eviction with it, as it does when concurrent evictions keep winning the
+/// race. Returns the webhook configuration (deleted when dropped) and a count of conflicts made.
+fn budget_conflicts(
+    ns: &str,
+    pdb: &str,
+    dir: &Path,
+    conflict: Arc<AtomicBool>,
+) -> (ClusterObjects, Arc<AtomicUsize>) {
+    let (cert, key) = (dir.join("webhook.crt"), dir.join("webhook.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use rustls::pki_types::pem::PemObject;
+    let cert_pem = std::fs::read(&cert).unwrap();
+    let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(&cert_pem).unwrap()];
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(&std::fs::read(&key).unwrap()).unwrap();
+    let tls = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let made = Arc::new(AtomicUsize::new(0));
+    let conflict_message = format!(
+        "Operation cannot be fulfilled on poddisruptionbudgets.policy \"{pdb}\": the object has been modified; please apply your changes to the latest version and try again"
+    );
+    let (pdb_name, made_by_server) = (pdb.to_owned(), Arc::clone(&made));
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let (tls, conflict, made) = (
+                Arc::clone(&tls),
+                Arc::clone(&conflict),
+                Arc::clone(&made_by_server),
+            );
+            let (message, pdb) = (conflict_message.clone(), pdb_name.clone());
+            std::thread::spawn(move || {
+                let Ok(conn) = rustls::ServerConnection::new(tls) else {
+                    return;
+                };
+                let mut stream = rustls::StreamOwned::new(conn, tcp);
+                while let Some(body) = read_http_request(&mut stream) {
+                    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let request = &review["request"];
+                    let ours =
+                        request["name"] == pdb.as_str() && request["subResource"] == "status";
+                    let response = if ours && conflict.load(Ordering::SeqCst) {
+                        made.fetch_add(1, Ordering::SeqCst);
+                        serde_json::json!({"uid": request["uid"], "allowed": false, "status": {
+                            "code": 409, "reason": "Conflict", "message": message,
+                            "details": {"name": pdb, "group": "policy", "kind": "poddisruptionbudgets"}}})
+                    } else {
+                        serde_json::json!({"uid": request["uid"], "allowed": true})
+                    };
+                    let body = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}).to_string();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream
+                        .write_all(reply.as_bytes())
+                        .and_then(|_| stream.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
-            }
-            bumps
+            });
         }
     });
-    futures::future::join_all(loops).await.into_iter().sum()
+    let ca = std::process::Command::new("openssl")
+        .args(["base64", "-A", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let name = format!("{ns}-budget-conflicts");
+    kubectl_apply(&format!(
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {{name: {name}}}
+webhooks:
+- name: budget-conflicts.rollgate.test
+  clientConfig: {{url: "https://127.0.0.1:{port}/", caBundle: "{ca}"}}
+  rules: [{{operations: [UPDATE], apiGroups: [policy], apiVersions: [v1], resources: [poddisruptionbudgets/status], scope: Namespaced}}]
+  namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {ns}}}}}
+  failurePolicy: Ignore
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  timeoutSeconds: 5
+"#,
+        ca = String::from_utf8_lossy(&ca.stdout).trim()
+    ));
+    (
+        ClusterObjects(vec![format!("validatingwebhookconfiguration/{name}")]),
+        made,
+    )
+}
+
+/// Reads one HTTP/1.1 request with a Content-Length body; None at the end of the connection.
+fn read_http_request(stream: &mut impl Read) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some(body)
 }
 
 /// The pods of Deployment `app` in `ns`, by node.
@@ -241,19 +365,14 @@ spec:
         ),
     );
 
-    // The budget's status is contended while the first evictions go out.
-    let stop = Arc::new(AtomicBool::new(false));
-    let contention = tokio::spawn(contend_budget(
-        ns.0.clone(),
-        "web".into(),
-        8,
-        Arc::clone(&stop),
-    ));
+    // The budget's status conflicts for the first 20 s of the run.
+    let conflict = Arc::new(AtomicBool::new(true));
+    let (_webhook, conflicts) = budget_conflicts(&ns.0, "web", dir.path(), Arc::clone(&conflict));
     let stopper = {
-        let stop = Arc::clone(&stop);
+        let conflict = Arc::clone(&conflict);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(25)).await;
-            stop.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            conflict.store(false, Ordering::SeqCst);
         })
     };
     let mut cmd = rollgate(dir.path());
@@ -263,9 +382,8 @@ spec:
     let (code, _, stderr) = tokio::task::spawn_blocking(move || run_rollgate(cmd, 6 * MINUTE))
         .await
         .unwrap();
-    stop.store(true, Ordering::SeqCst);
     stopper.abort();
-    let bumps = contention.await.unwrap();
+    let conflicts = conflicts.load(Ordering::SeqCst);
     let events = events(&stderr);
 
     let failed = named(&events, "node-failed");
@@ -297,7 +415,7 @@ spec:
         .collect();
     assert!(
         causes.contains("budget-conflict"),
-        "a budget conflict was met ({bumps} bumps of the budget): {causes:?}\n{stderr}"
+        "a budget conflict was met ({conflicts} conflicting status updates): {causes:?}\n{stderr}"
     );
     assert!(
         causes.contains("throttled"),
