@@ -429,6 +429,13 @@ spec:
             assert_eq!(e["pdb"], format!("{}/web", ns.0), "{e}");
         }
     }
+    let by_cause = |c: &str| retried.iter().filter(|e| e["cause"] == c).count();
+    eprintln!(
+        "10 nodes, {on_targets} pods: {} budget-conflict and {} throttled retry reports, {} PDB blocks, {conflicts} conflicting budget status updates",
+        by_cause("budget-conflict"),
+        by_cause("throttled"),
+        named(&events, "eviction-blocked").len()
+    );
     let mut blocked = BTreeSet::new();
     for e in named(&events, "eviction-blocked") {
         assert!(

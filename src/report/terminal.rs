@@ -1,6 +1,6 @@
 //! Live progress for an operator at a terminal: one spinner per node in flight showing its
-//! step and elapsed time, a line per finished node, warnings and PDB blocks as they happen.
-//! Without a terminal, the same information as plain lines.
+//! step and elapsed time, a line per finished node, warnings, PDB blocks and other eviction
+//! retries as they happen. Without a terminal, the same information as plain lines.
 
 use super::{Consumer, short_duration};
 use crate::engine::events::RetryCause;
