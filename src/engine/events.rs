@@ -45,6 +45,36 @@ impl std::fmt::Display for Step {
     }
 }
 
+/// Why an eviction is tried again, other than a PodDisruptionBudget block
+/// ([`RunEvent::EvictionBlocked`]). See [`crate::drain::eviction`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryCause {
+    /// 409 on a PodDisruptionBudget: other evictions (or the disruption controller) updated its
+    /// status at the same moment.
+    BudgetConflict,
+    /// 409 on the pod: it changed during the eviction.
+    PodConflict,
+    /// 429 without a `DisruptionBudget` cause: API priority and fairness throttled the request.
+    Throttled,
+    /// 5xx: the apiserver could not answer.
+    ServerError,
+}
+
+impl RetryCause {
+    /// What happened, as the end of "eviction of POD ...".
+    pub fn describe(self) -> &'static str {
+        match self {
+            RetryCause::BudgetConflict => {
+                "conflicted with another update of its PodDisruptionBudget (409)"
+            }
+            RetryCause::PodConflict => "conflicted with a change to the pod (409)",
+            RetryCause::Throttled => "was throttled by the API server (429)",
+            RetryCause::ServerError => "failed with a server error (5xx)",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stream {
@@ -123,6 +153,17 @@ pub enum RunEvent {
         node: String,
         pod: String,
         pdb: String,
+        message: String,
+    },
+    /// An eviction is retried for another reason than a PDB block; reported once per pod and
+    /// cause, as [`RunEvent::EvictionBlocked`] is.
+    EvictionRetried {
+        node: String,
+        pod: String,
+        cause: RetryCause,
+        /// `namespace/name` of the budget, for a budget conflict.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pdb: Option<String>,
         message: String,
     },
     PodDeleted {
@@ -215,6 +256,7 @@ impl RunEvent {
             | PodEvicted { node, .. }
             | PodSkipped { node, .. }
             | EvictionBlocked { node, .. }
+            | EvictionRetried { node, .. }
             | PodDeleted { node, .. }
             | CommandOutput { node, .. }
             | DryRunAction { node, .. }

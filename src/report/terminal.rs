@@ -1,8 +1,9 @@
 //! Live progress for an operator at a terminal: one spinner per node in flight showing its
-//! step and elapsed time, a line per finished node, warnings and PDB blocks as they happen.
-//! Without a terminal, the same information as plain lines.
+//! step and elapsed time, a line per finished node, warnings, PDB blocks and other eviction
+//! retries as they happen. Without a terminal, the same information as plain lines.
 
 use super::{Consumer, short_duration};
+use crate::engine::events::RetryCause;
 use crate::engine::{Outcome, RunEvent, Stamped, StopReason};
 use crate::gate;
 use crate::health::GateDecision;
@@ -144,6 +145,21 @@ impl Consumer for Terminal {
                 self.println(format!(
                     "   {node}: eviction of {pod} blocked by PodDisruptionBudget {pdb}; retrying"
                 ));
+            }
+            RunEvent::EvictionRetried {
+                node,
+                pod,
+                cause,
+                pdb,
+                ..
+            } => {
+                let what = match pdb {
+                    Some(pdb) if *cause == RetryCause::BudgetConflict => format!(
+                        "conflicted with another update of PodDisruptionBudget {pdb} (409)"
+                    ),
+                    _ => cause.describe().to_owned(),
+                };
+                self.println(format!("   {node}: eviction of {pod} {what}; retrying"));
             }
             RunEvent::CommandOutput { node, line, .. } => {
                 if self.show_output {
