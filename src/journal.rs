@@ -132,7 +132,10 @@ impl Journal {
         let torn = match text.last() {
             Some(b) if *b != b'\n' => {
                 append_line(&mut file, b"\n")?;
-                Some(text.split(|b| *b == b'\n').count())
+                let last = text.rsplit(|b| *b == b'\n').next().unwrap_or_default();
+                serde_json::from_slice::<serde_json::Value>(last)
+                    .is_err()
+                    .then(|| text.split(|b| *b == b'\n').count())
             }
             _ => None,
         };
