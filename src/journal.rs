@@ -1,8 +1,10 @@
 //! The run journal: `STATE_DIR/runs/RUN_ID/journal.jsonl`, append-only, one JSON object per line,
-//! fsynced after each write. The first line describes the run (playbook, plan order); then every
-//! decision and step transition, written before it takes effect (see [`crate::engine::EventSink`]).
-//! [`RunStatus::from_journal`] rebuilds each node's state from it for `rollgate status`; a crashed
-//! run's journal still reads up to its last complete line.
+//! each line one write, fsynced before the step it announces runs. The first line describes the
+//! run (playbook, plan order); then every decision and step transition, written before it takes
+//! effect (see [`crate::engine::EventSink`]). A record that cannot be written and synced stops
+//! the run: nothing is done that the journal does not record first. [`Records`] is the one
+//! reader of its text: a torn line (a crash, a full disk) is skipped wherever it is and its
+//! place reported, by [`RunStatus`] (`rollgate status`), [`resume_points`] and the run report.
 
 use crate::engine::{RunEvent, Stamped};
 use serde::Serialize;

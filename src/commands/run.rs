@@ -1081,3 +1081,27 @@ pub async fn resume(
     );
     Ok(exit::OK)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_runs_the_playbook_copy_the_run_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (original, copy) = (
+            dir.path().join("upgrade.toml"),
+            dir.path().join("copy.toml"),
+        );
+        // No copy (a run from before copies were kept): the original.
+        std::fs::write(&original, "name = \"a\"").unwrap();
+        assert_eq!(resume_playbook(&original, &copy), original);
+        // A copy: always the copy, whether the original is unchanged, edited or gone.
+        std::fs::write(&copy, "name = \"a\"").unwrap();
+        assert_eq!(resume_playbook(&original, &copy), copy);
+        std::fs::write(&original, "name = \"edited\"").unwrap();
+        assert_eq!(resume_playbook(&original, &copy), copy);
+        std::fs::remove_file(&original).unwrap();
+        assert_eq!(resume_playbook(&original, &copy), copy);
+    }
+}
