@@ -204,6 +204,7 @@ async fn a_journal_that_fills_the_disk_stops_the_run_before_the_step_it_cannot_r
     // One node at a time: at most one was stopped before a step (none when the record lost
     // was a node's end: the next node was then not started).
     assert!(stopped.len() <= 1, "{stderr}");
+    println!("stopped before an unrecorded step: {stopped:?}");
     let journal = journal_lines(&state, run_id);
     // The half-written record was cut back: every line parses, the file ends with a newline.
     let text = std::fs::read_to_string(journal_path(&state, run_id)).unwrap();
@@ -443,7 +444,7 @@ async fn early_exits_release_the_lock_and_mark_a_run_that_never_started() {
             "kube-system",
             "get",
             "lease",
-            lock,
+            &format!("rollgate-lock-{lock}"),
             "-o",
             "jsonpath={.spec.holderIdentity}",
         ])
@@ -460,9 +461,9 @@ async fn early_exits_release_the_lock_and_mark_a_run_that_never_started() {
         .args(["run", "--yes", "--lock-duration", "5m"])
         .arg(playbook(""));
     let (code, _, stderr) = run_rollgate(cmd, MINUTE);
+    assert_eq!(lease_holder(&lock), "", "the lock was given back: {stderr}");
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("cannot write the run journal"), "{stderr}");
-    assert_eq!(lease_holder(&lock), "", "the lock was given back");
     assert!(!unschedulable(&names[0]));
 
     // 2. A before-run gate refuses the start: the journal says so; resume refuses it.
