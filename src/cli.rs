@@ -103,7 +103,7 @@ pub enum Command {
         after_help = concat!("Examples:\n  rollgate resume                      # the latest run in the state directory\n  rollgate resume 20261125-013000-ab12\n\nA resumed run exits like `rollgate run`; resuming a live paused run exits 0 once it goes on.\n", crate::exit_codes_help!())
     )]
     Resume {
-        /// The run id (default: the latest run).
+        /// The run id (default: the latest run that started; dry runs are never the default).
         run: Option<String>,
         /// The remote command finished on this node although the journal cannot tell (repeatable).
         #[arg(long, value_name = "NODE")]
@@ -116,7 +116,7 @@ pub enum Command {
         after_help = "Examples:\n  rollgate pause --reason \"checking the message queue\"\n  rollgate pause 20261125-013000-ab12\n\nExit codes: 0 paused (or already paused), 2 no such live run."
     )]
     Pause {
-        /// The run id (default: the latest run).
+        /// The run id (default: the latest run that started; dry runs are never the default).
         run: Option<String>,
         /// Why (recorded in the journal, the report and Slack; default: who paused it).
         #[arg(long)]
@@ -135,7 +135,7 @@ pub enum Command {
         after_help = "Examples:\n  rollgate status                      # the latest run\n  rollgate status 20261125-013000-ab12 -o json\n\nExit codes: 0 shown, 2 no such run."
     )]
     Status {
-        /// The run id (default: the latest run).
+        /// The run id (default: the latest run that started; dry runs are never the default).
         run: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
@@ -145,7 +145,7 @@ pub enum Command {
         after_help = "Examples:\n  rollgate report                      # the latest run, into its run directory\n  rollgate report 20261125-013000-ab12 --out /tmp/report -o html\n\nExit codes: 0 written, 1 cannot write, 2 no such run."
     )]
     Report {
-        /// The run id (default: the latest run).
+        /// The run id (default: the latest run that started; dry runs are never the default).
         run: Option<String>,
         /// Directory to write into (default: the run's directory).
         #[arg(long, value_name = "DIR")]

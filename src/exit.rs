@@ -4,6 +4,10 @@
 pub const OK: u8 = 0;
 /// An unexpected internal error.
 pub const INTERNAL: u8 = 1;
+/// The run journal could not be written and synced (a full disk, a read-only state directory):
+/// the run stopped before the step it could not record; `rollgate resume` continues once the
+/// journal can be written. The same code as an internal error.
+pub const JOURNAL_UNWRITABLE: u8 = 1;
 /// Bad input: a playbook, config file or command line that does not validate.
 pub const BAD_INPUT: u8 = 2;
 /// The cluster could not be reached or refused a read before anything changed, or the plan
@@ -28,7 +32,7 @@ macro_rules! exit_codes_help {
     () => {
         "Exit codes:
   0  success
-  1  internal error
+  1  internal error, or the run journal cannot be written (the run stopped before the step it could not record)
   2  bad input (playbook, config or command line)
   3  cluster unreachable, or the plan does not fit the cluster
   4  rollout stopped: nodes failed beyond the failure budget (failed nodes stay cordoned)

@@ -1,14 +1,16 @@
 //! The run journal: `STATE_DIR/runs/RUN_ID/journal.jsonl`, append-only, one JSON object per line,
-//! fsynced after each write. The first line describes the run (playbook, plan order); then every
-//! decision and step transition, written before it takes effect (see [`crate::engine::EventSink`]).
-//! [`RunStatus::from_journal`] rebuilds each node's state from it for `rollgate status`; a crashed
-//! run's journal still reads up to its last complete line.
+//! each line one write, fsynced before the step it announces runs. The first line describes the
+//! run (playbook, plan order); then every decision and step transition, written before it takes
+//! effect (see [`crate::engine::EventSink`]). A record that cannot be written and synced stops
+//! the run: nothing is done that the journal does not record first. [`Records`] is the one
+//! reader of its text: a torn line (a crash, a full disk) is skipped wherever it is and its
+//! place reported, by [`RunStatus`] (`rollgate status`), [`resume_points`] and the run report.
 
 use crate::engine::{RunEvent, Stamped};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +48,17 @@ pub struct Journal {
     path: PathBuf,
     /// Woken after each write (the cluster copy follows the journal closely).
     written: Arc<tokio::sync::Notify>,
+    /// The first record that could not be written and synced. Sticky: once set, nothing more
+    /// is written (a later record after a gap would lie about what happened).
+    failed: tokio::sync::watch::Sender<Option<JournalError>>,
+}
+
+/// A record that could not be written and synced: the run stops before the step it announces.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("cannot write the run journal {}: {reason}", path.display())]
+pub struct JournalError {
+    pub path: PathBuf,
+    pub reason: String,
 }
 
 /// Whether an event belongs in the journal (decisions and transitions, not output lines).
@@ -68,37 +81,67 @@ fn journaled(e: &RunEvent) -> bool {
             | RunEvent::WindowOpened
             | RunEvent::DeadlineSet { .. }
             | RunEvent::RunFinished { .. }
+            | RunEvent::RunRefused { .. }
     )
 }
 
+/// Appends `line` (which ends with a newline) in one write and syncs it. On failure the file is
+/// cut back to its old length (best effort), so a half-written record does not stay behind.
+fn append_line(file: &mut File, line: &[u8]) -> std::io::Result<()> {
+    let before = file.metadata()?.len();
+    let result = file.write_all(line).and_then(|()| file.sync_data());
+    if result.is_err() {
+        let _ = file.set_len(before).and_then(|()| file.sync_data());
+    }
+    result
+}
+
 impl Journal {
+    fn new(file: File, path: PathBuf) -> Self {
+        Self {
+            file: Mutex::new(file),
+            path,
+            written: Arc::new(tokio::sync::Notify::new()),
+            failed: tokio::sync::watch::Sender::new(None),
+        }
+    }
+
     /// Creates the journal with its header line.
     pub fn create(dir: &Path, header: &Header) -> std::io::Result<Self> {
-        let header = serde_json::to_string(header).expect("a header serialises");
+        let header = serde_json::to_string(header).expect("a header serialises") + "\n";
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE);
         let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(&path)?;
-        writeln!(file, "{header}")?;
-        file.sync_data()?;
-        Ok(Self {
-            file: Mutex::new(file),
-            path,
-            written: Arc::new(tokio::sync::Notify::new()),
-        })
+        if let Err(e) = append_line(&mut file, header.as_bytes()) {
+            // No journal rather than an empty one.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(Self::new(file, path))
     }
 
-    /// Reopens a crashed run's journal to append to it.
-    pub fn open_append(dir: &Path) -> std::io::Result<Self> {
+    /// Reopens a crashed run's journal to append to it. A torn last line (the run died while
+    /// writing it) is ended first, so the next record starts on its own line; returns its line
+    /// number, if there was one.
+    pub fn open_append(dir: &Path) -> std::io::Result<(Self, Option<usize>)> {
         let path = dir.join(FILE);
-        let file = OpenOptions::new().append(true).open(&path)?;
-        Ok(Self {
-            file: Mutex::new(file),
-            path,
-            written: Arc::new(tokio::sync::Notify::new()),
-        })
+        let mut file = OpenOptions::new().append(true).read(true).open(&path)?;
+        let text = std::fs::read(&path)?;
+        let torn = match text.last() {
+            Some(b) if *b != b'\n' => {
+                append_line(&mut file, b"\n")?;
+                let last = text.rsplit(|b| *b == b'\n').next().unwrap_or_default();
+                serde_json::from_slice::<serde_json::Value>(last)
+                    .is_err()
+                    .then(|| text.split(|b| *b == b'\n').count())
+            }
+            _ => None,
+        };
+        Ok((Self::new(file, path), torn))
     }
 
     pub fn path(&self) -> &Path {
@@ -110,16 +153,49 @@ impl Journal {
         Arc::clone(&self.written)
     }
 
-    pub fn record(&self, event: &Stamped) {
+    /// Why the journal stopped taking records, if it did.
+    pub fn failure(&self) -> Option<JournalError> {
+        self.failed.borrow().clone()
+    }
+
+    /// Changes once, when the journal stops taking records.
+    pub fn watch_failure(&self) -> tokio::sync::watch::Receiver<Option<JournalError>> {
+        self.failed.subscribe()
+    }
+
+    /// Appends the event if it belongs in the journal, as one write of one whole line, synced
+    /// before this returns. After a failure every later record is refused with the same error.
+    pub fn record(&self, event: &Stamped) -> Result<(), JournalError> {
         if !journaled(&event.event) {
-            return;
+            return Ok(());
         }
-        let line = serde_json::to_string(event).unwrap_or_default();
         let mut f = self.file.lock().expect("lock");
-        if writeln!(f, "{line}").and_then(|_| f.sync_data()).is_err() {
-            tracing::error!(path = %self.path.display(), "cannot write the run journal");
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        let result = serde_json::to_string(event)
+            .map_err(|e| e.to_string())
+            .and_then(|line| {
+                append_line(&mut f, (line + "\n").as_bytes()).map_err(|e| e.to_string())
+            });
+        drop(f);
+        if let Err(reason) = result {
+            let e = JournalError {
+                path: self.path.clone(),
+                reason,
+            };
+            tracing::error!(error = %e, "the run stops: a journal record could not be written");
+            self.failed.send_replace(Some(e.clone()));
+            return Err(e);
         }
         self.written.notify_one();
+        Ok(())
+    }
+
+    /// Tests: from now on, writes go to `file` (e.g. `/dev/full`, a disk that is full).
+    #[cfg(test)]
+    pub(crate) fn write_to(&self, file: File) {
+        *self.file.lock().expect("lock") = file;
     }
 }
 
@@ -143,23 +219,80 @@ pub struct RunStatus {
     pub state: String,
     pub nodes: BTreeMap<String, NodeStatus>,
     pub decisions: Vec<String>,
+    /// Journal lines that do not parse (torn by a crash or a full disk), 1-based: skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_lines: Vec<usize>,
+}
+
+/// A journal's lines: the header, then the records. A line that does not parse (a record torn
+/// by a crash, or cut short by a full disk) is skipped wherever it is and its number kept, so
+/// what a resumed run appended after it still counts. The one reader of the journal's text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Records {
+    /// None when the first line is not a header.
+    pub header: Option<Header>,
+    pub records: Vec<serde_json::Value>,
+    /// 1-based numbers of the lines skipped.
+    pub skipped: Vec<usize>,
+}
+
+impl Records {
+    pub fn parse(text: &str) -> Self {
+        let mut lines = text.lines().enumerate();
+        let mut out = Records {
+            header: lines.next().and_then(|(_, l)| Header::parse(l)),
+            ..Default::default()
+        };
+        for (i, line) in lines {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(v) if v.is_object() => out.records.push(v),
+                _ => out.skipped.push(i + 1),
+            }
+        }
+        out
+    }
+
+    /// Reads a journal file (bytes that are not UTF-8, as in a torn line, do not stop it).
+    pub fn read(path: &Path) -> std::io::Result<Self> {
+        Ok(Self::parse(&String::from_utf8_lossy(&std::fs::read(path)?)))
+    }
+}
+
+/// `line 7` / `lines 7, 12`: where the skipped lines are, for a warning; None when none was.
+pub fn skipped_text(skipped: &[usize]) -> Option<String> {
+    match skipped {
+        [] => None,
+        [one] => Some(format!(
+            "1 line that does not parse was skipped (line {one})"
+        )),
+        many => Some(format!(
+            "{} lines that do not parse were skipped (lines {})",
+            many.len(),
+            many.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 impl RunStatus {
     pub fn from_journal(path: &Path) -> std::io::Result<Self> {
-        let reader = std::io::BufReader::new(File::open(path)?);
-        let mut lines = reader.lines();
-        let header = lines
-            .next()
-            .transpose()?
-            .and_then(|l| Header::parse(&l))
-            .unwrap_or_default();
+        Ok(Self::from_records(Records::read(path)?))
+    }
+
+    pub fn from_records(journal: Records) -> Self {
+        let header = journal.header.unwrap_or_default();
         let mut status = RunStatus {
             run_id: header.run_id.clone(),
             playbook: header.playbook.clone(),
             state: "running".into(),
             nodes: BTreeMap::new(),
             decisions: vec![],
+            skipped_lines: journal.skipped,
         };
         for (node, phase) in &header.nodes {
             status.nodes.insert(
@@ -173,11 +306,7 @@ impl RunStatus {
                 },
             );
         }
-        // A crash can leave a half-written last line: stop at the first line that does not parse.
-        for line in lines.map_while(Result::ok) {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                break;
-            };
+        for v in &journal.records {
             let at = v["at"].as_str().map(str::to_owned);
             let node = v["node"].as_str().map(str::to_owned);
             let mut update = |f: &mut dyn FnMut(&mut NodeStatus)| {
@@ -226,6 +355,9 @@ impl RunStatus {
                         v["reopens_at"].as_str().unwrap_or("not within a year")
                     )
                 }
+                "run-refused" => {
+                    status.state = format!("refused: {}", v["reason"].as_str().unwrap_or("?"))
+                }
                 "run-finished" => {
                     status.state = match &v["outcome"] {
                         serde_json::Value::String(s) => s.clone(),
@@ -235,7 +367,7 @@ impl RunStatus {
                 _ => {}
             }
         }
-        Ok(status)
+        status
     }
 }
 
@@ -256,6 +388,8 @@ pub struct ResumePoints {
     /// The lock the run held (None in journals written before it was recorded).
     pub lock_name: Option<String>,
     pub lock_duration: Option<std::time::Duration>,
+    /// Journal lines that do not parse, 1-based: skipped (see [`Records`]).
+    pub skipped_lines: Vec<usize>,
 }
 
 /// Reads the journal and decides, per node, where to start again: a node interrupted while
@@ -265,12 +399,10 @@ pub struct ResumePoints {
 /// finished); later steps restart where they stopped.
 pub fn resume_points(path: &Path, command_done: &[String]) -> Result<ResumePoints, String> {
     use crate::engine::Step;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut lines = text.lines();
-    let header = lines
-        .next()
-        .and_then(Header::parse)
+    let journal =
+        Records::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let header = journal
+        .header
         .ok_or_else(|| format!("{} has no header", path.display()))?;
     if header.dry_run {
         return Err(format!(
@@ -286,29 +418,34 @@ pub fn resume_points(path: &Path, command_done: &[String]) -> Result<ResumePoint
         lock_duration: header
             .lock_duration_secs
             .map(std::time::Duration::from_secs),
+        skipped_lines: journal.skipped,
         ..Default::default()
     };
     // Per node: (last step started, whether it finished).
     let mut last: BTreeMap<String, (Step, bool)> = BTreeMap::new();
     let step_of = |v: &serde_json::Value| serde_json::from_value::<Step>(v["step"].clone()).ok();
-    for line in lines {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            break;
-        };
+    for v in &journal.records {
         if v["event"] == "deadline-set" {
             points.deadline = v["deadline"].as_str().and_then(|d| d.parse().ok());
+        }
+        if v["event"] == "run-refused" {
+            return Err(format!(
+                "run {} never started ({}): nothing to resume; start it again with `rollgate run`",
+                header.run_id,
+                v["reason"].as_str().unwrap_or("refused")
+            ));
         }
         let Some(node) = v["node"].as_str().map(str::to_owned) else {
             continue;
         };
         match v["event"].as_str().unwrap_or("") {
             "step-started" => {
-                if let Some(s) = step_of(&v) {
+                if let Some(s) = step_of(v) {
                     last.insert(node, (s, false));
                 }
             }
             "step-finished" => {
-                if let (Some(s), Some(entry)) = (step_of(&v), last.get_mut(&node))
+                if let (Some(s), Some(entry)) = (step_of(v), last.get_mut(&node))
                     && entry.0 == s
                 {
                     entry.1 = true;
@@ -746,7 +883,7 @@ mod tests {
                 line: "not journaled".into(),
             },
         ] {
-            j.record(&Stamped { at, event });
+            j.record(&Stamped { at, event }).unwrap();
         }
         drop(j);
         let mut f = OpenOptions::new()
@@ -803,7 +940,7 @@ mod tests {
             started("in-command", Step::Command),
             started("settling", Step::Settle),
         ] {
-            j.record(&Stamped { at, event });
+            j.record(&Stamped { at, event }).unwrap();
         }
         let path = dir.path().join(FILE);
         // A command that may have started goes back to the command step (which reattaches);
@@ -894,8 +1031,166 @@ mod tests {
             event: RunEvent::DeadlineSet {
                 deadline: "2026-11-26T06:00:00Z".into(),
             },
-        });
+        })
+        .unwrap();
         let p = resume_points(&real.join(FILE), &[]).unwrap();
         assert_eq!(p.deadline, Some("2026-11-26T06:00:00Z".parse().unwrap()));
+    }
+
+    fn stamped(event: RunEvent) -> Stamped {
+        Stamped {
+            at: std::time::SystemTime::now(),
+            event,
+        }
+    }
+
+    fn started(node: &str, step: Step) -> RunEvent {
+        RunEvent::StepStarted {
+            node: node.into(),
+            step,
+        }
+    }
+
+    fn header(nodes: &[&str]) -> Header {
+        Header {
+            run_id: "r1".into(),
+            playbook_file: "/p.toml".into(),
+            nodes: nodes.iter().map(|n| (n.to_string(), "w".into())).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_written_is_refused_and_so_is_every_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), &header(&["a"])).unwrap();
+        j.record(&stamped(started("a", Step::Cordon))).unwrap();
+        assert_eq!(j.failure(), None);
+        // The disk fills up.
+        j.write_to(OpenOptions::new().append(true).open("/dev/full").unwrap());
+        let err = j.record(&stamped(started("a", Step::Drain))).unwrap_err();
+        assert!(
+            err.to_string().contains("No space left on device") && err.to_string().contains(FILE),
+            "{err}"
+        );
+        assert_eq!(j.failure(), Some(err.clone()));
+        assert!(j.watch_failure().borrow().is_some());
+        // Space again: still refused (a record after a gap would lie), with the first reason.
+        j.write_to(
+            OpenOptions::new()
+                .append(true)
+                .open(dir.path().join(FILE))
+                .unwrap(),
+        );
+        assert_eq!(
+            j.record(&stamped(started("a", Step::Drain))),
+            Err(err.clone())
+        );
+        // Events that are not journaled still pass.
+        j.record(&stamped(RunEvent::Warning {
+            node: None,
+            message: "x".into(),
+        }))
+        .unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.ends_with("\n"));
+    }
+
+    #[test]
+    fn a_torn_line_anywhere_is_skipped_by_every_reader_and_its_place_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let j = Journal::create(dir.path(), &header(&["a", "b"])).unwrap();
+        for e in [
+            RunEvent::NodeStarted {
+                node: "a".into(),
+                phase: "w".into(),
+            },
+            started("a", Step::Cordon),
+        ] {
+            j.record(&stamped(e)).unwrap();
+        }
+        drop(j);
+        // The run dies in the middle of a record (and of a multi-byte character).
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(
+            &"{\"at\":\"2026-11-25T01:00:00Z\",\"event\":\"step-finished\",\"reason\":\"—"
+                .as_bytes()[..60],
+        )
+        .unwrap();
+        drop(f);
+        let (j, torn) = Journal::open_append(dir.path()).unwrap();
+        assert_eq!(torn, Some(4));
+        for e in [
+            RunEvent::RunStarted {
+                run_id: "r1".into(),
+                playbook: "p".into(),
+                nodes: 2,
+                dry_run: false,
+                by: None,
+            },
+            RunEvent::StepFinished {
+                node: "a".into(),
+                step: Step::Cordon,
+                elapsed_ms: 1,
+                detail: None,
+            },
+            started("a", Step::Drain),
+            RunEvent::NodeDone {
+                node: "b".into(),
+                elapsed_ms: 1,
+            },
+        ] {
+            j.record(&stamped(e)).unwrap();
+        }
+        drop(j);
+        // Reopening a journal that ends cleanly adds nothing.
+        let (_, torn) = Journal::open_append(dir.path()).unwrap();
+        assert_eq!(torn, None);
+        let records = Records::read(&path).unwrap();
+        assert_eq!(records.skipped, vec![4]);
+        assert_eq!(records.records.len(), 6);
+        let status = RunStatus::from_journal(&path).unwrap();
+        assert_eq!(status.skipped_lines, vec![4]);
+        assert_eq!(status.nodes["a"].step.as_deref(), Some("drain"));
+        assert_eq!(status.nodes["b"].state, "done");
+        let points = resume_points(&path, &[]).unwrap();
+        assert_eq!(points.skipped_lines, vec![4]);
+        assert_eq!(points.from["a"], Step::Cordon);
+        assert!(points.done.contains("b"));
+        let report = crate::report::run_report::RunReport::load(&path).unwrap();
+        assert_eq!(report.skipped_lines, vec![4]);
+        assert_eq!(report.counts().0, 1);
+        assert_eq!(
+            skipped_text(&[4]).unwrap(),
+            "1 line that does not parse was skipped (line 4)"
+        );
+        assert_eq!(
+            skipped_text(&[4, 9]).unwrap(),
+            "2 lines that do not parse were skipped (lines 4, 9)"
+        );
+        assert_eq!(skipped_text(&[]), None);
+    }
+
+    #[test]
+    fn a_run_refused_before_it_started_is_marked_and_not_resumable() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), &header(&["a"])).unwrap();
+        j.record(&stamped(RunEvent::RunRefused {
+            reason: "refusing to start: gate pods failed before the run".into(),
+        }))
+        .unwrap();
+        let path = dir.path().join(FILE);
+        let status = RunStatus::from_journal(&path).unwrap();
+        assert!(
+            status.state.starts_with("refused: refusing to start"),
+            "{}",
+            status.state
+        );
+        let err = resume_points(&path, &[]).unwrap_err();
+        assert!(err.contains("never started"), "{err}");
+        let report = crate::report::run_report::RunReport::load(&path).unwrap();
+        assert!(report.outcome.starts_with("refused"), "{}", report.outcome);
     }
 }

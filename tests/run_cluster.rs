@@ -495,8 +495,9 @@ async fn dry_run_reports_every_write_and_command_and_changes_nothing() {
         "no pod was evicted"
     );
     // A dry run cut short (here: its end removed from the journal) is never "resumed" into a
-    // real run.
-    let run_id = std::fs::read_to_string(dir.path().join("runs/latest")).unwrap();
+    // real run. It does not become the `latest` run that `resume` finds without a run id.
+    assert!(!dir.path().join("runs/latest").exists());
+    let run_id = std::fs::read_to_string(dir.path().join("runs/latest-dry-run")).unwrap();
     let journal = dir
         .path()
         .join("runs")
@@ -509,7 +510,7 @@ async fn dry_run_reports_every_write_and_command_and_changes_nothing() {
         .collect();
     std::fs::write(&journal, kept.join("\n") + "\n").unwrap();
     let mut resume = rollgate(dir.path());
-    resume.arg("resume");
+    resume.args(["resume", run_id.trim()]);
     let (code, _, stderr) = run_rollgate(resume, MINUTE);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("dry run"), "{stderr}");

@@ -59,6 +59,12 @@ pub async fn run(
             format!("error: {e}\n  hint: the journal's first line must be the run's header"),
         )
     })?;
+    if let Some(t) = crate::journal::skipped_text(&report.skipped_lines) {
+        eprintln!(
+            "warning: journal {}: {t} (torn by a crash or a full disk)",
+            journal.display()
+        );
+    }
     let formats = match output {
         ReportFormat::Html => Formats::Html,
         ReportFormat::Markdown => Formats::Markdown,

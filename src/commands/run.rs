@@ -25,7 +25,11 @@ const PAUSED_FILE: &str = "paused";
 const RESUME_FILE: &str = "resume";
 /// Written by `rollgate pause` (holding the reason), taken by the run.
 const PAUSE_REQUEST_FILE: &str = "pause-request";
+/// The latest real run: what `pause`, `resume`, `status` and `report` act on without a run id.
 const LATEST_FILE: &str = "latest";
+/// The latest dry run (a dry run never moves `latest`, so it cannot be paused or resumed by
+/// mistake in place of the real run).
+const LATEST_DRY_RUN_FILE: &str = "latest-dry-run";
 const PID_FILE: &str = "pid";
 
 /// Who runs this: `user@host` (in the lock holder and the journal header).
@@ -108,6 +112,7 @@ pub fn exit_code(summary: &RunSummary) -> u8 {
             exit::INTERRUPTED
         }
         Outcome::Stopped(StopReason::OutsideWindow | StopReason::Deadline) => exit::RESUMABLE,
+        Outcome::Stopped(StopReason::JournalUnwritable) => exit::JOURNAL_UNWRITABLE,
     }
 }
 
@@ -205,6 +210,22 @@ fn watch_resume_requests(
             }
         }
     })
+}
+
+/// Gives the cluster lock back (a run that stops early must not leave it held).
+async fn release(lock: Option<crate::lock::HeldLock>) {
+    if let Some(l) = lock {
+        l.release().await;
+    }
+}
+
+/// Marks the journal of a run that never started (so no header-only journal looks like a
+/// crashed run): `status` and `report` show why, `resume` refuses it.
+fn refuse(sink: &EventSink, message: &str) {
+    let reason = message.strip_prefix("error: ").unwrap_or(message);
+    sink.emit(crate::engine::RunEvent::RunRefused {
+        reason: reason.lines().next().unwrap_or(reason).to_owned(),
+    });
 }
 
 pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
@@ -339,13 +360,31 @@ async fn run_with(
             .collect(),
     };
     let journal = if resume.is_some() {
-        crate::journal::Journal::open_append(&run_dir)
+        crate::journal::Journal::open_append(&run_dir).map(|(journal, torn)| {
+            if let Some(line) = torn {
+                eprintln!(
+                    "warning: the journal's last line ({line}) was torn (the run died while writing it): it is skipped, and the resumed run starts on a new line"
+                );
+            }
+            journal
+        })
     } else {
         crate::journal::Journal::create(&run_dir, &header)
     };
-    let journal = journal.map_err(|e| {
-        Failure::new(exit::BAD_INPUT, format!("error: cannot create the run journal in {}: {e}\n  hint: set `state.dir` in the config or --state-dir", run_dir.display()))
-    })?;
+    let journal = match journal {
+        Ok(j) => j,
+        Err(e) => {
+            release(lock).await;
+            return Err(Failure::new(
+                exit::BAD_INPUT,
+                format!(
+                    "error: cannot write the run journal in {}: {e}\n  hint: set `state.dir` in the config or --state-dir; nothing was changed",
+                    run_dir.display()
+                ),
+            ));
+        }
+    };
+    let journal = Arc::new(journal);
     // The playbook as it was run, beside the journal (and in its cluster copy).
     if resume.is_none()
         && let Err(e) = std::fs::copy(&args.playbook, run_dir.join(crate::journal::PLAYBOOK_COPY))
@@ -357,7 +396,7 @@ async fn run_with(
     }
     let journal_written = journal.written();
     let (sink, rx) = EventSink::channel();
-    let sink = sink.with_journal(Arc::new(journal));
+    let sink = sink.with_journal(Arc::clone(&journal));
     // A resume given a new deadline records it, so later resumes keep it.
     let new_deadline = deadline.filter(|_| resume.is_some() && args.schedule.deadline.is_some());
     let mut consumers: Vec<Box<dyn Consumer>> = Vec::new();
@@ -371,16 +410,15 @@ async fn run_with(
     match report::node_log::NodeLogs::new(run_dir.join("nodes")) {
         Ok(logs) => consumers.push(Box::new(logs)),
         Err(e) => {
-            return Err(Failure::new(
-                exit::BAD_INPUT,
-                format!(
-                    "error: cannot create the run directory {}: {e}\n  hint: set `state.dir` in the config or --state-dir",
-                    run_dir.display()
-                ),
-            ));
+            let message = format!(
+                "error: cannot create the run directory {}: {e}\n  hint: set `state.dir` in the config or --state-dir; nothing was changed",
+                run_dir.display()
+            );
+            refuse(&sink, &message);
+            release(lock).await;
+            return Err(Failure::new(exit::BAD_INPUT, message));
         }
     }
-    let _ = std::fs::write(runs_dir.join(LATEST_FILE), &run_id);
     let _ = std::fs::write(run_dir.join(PID_FILE), std::process::id().to_string());
     let metrics = report::metrics::Metrics::new(&run_id);
     consumers.push(Box::new(report::metrics::MetricsConsumer(Arc::clone(
@@ -441,6 +479,7 @@ async fn run_with(
         .then(|| Arc::new(|node: &str| ask(&format!("upgrade node {node} now?"))) as Confirm);
     let mut cluster_copy = None;
     let summary = if args.dry_run {
+        let _ = std::fs::write(runs_dir.join(LATEST_DRY_RUN_FILE), &run_id);
         let steps = DryRunSteps(StepContext {
             clients,
             playbook: Arc::clone(&playbook),
@@ -461,10 +500,15 @@ async fn run_with(
                 .await,
         )
     } else {
+        // Relative probe paths resolve against the original playbook's directory (a resume
+        // reads the copy the run kept).
+        let playbook_origin = resume
+            .as_ref()
+            .map_or(args.playbook.as_path(), |r| r.playbook_file.as_path());
         let runner = Arc::new(ProbeRunner::new(
             Some(clients.api.clone()),
             config.prometheus_url.clone(),
-            &args.playbook,
+            playbook_origin,
         ));
         let guard = Guard::new(
             Arc::clone(&playbook),
@@ -473,34 +517,44 @@ async fn run_with(
             sink.clone(),
             &run_id,
         );
-        let monitor = monitor::start(
+        let monitor = match monitor::start(
             clients.api.clone(),
             playbook.monitor.clone(),
             Arc::clone(&guard),
             sink.clone(),
         )
         .await
-        .map_err(connect_failure)?;
+        {
+            Ok(m) => m,
+            Err(e) => {
+                let failure = connect_failure(e);
+                refuse(&sink, &failure.message);
+                drop(sink);
+                drop(guard);
+                release(lock).await;
+                let _ = reporting.await;
+                return Err(failure);
+            }
+        };
         guard.run_probes(ProbeWhen::BeforeRun, None, None).await;
         if let HealthState::Aborted(d) | HealthState::Paused(d) = guard.state() {
+            let message = format!(
+                "error: refusing to start: gate {} failed before the run: {}\n  nothing was changed; fix the cause and run again",
+                d.signal, d.evidence
+            );
+            refuse(&sink, &message);
             drop(monitor);
             drop(sink);
             drop(guard);
-            if let Some(l) = lock {
-                l.release().await;
-            }
+            release(lock).await;
             let _ = reporting.await;
             if let Some(t) = slack_task {
                 let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
             }
-            return Err(Failure::new(
-                exit::GATE_ABORT,
-                format!(
-                    "error: refusing to start: gate {} failed before the run: {}\n  nothing was changed; fix the cause and run again",
-                    d.signal, d.evidence
-                ),
-            ));
+            return Err(Failure::new(exit::GATE_ABORT, message));
         }
+        // The run starts: `pause` and `resume` without a run id find it from now on.
+        let _ = std::fs::write(runs_dir.join(LATEST_FILE), &run_id);
         let resume_watch = watch_resume_requests(Arc::clone(&guard), run_dir.clone(), interactive);
         cluster_copy = Some(crate::journal::ClusterCopy::start(
             clients.api.clone(),
@@ -568,9 +622,7 @@ async fn run_with(
     if let Some(server) = metrics_server {
         server.abort();
     }
-    if let Some(l) = lock {
-        l.release().await;
-    }
+    release(lock).await;
     let _ = reporting.await;
     if let Some(t) = slack_task {
         let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
@@ -619,6 +671,28 @@ async fn run_with(
                 .join(", ")
         ),
         Err(e) => eprintln!("warning: the run report was not written: {e}"),
+    }
+    if let Some(e) = journal.failure() {
+        let mut message = if summary.outcome == Outcome::Stopped(StopReason::JournalUnwritable) {
+            format!(
+                "error: {e}\n  the run stopped: nothing is done that the journal cannot record first\n"
+            )
+        } else {
+            format!(
+                "error: {e}\n  the run ended ({:?}) but its journal misses its last records\n",
+                summary.outcome
+            )
+        };
+        for (node, step) in &summary.unrecorded {
+            message.push_str(&format!(
+                "  {node}: stopped before {step} (not done: its start could not be recorded)\n"
+            ));
+        }
+        message.push_str(&format!(
+            "  hint: free space in {} (or make it writable), then `rollgate resume {run_id}`",
+            run_dir.display()
+        ));
+        return Err(Failure::new(exit::JOURNAL_UNWRITABLE, message));
     }
     Ok(exit_code(&summary))
 }
@@ -787,6 +861,9 @@ pub async fn status(
     for d in &status.decisions {
         println!("  gate: {d}");
     }
+    if let Some(t) = crate::journal::skipped_text(&status.skipped_lines) {
+        println!("  journal: {t} (torn by a crash or a full disk)");
+    }
     Ok(exit::OK)
 }
 
@@ -938,6 +1015,29 @@ async fn check_command_records(
     }
 }
 
+/// The playbook a resumed run continues with: the copy the run kept (what it started with),
+/// saying so on stderr when the original has changed since or is gone; the original only for
+/// runs that kept no copy.
+fn resume_playbook(original: &std::path::Path, copy: &std::path::Path) -> PathBuf {
+    let Ok(kept) = std::fs::read(copy) else {
+        return original.to_owned();
+    };
+    match std::fs::read(original) {
+        Ok(now) if now == kept => {}
+        Ok(_) => eprintln!(
+            "warning: {} changed since the run started: resuming with the playbook the run started with ({}); to use the edited one, start a new run",
+            original.display(),
+            copy.display()
+        ),
+        Err(_) => eprintln!(
+            "{} is not here: using the copy the run kept, {}",
+            original.display(),
+            copy.display()
+        ),
+    }
+    copy.to_owned()
+}
+
 /// `rollgate resume [RUN]`: continues a run. A live run that a gate paused is told to go on;
 /// a run whose process is gone (crashed, killed, stopped) continues from its journal.
 pub async fn resume(
@@ -963,19 +1063,10 @@ pub async fn resume(
             return Ok(exit::OK);
         }
         // The header names the playbook; whether its command is safe to rerun decides the rest.
-        let mut playbook_file = crate::journal::resume_points(&journal, &[])
+        let original = crate::journal::resume_points(&journal, &[])
             .map(|p| p.playbook_file)
             .map_err(|e| Failure::new(exit::BAD_INPUT, format!("error: {e}")))?;
-        // Not on this machine (or moved): the copy the run kept.
-        let copy = dir.join(crate::journal::PLAYBOOK_COPY);
-        if !playbook_file.exists() && copy.exists() {
-            eprintln!(
-                "{} is not here: using the copy the run kept, {}",
-                playbook_file.display(),
-                copy.display()
-            );
-            playbook_file = copy;
-        }
+        let playbook_file = resume_playbook(&original, &dir.join(crate::journal::PLAYBOOK_COPY));
         let playbook = load_playbook(&playbook_file)?;
         let cannot = |e: String| {
             Failure::new(
@@ -992,6 +1083,12 @@ pub async fn resume(
         let records: Vec<_> = nodes.iter().map(cluster::node_record).collect();
         crate::journal::reconcile_with_nodes(&mut points, &records, command_done)
             .map_err(cannot)?;
+        if let Some(t) = crate::journal::skipped_text(&points.skipped_lines) {
+            eprintln!(
+                "warning: journal {}: {t} (torn by a crash or a full disk)",
+                journal.display()
+            );
+        }
         check_command_records(&config, &playbook, &points, &nodes)
             .await
             .map_err(cannot)?;
@@ -1044,4 +1141,28 @@ pub async fn resume(
         "resume requested for run {run_id}; it continues as soon as it sees the request (is the run still alive?)"
     );
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_runs_the_playbook_copy_the_run_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (original, copy) = (
+            dir.path().join("upgrade.toml"),
+            dir.path().join("copy.toml"),
+        );
+        // No copy (a run from before copies were kept): the original.
+        std::fs::write(&original, "name = \"a\"").unwrap();
+        assert_eq!(resume_playbook(&original, &copy), original);
+        // A copy: always the copy, whether the original is unchanged, edited or gone.
+        std::fs::write(&copy, "name = \"a\"").unwrap();
+        assert_eq!(resume_playbook(&original, &copy), copy);
+        std::fs::write(&original, "name = \"edited\"").unwrap();
+        assert_eq!(resume_playbook(&original, &copy), copy);
+        std::fs::remove_file(&original).unwrap();
+        assert_eq!(resume_playbook(&original, &copy), copy);
+    }
 }

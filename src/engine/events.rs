@@ -98,6 +98,9 @@ pub enum StopReason {
     GateAbort,
     /// The operator asked to stop now (Ctrl-C twice): nodes in flight are left as they are.
     OperatorImmediate,
+    /// A journal record could not be written and synced: no node starts, nodes in flight stop
+    /// before their next step (nothing is done that the journal does not record).
+    JournalUnwritable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -236,6 +239,11 @@ pub enum RunEvent {
     Problem {
         problem: crate::monitor::pods::Problem,
     },
+    /// The run did not start (a gate failed before it, the monitor could not start, ...):
+    /// nothing was changed. Its journal ends here; it cannot be resumed.
+    RunRefused {
+        reason: String,
+    },
     RunFinished {
         outcome: Outcome,
         done: usize,
@@ -306,15 +314,49 @@ impl EventSink {
         self
     }
 
+    /// Reports the event (to the consumers even when the journal cannot take it: it happened).
+    /// A journal failure is not returned here: it stops the run before the next step (see
+    /// [`EventSink::emit_durable`]) and through [`EventSink::journal_failed`].
     pub fn emit(&self, event: RunEvent) {
         let stamped = Stamped {
             at: SystemTime::now(),
             event,
         };
         if let Some(j) = &self.journal {
-            j.record(&stamped);
+            let _ = j.record(&stamped);
         }
         // A closed receiver means reporting has shut down; the run itself goes on.
         let _ = self.tx.send(stamped);
+    }
+
+    /// Reports an event that announces a step: Ok only once it is in the journal (or there is
+    /// none). On Err the step must not run; the event is not reported either (it did not happen).
+    pub fn emit_durable(&self, event: RunEvent) -> Result<(), crate::journal::JournalError> {
+        let stamped = Stamped {
+            at: SystemTime::now(),
+            event,
+        };
+        if let Some(j) = &self.journal {
+            j.record(&stamped)?;
+        }
+        // A closed receiver means reporting has shut down; the run itself goes on.
+        let _ = self.tx.send(stamped);
+        Ok(())
+    }
+
+    /// Why the journal stopped taking records, if it did.
+    pub fn journal_failure(&self) -> Option<crate::journal::JournalError> {
+        self.journal.as_ref().and_then(|j| j.failure())
+    }
+
+    /// Resolves once the journal stops taking records (never without a journal).
+    pub async fn journal_failed(&self) {
+        if let Some(j) = &self.journal {
+            let mut rx = j.watch_failure();
+            if rx.wait_for(Option::is_some).await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending().await
     }
 }

@@ -83,6 +83,9 @@ pub struct RunSummary {
     pub not_started: Vec<String>,
     /// Nodes in flight when the run was stopped immediately, with the step they were in.
     pub abandoned: Vec<(String, Option<Step>)>,
+    /// Nodes stopped before a step whose start the journal could not record: nothing of that
+    /// step was done.
+    pub unrecorded: Vec<(String, Step)>,
 }
 
 pub struct Engine<S: NodeSteps> {
@@ -97,7 +100,14 @@ pub struct Engine<S: NodeSteps> {
     operator: Option<String>,
 }
 
-type NodeResult = (String, Result<(), (Step, StepError)>);
+/// Why a node task ended before its last step.
+enum NodeStop {
+    Failed(Step, StepError),
+    /// The journal could not record the start of this step: it was not run.
+    Unrecorded(Step),
+}
+
+type NodeResult = (String, Result<(), NodeStop>);
 
 impl<S: NodeSteps> Engine<S> {
     pub fn new(steps: S, sink: EventSink, stop: watch::Receiver<StopRequest>) -> Self {
@@ -172,6 +182,7 @@ impl<S: NodeSteps> Engine<S> {
         let mut done = Vec::new();
         let mut failed: Vec<(String, Step, String)> = Vec::new();
         let mut abandoned = Vec::new();
+        let mut unrecorded = Vec::new();
         let mut started_nodes = std::collections::HashSet::new();
         // The step each in-flight node is in, for reporting abandoned nodes.
         let current_step: Arc<std::sync::Mutex<HashMap<String, Step>>> = Default::default();
@@ -204,6 +215,14 @@ impl<S: NodeSteps> Engine<S> {
                 let mut queue = wave.nodes.iter().peekable();
                 let mut in_flight: JoinSet<NodeResult> = JoinSet::new();
                 'wave: loop {
+                    if self.sink.journal_failure().is_some()
+                        && stop_reason.is_none_or(|r| r < StopReason::JournalUnwritable)
+                    {
+                        stop_reason = Some(StopReason::JournalUnwritable);
+                        self.sink.emit(RunEvent::Stopping {
+                            reason: StopReason::JournalUnwritable,
+                        });
+                    }
                     let state = health.borrow_and_update().clone();
                     if let HealthState::Aborted(_) = state
                         && stop_reason.is_none_or(|r| r < StopReason::GateAbort)
@@ -314,7 +333,9 @@ impl<S: NodeSteps> Engine<S> {
                     if in_flight.is_empty() && !waiting_for_resume {
                         break;
                     }
+                    let journal_ok = stop_reason != Some(StopReason::JournalUnwritable);
                     tokio::select! {
+                        () = self.sink.journal_failed(), if journal_ok => {}
                         changed = schedule.changed() => {
                             if changed.is_err() {
                                 schedule = open.clone();
@@ -339,7 +360,14 @@ impl<S: NodeSteps> Engine<S> {
                             current_step.lock().expect("lock").remove(&node);
                             match result {
                                 Ok(()) => done.push(node),
-                                Err((step, err)) => {
+                                Err(NodeStop::Unrecorded(step)) => {
+                                    self.sink.emit(RunEvent::Warning {
+                                        node: Some(node.clone()),
+                                        message: format!("stopped before {step}: the journal could not record it, so nothing of it was done"),
+                                    });
+                                    unrecorded.push((node, step));
+                                }
+                                Err(NodeStop::Failed(step, err)) => {
                                     phase_failures += 1;
                                     failed.push((node, step, err.0));
                                     let over_phase = phase_failures > phase.failure_budget;
@@ -413,6 +441,7 @@ impl<S: NodeSteps> Engine<S> {
             failed,
             not_started,
             abandoned,
+            unrecorded,
         }
     }
 }
@@ -478,10 +507,17 @@ async fn upgrade_node<S: NodeSteps>(
         let result = if let Some(err) = aborted_error(&guard, step) {
             Err(err)
         } else {
-            sink.emit(RunEvent::StepStarted {
+            // Nothing is done that the journal does not record first.
+            let announced = sink.emit_durable(RunEvent::StepStarted {
                 node: job.node.clone(),
                 step,
             });
+            if announced.is_err() {
+                if let Some(g) = &guard {
+                    g.set_step(&job.node, None);
+                }
+                return (job.node, Err(NodeStop::Unrecorded(step)));
+            }
             let step_started = Instant::now();
             let result = match step {
                 Step::Cordon => steps.cordon(&job).await.map(|_| None),
@@ -536,7 +572,7 @@ async fn upgrade_node<S: NodeSteps>(
             if let Some(g) = &guard {
                 g.set_step(&job.node, None);
             }
-            return (job.node, Err((step, err)));
+            return (job.node, Err(NodeStop::Failed(step, err)));
         }
     }
     if let Some(g) = &guard {

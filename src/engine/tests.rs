@@ -6,12 +6,17 @@ use crate::plan::{PhasePlan, Wave};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// A hook called as each step runs (node, step).
+type OnStep = Box<dyn Fn(&str, Step) + Send + Sync>;
+
 #[derive(Default)]
 struct Fake {
     log: Mutex<Vec<String>>,
     in_service_out: Mutex<(usize, usize)>, // (current, max) nodes between cordon and uncordon
     fail: Vec<(&'static str, Step)>,
     step_time: Duration,
+    /// Called as each step runs (node, step).
+    on_step: Option<OnStep>,
 }
 
 impl Fake {
@@ -27,6 +32,9 @@ impl Fake {
             .lock()
             .unwrap()
             .push(format!("{}:{}", job.node, step));
+        if let Some(f) = &self.on_step {
+            f(&job.node, step);
+        }
         tokio::time::sleep(self.step_time).await;
         if self.fail.iter().any(|(n, s)| *n == job.node && *s == step) {
             return Err(StepError::new(format!("{step} failed on {}", job.node)));
@@ -375,4 +383,101 @@ async fn a_stop_asked_for_while_the_step_prompt_waits_is_obeyed_before_the_node_
         Outcome::Stopped(StopReason::OperatorGraceful)
     );
     drop(stop_tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_whose_start_cannot_be_journaled_is_not_run_and_the_run_stops() {
+    use crate::journal::{Header, Journal, Records};
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Journal::create(dir.path(), &Header::default()).unwrap());
+    let disk = Arc::clone(&journal);
+    // The disk fills up while node a's command runs: its end cannot be recorded, so neither
+    // can the start of wait-ready.
+    let fake = Fake {
+        step_time: Duration::from_secs(1),
+        on_step: Some(Box::new(move |node, step| {
+            if node == "a" && step == Step::Command {
+                let full = std::fs::OpenOptions::new().append(true).open("/dev/full");
+                disk.write_to(full.unwrap());
+            }
+        })),
+        ..Default::default()
+    };
+    let (sink, mut rx) = EventSink::channel();
+    let (_stop_tx, stop_rx) = watch::channel(StopRequest::None);
+    let mut engine = Engine::new(fake, sink.with_journal(Arc::clone(&journal)), stop_rx);
+    let p = plan(&[("w", 2, 5, &[&["a"], &["b", "c"]])]);
+    let summary = engine.run("r1", "test", &p, None, false).await;
+    assert_eq!(
+        *engine.steps.log.lock().unwrap(),
+        ["a:cordon", "a:drain", "a:command"],
+        "nothing after the command, no mark-failed, no other node"
+    );
+    assert_eq!(
+        summary.outcome,
+        Outcome::Stopped(StopReason::JournalUnwritable)
+    );
+    assert_eq!(summary.unrecorded, [("a".to_owned(), Step::WaitReady)]);
+    assert!(summary.failed.is_empty() && summary.done.is_empty());
+    assert_eq!(summary.not_started, ["b", "c"]);
+    let mut events = vec![];
+    while let Ok(e) = rx.try_recv() {
+        events.push(e.event);
+    }
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            RunEvent::StepStarted {
+                step: Step::WaitReady,
+                ..
+            }
+        )),
+        "the refused step is not reported as started: {events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        RunEvent::Stopping {
+            reason: StopReason::JournalUnwritable
+        }
+    )));
+    let records = Records::read(journal.path()).unwrap();
+    let last = records.records.last().unwrap();
+    assert_eq!(
+        (&last["event"], &last["step"]),
+        (
+            &serde_json::json!("step-started"),
+            &serde_json::json!("command")
+        )
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_first_record_cannot_be_journaled_starts_no_node() {
+    use crate::journal::{Header, Journal};
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Journal::create(dir.path(), &Header::default()).unwrap());
+    journal.write_to(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .unwrap(),
+    );
+    let (sink, _rx) = EventSink::channel();
+    let (_stop_tx, stop_rx) = watch::channel(StopRequest::None);
+    let mut engine = Engine::new(Fake::default(), sink.with_journal(journal), stop_rx);
+    let summary = engine
+        .run(
+            "r1",
+            "test",
+            &plan(&[("w", 2, 0, &[&["a", "b"]])]),
+            None,
+            false,
+        )
+        .await;
+    assert!(engine.steps.log.lock().unwrap().is_empty());
+    assert_eq!(
+        summary.outcome,
+        Outcome::Stopped(StopReason::JournalUnwritable)
+    );
+    assert_eq!(summary.not_started, ["a", "b"]);
 }

@@ -245,6 +245,10 @@ impl Texts {
                     Outcome::Stopped(StopReason::Deadline) => {
                         "stopped at the run's deadline (resumable)".to_owned()
                     }
+                    Outcome::Stopped(StopReason::JournalUnwritable) => {
+                        "STOPPED: the run journal cannot be written (resumable once it can)"
+                            .to_owned()
+                    }
                     Outcome::Stopped(_) => "stopped by the operator".to_owned(),
                 };
                 let slowest = self

@@ -80,6 +80,9 @@ fn stop_text(reason: StopReason) -> &'static str {
         StopReason::Deadline => {
             "stopping: the run's deadline passed; finishing the nodes in flight (`rollgate resume --deadline ...` continues)"
         }
+        StopReason::JournalUnwritable => {
+            "stopping: the run journal cannot be written; nodes in flight stop before their next step (`rollgate resume` continues once it can be written)"
+        }
     }
 }
 
@@ -291,9 +294,11 @@ impl Consumer for Terminal {
                     problem.object, problem.kind, problem.detail
                 ));
             }
+            // The refusal itself is the command's error message.
             RunEvent::PodEvicted { .. }
             | RunEvent::PodSkipped { .. }
-            | RunEvent::PodDeleted { .. } => {}
+            | RunEvent::PodDeleted { .. }
+            | RunEvent::RunRefused { .. } => {}
         }
     }
 

@@ -236,11 +236,9 @@ pub fn render(r: &RunReport) -> String {
         } else {
             String::new()
         },
-        torn = if r.torn {
-            " · the journal ends with a torn line (crash)"
-        } else {
-            ""
-        },
+        torn = crate::journal::skipped_text(&r.skipped_lines)
+            .map(|t| format!(" · journal: {t} (torn by a crash or a full disk)"))
+            .unwrap_or_default(),
         total = short_duration(r.durations.total_ms),
         avg = dur(r.durations.average_ms),
         min = r

@@ -84,8 +84,8 @@ pub fn render(r: &RunReport) -> String {
             esc(max_n)
         );
     }
-    if r.torn {
-        out.push_str("- The journal ends with a torn line: the run crashed while writing it\n");
+    if let Some(t) = crate::journal::skipped_text(&r.skipped_lines) {
+        let _ = writeln!(out, "- Journal: {t} (torn by a crash or a full disk)");
     }
     out.push_str(
         "\n## Nodes\n\n| node | phase | state | duration | failure |\n|---|---|---|---|---|\n",

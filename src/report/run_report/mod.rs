@@ -2,7 +2,7 @@
 //! after the fact, for `rollgate report` and the end of `run` / `resume`.
 //!
 //! [`RunReport::from_journal`] is pure: journal text in, model out. It tolerates what real
-//! journals hold: a torn last line (a crashed run; reading stops there), a run resumed after a
+//! journals hold: torn lines (a crash or a full disk; skipped wherever they are, and counted), a run resumed after a
 //! crash (a second `run-started`, and steps started again: the interrupted span is closed at the
 //! last event before the restart), old headers without `started_by`. [`html`] and [`markdown`]
 //! render the model; [`write()`] puts the files in a directory.
@@ -127,8 +127,8 @@ pub struct RunReport {
     pub resumes: usize,
     /// Each resume: when (ms from the start) and by whom, if recorded.
     pub resumed_by: Vec<(u64, Option<String>)>,
-    /// The journal ends with a line that does not parse (the run crashed while writing it).
-    pub torn: bool,
+    /// Journal lines that do not parse (torn by a crash or a full disk), 1-based: skipped.
+    pub skipped_lines: Vec<usize>,
     /// The plan's order: (node, phase).
     pub plan: Vec<(String, String)>,
     /// The order nodes actually started in (first start of each).
@@ -170,15 +170,16 @@ impl RunReport {
 
     /// Reads and parses a journal file.
     pub fn load(journal: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(journal)
+        let text = std::fs::read(journal)
             .map_err(|e| format!("cannot read {}: {e}", journal.display()))?;
-        Self::from_journal(&text).ok_or_else(|| format!("{} has no header", journal.display()))
+        Self::from_journal(&String::from_utf8_lossy(&text))
+            .ok_or_else(|| format!("{} has no header", journal.display()))
     }
 
     /// Builds the report from a journal's text; None when it has no header line.
     pub fn from_journal(text: &str) -> Option<Self> {
-        let mut lines = text.lines();
-        let header = crate::journal::Header::parse(lines.next()?)?;
+        let journal = crate::journal::Records::parse(text);
+        let header = journal.header?;
         let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
         let plan = header.nodes.clone();
         let mut b = Builder {
@@ -206,7 +207,7 @@ impl RunReport {
             outcome: "no end recorded (crashed or still running)".into(),
             resumes: 0,
             resumed_by: vec![],
-            torn: false,
+            skipped_lines: journal.skipped,
             plan,
             actual: vec![],
             nodes: vec![],
@@ -216,14 +217,7 @@ impl RunReport {
             durations: Durations::default(),
         };
         let mut run_starts = 0usize;
-        for line in lines {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                report.torn = true;
-                break;
-            };
+        for v in &journal.records {
             let Some(at) = v["at"].as_str().and_then(|a| a.parse::<Timestamp>().ok()) else {
                 continue;
             };
@@ -333,6 +327,7 @@ impl RunReport {
                         w.to_ms = Some(ms);
                     }
                 }
+                "run-refused" => report.outcome = format!("refused: {}", s(&v["reason"])),
                 "run-finished" => {
                     report.outcome = match &v["outcome"] {
                         serde_json::Value::String(o) => o.replace('-', " "),
