@@ -245,6 +245,9 @@ impl Texts {
                     Outcome::Stopped(StopReason::Deadline) => {
                         "stopped at the run's deadline (resumable)".to_owned()
                     }
+                    Outcome::Stopped(StopReason::LockLost) => {
+                        "STOPPED: lost the cluster lock".to_owned()
+                    }
                     Outcome::Stopped(_) => "stopped by the operator".to_owned(),
                 };
                 let slowest = self
