@@ -108,37 +108,8 @@ fn kubeconfig_through(dir: &Path) -> (PathBuf, Proxy) {
         }
     }
     let path = dir.join("kubeconfig-proxy");
-    std::fs::write(&path, resolve_paths(&out, original)).unwrap();
+    std::fs::write(&path, out).unwrap();
     (path, proxy.expect("a server in the kubeconfig"))
-}
-
-/// Relative file references in a kubeconfig are relative to it: make them absolute.
-fn resolve_paths(text: &str, original: &Path) -> String {
-    let base = original.parent().unwrap();
-    text.lines()
-        .map(|l| {
-            let key = [
-                "certificate-authority:",
-                "client-certificate:",
-                "client-key:",
-                "tokenFile:",
-            ]
-            .into_iter()
-            .find(|k| l.trim_start().starts_with(k));
-            match key {
-                Some(k) => {
-                    let value = l.trim_start()[k.len()..].trim();
-                    if Path::new(value).is_absolute() {
-                        format!("{l}\n")
-                    } else {
-                        let indent = &l[..l.len() - l.trim_start().len()];
-                        format!("{indent}{k} {}\n", base.join(value).display())
-                    }
-                }
-                None => format!("{l}\n"),
-            }
-        })
-        .collect()
 }
 
 fn monitor(ns: &str, suite: &str) -> String {
@@ -279,11 +250,13 @@ async fn a_runner_cut_off_from_the_apiserver_stops_at_its_renew_deadline_and_ano
     );
 
     // A stopped by itself, still cut off.
+    let mut a_exited = frozen.elapsed();
     let deadline = Instant::now() + MINUTE;
     let status = loop {
         if let Some(status) = a.try_wait().unwrap() {
             break status;
         }
+        a_exited = frozen.elapsed();
         assert!(
             Instant::now() < deadline,
             "runner A did not stop while cut off"
@@ -319,6 +292,12 @@ async fn a_runner_cut_off_from_the_apiserver_stops_at_its_renew_deadline_and_ano
         lost_at.duration_since(frozen_at)
     );
     assert!(lost_at < b_started, "A stopped acting before B took over");
+    eprintln!(
+        "figures: A lost the lock {:?} after the partition began, A exited {:?} after it, B took over {:?} after it",
+        lost_at.duration_since(frozen_at).unwrap(),
+        a_exited,
+        b_started.duration_since(frozen_at).unwrap()
+    );
     for e in &a_events {
         let acting = e["event"] == "node-started"
             || (e["event"] == "step-started" && e["step"] != "command");
