@@ -236,6 +236,22 @@ async fn a_runner_cut_off_from_the_apiserver_stops_at_its_renew_deadline_and_ano
         assert!(!unschedulable(&names[1]), "a refused run touches nothing");
         std::thread::sleep(Duration::from_secs(1));
     };
+    // A stopped by itself, still cut off.
+    let mut a_exited = frozen.elapsed();
+    let deadline = Instant::now() + MINUTE;
+    let status = loop {
+        if let Some(status) = a.try_wait().unwrap() {
+            break status;
+        }
+        a_exited = frozen.elapsed();
+        if Instant::now() >= deadline {
+            let _ = a.kill();
+            panic!("runner A did not stop while cut off");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let a_stderr = std::fs::read_to_string(&stderr_a).unwrap();
+    assert_eq!(status.code(), Some(9), "{a_stderr}");
     assert_eq!(code, 0, "{stderr_b}");
     assert!(
         stderr_b.contains("looks expired") && stderr_b.contains("watching it for 6s"),
@@ -249,22 +265,6 @@ async fn a_runner_cut_off_from_the_apiserver_stops_at_its_renew_deadline_and_ano
         b_started.duration_since(frozen_at)
     );
 
-    // A stopped by itself, still cut off.
-    let mut a_exited = frozen.elapsed();
-    let deadline = Instant::now() + MINUTE;
-    let status = loop {
-        if let Some(status) = a.try_wait().unwrap() {
-            break status;
-        }
-        a_exited = frozen.elapsed();
-        assert!(
-            Instant::now() < deadline,
-            "runner A did not stop while cut off"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let a_stderr = std::fs::read_to_string(&stderr_a).unwrap();
-    assert_eq!(status.code(), Some(9), "{a_stderr}");
     proxy.freeze(false);
 
     let a_events = events(&a_stderr);
