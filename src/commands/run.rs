@@ -611,6 +611,11 @@ async fn run_with(
             "  after fixing the cause, uncordon with `kubectl uncordon NODE` or rerun the playbook"
         );
     }
+    if summary.outcome == Outcome::Stopped(StopReason::LockLost) {
+        eprintln!(
+            "this run lost the cluster lock and stopped acting; once no other run holds it, `rollgate resume {run_id}` continues"
+        );
+    }
     eprintln!("per-node logs: {}", run_dir.join("nodes").display());
     // Best effort: a report that cannot be written never changes the run's exit code.
     match report::run_report::write_for_run(&run_dir) {
