@@ -200,7 +200,9 @@ pub struct RunArgs {
     /// Push the final metrics to this Pushgateway at the end (overrides `metrics.pushgateway`).
     #[arg(long, env = "ROLLGATE_PUSHGATEWAY", value_name = "URL")]
     pub pushgateway: Option<String>,
-    /// How long the lock outlives a runner that stopped renewing it (crashed, killed).
+    /// The cluster lock's lease duration. The run renews the lock every sixth of it and stops
+    /// (exit 10) if it could not renew it for two thirds of it; another run takes over a lock
+    /// it has seen unchanged for this long (crashed, killed or cut-off runner).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub lock_duration: std::time::Duration,
     #[command(flatten)]

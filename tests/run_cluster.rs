@@ -1293,7 +1293,8 @@ async fn old_run_copies_in_the_cluster_are_pruned_per_lock_keeping_the_newest() 
 }
 
 #[tokio::test]
-async fn force_unlock_takes_a_held_lock_loudly_and_the_runner_that_lost_it_starts_no_new_node() {
+async fn force_unlock_takes_a_held_lock_loudly_and_the_runner_that_lost_it_stops_at_the_next_safe_point()
+ {
     let suite = unique("force");
     let (_nodes, names) = TestNodes::numbered(&suite, 3);
     let lock = unique("forced");
@@ -1336,21 +1337,37 @@ async fn force_unlock_takes_a_held_lock_loudly_and_the_runner_that_lost_it_start
     let (code, _, stderr) = run_rollgate(second, MINUTE);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("WARNING: --force-unlock"), "{stderr}");
-    // The first runner lost its lock: it finishes the node in flight and starts no other.
+    // The first runner lost its lock: its node in flight finishes its command, then stops
+    // before the next step (recorded, not written to the node), and no other node starts.
     let out = first.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert_eq!(out.status.code(), Some(10), "{stderr}");
     let events = events(&stderr);
-    assert_eq!(named(&events, "node-done").len(), 1, "{stderr}");
+    assert!(named(&events, "node-done").is_empty(), "{stderr}");
+    let failed = named(&events, "node-failed");
+    assert_eq!(failed.len(), 1, "{stderr}");
+    assert_eq!(failed[0]["node"], names[0].as_str());
+    assert_eq!(
+        failed[0]["step"], "wait-ready",
+        "the command finished first"
+    );
+    let reason = failed[0]["reason"].as_str().unwrap();
     assert!(
-        stderr.contains("another run took the cluster lock"),
-        "{stderr}"
+        reason.contains("lost the cluster lock: taken by another run") && reason.contains("run "),
+        "{reason}"
     );
     assert!(
         journal_events(dir1.path(), &names[1]).is_empty(),
         "node 2 never started"
     );
-    for n in &names {
+    assert!(unschedulable(&names[0]), "stopped before uncordon");
+    assert_eq!(
+        annotation(&names[0], "rollgate.dev/step"),
+        "command",
+        "nothing written to the node after the lock was lost"
+    );
+    for n in &names[1..] {
         assert!(!unschedulable(n), "{n}");
     }
+    kubectl_ok(&["uncordon", &names[0]]);
 }

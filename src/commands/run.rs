@@ -113,6 +113,7 @@ pub fn exit_code(summary: &RunSummary) -> u8 {
         }
         Outcome::Stopped(StopReason::OutsideWindow | StopReason::Deadline) => exit::RESUMABLE,
         Outcome::Stopped(StopReason::JournalUnwritable) => exit::JOURNAL_UNWRITABLE,
+        Outcome::Stopped(StopReason::LockLost) => exit::LOCK_LOST,
     }
 }
 
@@ -318,19 +319,27 @@ async fn run_with(
                 args.lock_name
             );
         }
-        match crate::lock::acquire(
-            clients.api.clone(),
-            &args.lock_name,
-            &holder,
-            args.lock_duration,
-            args.force_unlock,
-        )
-        .await
+        let contender = crate::lock::Contender {
+            holder,
+            timing: crate::lock::Timing::for_lease(args.lock_duration),
+            force: args.force_unlock,
+            clock: crate::window::Clock::from_env(),
+        };
+        let watching = |w: &crate::lock::Watching| {
+            eprintln!(
+                "the cluster lock {} looks expired (held by {}, last renewed {} by its clock): making sure nobody renews it, watching it for {} before taking it over",
+                w.lease,
+                w.holder,
+                w.renewed,
+                humantime::format_duration(w.wait)
+            );
+        };
+        match crate::lock::acquire(clients.api.clone(), &args.lock_name, contender, watching).await
         {
             Ok(l) => Some(l),
             Err(e @ crate::lock::LockError::Held { .. }) => {
                 return Err(Failure::new(exit::LOCKED, format!("error: {e}
-  hint: wait for it to finish; if that run is gone, its lock expires after {}; --force-unlock takes it now", humantime::format_duration(args.lock_duration))));
+  hint: wait for it to finish; if that run is gone, its lock expires {} after its last renewal; --force-unlock takes it now", humantime::format_duration(args.lock_duration))));
             }
             Err(e) => return Err(Failure::new(exit::CLUSTER, format!("error: {e}"))),
         }
@@ -458,18 +467,22 @@ async fn run_with(
     }
 
     let (stop_tx, stop_rx) = watch::channel(StopRequest::None);
+    // Lost the lock (not renewed in time, or taken by another run): the engine stops.
+    let (lock_lost_tx, lock_lost_rx) = watch::channel(None::<String>);
     if let Some(l) = &lock {
-        // Lost the lock (someone forced it away): stop starting nodes.
-        let (mut lost, stop, sink) = (l.lost.clone(), stop_tx.clone(), sink.clone());
+        let (mut lost, sink, lease) = (l.lost.clone(), sink.clone(), l.lease.clone());
+        let lock_lost_tx = lock_lost_tx.clone();
         tokio::spawn(async move {
-            if lost.wait_for(|l| *l).await.is_ok() {
+            if let Ok(why) = lost.wait_for(Option::is_some).await
+                && let Some(why) = why.clone()
+            {
                 sink.emit(crate::engine::RunEvent::Warning {
                     node: None,
-                    message:
-                        "another run took the cluster lock (--force-unlock): starting no new node"
-                            .into(),
+                    message: format!(
+                        "lost the cluster lock {lease}: {why}: starting no new node; nodes in flight stop at their next safe point"
+                    ),
                 });
-                let _ = stop.send(StopRequest::Graceful);
+                let _ = lock_lost_tx.send(Some(why.to_string()));
             }
         });
     }
@@ -581,6 +594,7 @@ async fn run_with(
         let mut engine = Engine::new(steps, sink.clone(), stop_rx)
             .by(me.clone())
             .with_guard(Arc::clone(&guard), &hint)
+            .with_lock(lock_lost_rx)
             .resuming(resume.as_ref().map(|r| r.from.clone()).unwrap_or_default());
         if !scheduler.is_unbounded() {
             let outside = scheduler
@@ -653,6 +667,11 @@ async fn run_with(
         }
         eprintln!(
             "  after fixing the cause, uncordon with `kubectl uncordon NODE` or rerun the playbook"
+        );
+    }
+    if summary.outcome == Outcome::Stopped(StopReason::LockLost) {
+        eprintln!(
+            "this run lost the cluster lock and stopped acting; once no other run holds it, `rollgate resume {run_id}` continues"
         );
     }
     eprintln!("per-node logs: {}", run_dir.join("nodes").display());

@@ -96,6 +96,9 @@ pub enum StopReason {
     NodeFailures,
     /// A health gate decided to abort.
     GateAbort,
+    /// This run lost the cluster lock (not renewed in time, or taken by another run): nodes
+    /// in flight stop at their next safe point and nothing more is written to them.
+    LockLost,
     /// The operator asked to stop now (Ctrl-C twice): nodes in flight are left as they are.
     OperatorImmediate,
     /// A journal record could not be written and synced: no node starts, nodes in flight stop

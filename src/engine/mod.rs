@@ -98,6 +98,7 @@ pub struct Engine<S: NodeSteps> {
     resume_from: HashMap<String, Step>,
     schedule: Option<(watch::Receiver<Schedule>, OutsideWindow, String)>,
     operator: Option<String>,
+    lock_lost: Option<watch::Receiver<Option<String>>>,
 }
 
 /// Why a node task ended before its last step.
@@ -121,6 +122,7 @@ impl<S: NodeSteps> Engine<S> {
             resume_from: HashMap::new(),
             schedule: None,
             operator: None,
+            lock_lost: None,
         }
     }
 
@@ -147,6 +149,14 @@ impl<S: NodeSteps> Engine<S> {
         window: &str,
     ) -> Self {
         self.schedule = Some((schedule, outside, window.to_owned()));
+        self
+    }
+
+    /// The cluster lock: once `lost` says why it was lost, no node starts and nodes in flight
+    /// stop at their next safe point (a remote command finishes first), recorded as failed
+    /// with the reason; their failure is not written to the node (the run may no longer act).
+    pub fn with_lock(mut self, lost: watch::Receiver<Option<String>>) -> Self {
+        self.lock_lost = Some(lost);
         self
     }
 
@@ -200,6 +210,8 @@ impl<S: NodeSteps> Engine<S> {
             None => (open.clone(), OutsideWindow::Wait, String::new()),
         };
         let mut closed_reported = false;
+        let (_lock_never_lost, lock_held) = watch::channel(None::<String>);
+        let mut lock_lost = self.lock_lost.clone().unwrap_or_else(|| lock_held.clone());
 
         'phases: for phase in &plan.phases {
             let mut phase_failures = 0u32;
@@ -230,6 +242,14 @@ impl<S: NodeSteps> Engine<S> {
                         stop_reason = Some(StopReason::GateAbort);
                         self.sink.emit(RunEvent::Stopping {
                             reason: StopReason::GateAbort,
+                        });
+                    }
+                    if lock_lost.borrow_and_update().is_some()
+                        && stop_reason.is_none_or(|r| r < StopReason::LockLost)
+                    {
+                        stop_reason = Some(StopReason::LockLost);
+                        self.sink.emit(RunEvent::Stopping {
+                            reason: StopReason::LockLost,
                         });
                     }
                     let paused = matches!(state, HealthState::Paused(_));
@@ -302,6 +322,7 @@ impl<S: NodeSteps> Engine<S> {
                             self.sink.clone(),
                             Arc::clone(&current_step),
                             self.guard.clone(),
+                            lock_lost.clone(),
                         ));
                     }
                     if let Schedule::Closed { reopens_at } = &timing
@@ -345,6 +366,12 @@ impl<S: NodeSteps> Engine<S> {
                             if changed.is_err() {
                                 // The guard is gone: no more decisions can come; keep going without it.
                                 health = unguarded.clone();
+                            }
+                        }
+                        changed = lock_lost.changed() => {
+                            if changed.is_err() {
+                                // Nobody watches the lock any more: it can no longer be reported lost.
+                                lock_lost = lock_held.clone();
                             }
                         }
                         Some(joined) = in_flight.join_next() => {
@@ -473,15 +500,35 @@ async fn abort_signal(guard: Option<Arc<Guard>>) -> StepError {
     std::future::pending().await
 }
 
-/// Runs a step that is safe to interrupt (drain, wait for Ready, settle) until the guard aborts.
+/// The reason a node must stop, once the run lost the cluster lock.
+fn lock_lost_error(lock: &watch::Receiver<Option<String>>) -> Option<StepError> {
+    lock.borrow()
+        .as_ref()
+        .map(|why| StepError::new(format!("lost the cluster lock: {why}")))
+}
+
+/// Resolves when the run loses the cluster lock (never if it cannot be lost).
+async fn lock_lost_signal(mut lock: watch::Receiver<Option<String>>) -> StepError {
+    if lock.wait_for(Option::is_some).await.is_ok()
+        && let Some(e) = lock_lost_error(&lock)
+    {
+        return e;
+    }
+    std::future::pending().await
+}
+
+/// Runs a step that is safe to interrupt (drain, wait for Ready, settle) until the guard
+/// aborts or the run loses the cluster lock.
 async fn interruptible<T>(
     guard: &Option<Arc<Guard>>,
+    lock: &watch::Receiver<Option<String>>,
     step: Step,
     fut: impl Future<Output = Result<T, StepError>>,
 ) -> Result<T, StepError> {
     tokio::select! {
         r = fut => r,
         e = abort_signal(guard.clone()) => Err(StepError::new(format!("stopped during {step}: {}", e.0))),
+        e = lock_lost_signal(lock.clone()) => Err(StepError::new(format!("stopped during {step}: {}", e.0))),
     }
 }
 
@@ -491,6 +538,7 @@ async fn upgrade_node<S: NodeSteps>(
     sink: EventSink,
     current: Arc<std::sync::Mutex<HashMap<String, Step>>>,
     guard: Option<Arc<Guard>>,
+    lock: watch::Receiver<Option<String>>,
 ) -> NodeResult {
     let started = Instant::now();
     sink.emit(RunEvent::NodeStarted {
@@ -503,8 +551,12 @@ async fn upgrade_node<S: NodeSteps>(
         if let Some(g) = &guard {
             g.set_step(&job.node, Some(step));
         }
-        // A gate aborted the run: stop here, before the next step, and record why.
-        let result = if let Some(err) = aborted_error(&guard, step) {
+        // The lock is lost or a gate aborted the run: stop here, before the next step, and
+        // record why.
+        let stop_here = lock_lost_error(&lock)
+            .map(|e| StepError::new(format!("stopped before {step}: {}", e.0)))
+            .or_else(|| aborted_error(&guard, step));
+        let result = if let Some(err) = stop_here {
             Err(err)
         } else {
             // Nothing is done that the journal does not record first.
@@ -521,7 +573,7 @@ async fn upgrade_node<S: NodeSteps>(
             let step_started = Instant::now();
             let result = match step {
                 Step::Cordon => steps.cordon(&job).await.map(|_| None),
-                Step::Drain => interruptible(&guard, step, steps.drain(&job))
+                Step::Drain => interruptible(&guard, &lock, step, steps.drain(&job))
                     .await
                     .map(|report| {
                         let detail = format!(
@@ -534,11 +586,11 @@ async fn upgrade_node<S: NodeSteps>(
                     }),
                 // Never interrupted: a half-run config-management command is worse than a finished one.
                 Step::Command => steps.run_command(&job).await.map(|_| None),
-                Step::WaitReady => interruptible(&guard, step, steps.wait_ready(&job))
+                Step::WaitReady => interruptible(&guard, &lock, step, steps.wait_ready(&job))
                     .await
                     .map(Some),
                 Step::Uncordon => steps.uncordon(&job).await.map(|_| None),
-                Step::Settle => interruptible(&guard, step, steps.settle(&job, &drained))
+                Step::Settle => interruptible(&guard, &lock, step, steps.settle(&job, &drained))
                     .await
                     .map(|_| None),
             };
@@ -563,7 +615,14 @@ async fn upgrade_node<S: NodeSteps>(
             result
         };
         if let Err(err) = result {
-            steps.mark_failed(&job, step, &err.0).await;
+            if lock.borrow().is_none() {
+                steps.mark_failed(&job, step, &err.0).await;
+            } else {
+                sink.emit(RunEvent::Warning {
+                    node: Some(job.node.clone()),
+                    message: "the failure is not recorded on the node: this run lost the cluster lock and writes nothing more to the cluster".into(),
+                });
+            }
             sink.emit(RunEvent::NodeFailed {
                 node: job.node.clone(),
                 step,

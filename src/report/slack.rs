@@ -249,6 +249,9 @@ impl Texts {
                         "STOPPED: the run journal cannot be written (resumable once it can)"
                             .to_owned()
                     }
+                    Outcome::Stopped(StopReason::LockLost) => {
+                        "STOPPED: lost the cluster lock (`rollgate resume` continues)".to_owned()
+                    }
                     Outcome::Stopped(_) => "stopped by the operator".to_owned(),
                 };
                 let slowest = self

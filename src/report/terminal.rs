@@ -73,6 +73,9 @@ fn stop_text(reason: StopReason) -> &'static str {
         StopReason::GateAbort => {
             "stopping: a health gate aborted the run; nodes in flight stop at their next safe point and stay cordoned"
         }
+        StopReason::LockLost => {
+            "stopping: this run lost the cluster lock; nodes in flight stop at their next safe point (a remote command finishes first) and stay cordoned"
+        }
         StopReason::OperatorImmediate => "stopping now: nodes in flight are left as they are",
         StopReason::OutsideWindow => {
             "stopping: the maintenance window closed; finishing the nodes in flight (`rollgate resume` continues in the next window)"
