@@ -195,6 +195,17 @@ pub enum RunEvent {
     Problem {
         problem: crate::monitor::pods::Problem,
     },
+    /// The monitor lost a watch (an error from the API: unreachable, forbidden, ...); it starts
+    /// over from a fresh list. Once per outage.
+    WatchLost {
+        watch: String,
+        error: String,
+    },
+    /// A lost watch is back, with a fresh list.
+    WatchRestored {
+        watch: String,
+        lost_ms: u64,
+    },
     RunFinished {
         outcome: Outcome,
         done: usize,
