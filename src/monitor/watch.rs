@@ -3,7 +3,8 @@
 //! Each watch (the pods of a namespace, the nodes) feeds a reflector store and records whether it
 //! sees the cluster now ([`WatchState`]). Any error — a watch that broke, a list or watch
 //! refused (a revoked permission), the API unreachable — starts that watch over from a fresh
-//! list after a backoff (0.5 s doubling to 5 s); it sees again only once that list is complete.
+//! list after a backoff (0.5 s doubling to 5 s); it sees again once that list is complete and
+//! the watch after it has run for 2 s without error.
 //! Each watch call is renewed, and so re-authorised, at least every [`RENEW_EVERY_SECS`].
 //!
 //! [`Sight`] is the pure rule for one signal (pods, nodes): while a watch it depends on has been
@@ -32,6 +33,8 @@ pub const RENEW_EVERY_SECS: u32 = 60;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long the watch after a fresh list must run without error before the watch sees again.
+const CONFIRM_AFTER: Duration = Duration::from_secs(2);
 
 /// Since when a watch has been lost, and the last error.
 #[derive(Debug, Clone)]
@@ -100,21 +103,31 @@ where
         loop {
             let config = watcher::Config::default().timeout(RENEW_EVERY_SECS);
             let mut stream = std::pin::pin!(watcher(api.clone(), config));
+            // A complete list counts once the watch that follows it has started without error
+            // (a list may be allowed while the watch is not).
+            let mut confirm_at: Option<tokio::time::Instant> = None;
             let error = loop {
-                match stream.next().await {
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    _ = tokio::time::sleep_until(confirm_at.unwrap_or_else(tokio::time::Instant::now)), if confirm_at.is_some() => {
+                        confirm_at = None;
+                        delay = BACKOFF_FIRST;
+                        if let Some(lost) = state.listed().filter(|_| listed_once) {
+                            sink.emit(RunEvent::WatchRestored {
+                                watch: state.name.clone(),
+                                lost_ms: lost.as_millis() as u64,
+                            });
+                        }
+                        listed_once = true;
+                        continue;
+                    }
+                };
+                match next {
                     Some(Ok(event)) => {
                         let event = event.modify(|o| o.managed_fields_mut().clear());
                         writer.apply_watcher_event(&event);
                         if matches!(event, watcher::Event::InitDone) {
-                            delay = BACKOFF_FIRST;
-                            let was_lost = state.listed();
-                            if let Some(lost) = was_lost.filter(|_| listed_once) {
-                                sink.emit(RunEvent::WatchRestored {
-                                    watch: state.name.clone(),
-                                    lost_ms: lost.as_millis() as u64,
-                                });
-                            }
-                            listed_once = true;
+                            confirm_at = Some(tokio::time::Instant::now() + CONFIRM_AFTER);
                         }
                     }
                     Some(Err(e)) => break e.to_string(),
