@@ -369,9 +369,10 @@ async fn a_revoked_permission_makes_the_monitor_inconclusive_and_a_new_grant_res
 #[tokio::test]
 async fn an_api_outage_pauses_the_run_within_blind_after_and_it_resumes_once_the_api_is_back() {
     let suite = unique("outage");
-    let (_nodes, names) = TestNodes::numbered(&suite, 2);
+    let (_nodes, names) = TestNodes::numbered(&suite, 3);
     let ns = TestNamespace::new("outage");
-    ns.pod("web", &names[1], "");
+    // A watched pod on a node outside the plan.
+    ns.pod("web", &names[2], "");
     wait_ready_pod(&ns.0, "web");
     let proxy = ApiProxy::start();
     let dir = tempfile::tempdir().unwrap();

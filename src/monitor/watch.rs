@@ -49,6 +49,8 @@ pub struct WatchState {
     /// What it watches, for messages: `pods in namespace web`, `nodes`.
     pub name: String,
     lost: Mutex<Option<Lost>>,
+    /// A `watch-lost` event was emitted for the current outage.
+    announced: Mutex<bool>,
 }
 
 impl WatchState {
@@ -59,6 +61,7 @@ impl WatchState {
                 since: Instant::now(),
                 error: "not listed yet".into(),
             })),
+            announced: Mutex::new(false),
         })
     }
 
@@ -66,27 +69,24 @@ impl WatchState {
         self.lost.lock().expect("lock").clone()
     }
 
-    /// Records an error; returns true when it starts an outage (the watch was seeing).
+    /// Records an error; returns true for the first error of an outage (to announce it).
     fn fail(&self, error: String) -> bool {
         let mut lost = self.lost.lock().expect("lock");
-        let started = lost.is_none();
         let since = lost.as_ref().map_or_else(Instant::now, |l| l.since);
         *lost = Some(Lost { since, error });
-        started
+        !std::mem::replace(&mut *self.announced.lock().expect("lock"), true)
     }
 
-    /// A complete list arrived; returns how long the watch was lost.
+    /// The watch sees again; returns how long it was lost if the outage was announced.
     fn listed(&self) -> Option<Duration> {
-        self.lost
-            .lock()
-            .expect("lock")
-            .take()
-            .map(|l| l.since.elapsed())
+        let lost = self.lost.lock().expect("lock").take();
+        let announced = std::mem::replace(&mut *self.announced.lock().expect("lock"), false);
+        lost.filter(|_| announced).map(|l| l.since.elapsed())
     }
 }
 
 /// Runs a watch into `writer` for as long as the task lives, recording its state in `state`
-/// and emitting `watch-lost` / `watch-restored` events once per outage (not for the first list).
+/// and emitting `watch-lost` / `watch-restored` events once per outage.
 pub fn spawn<K>(
     api: Api<K>,
     mut writer: Writer<K>,
@@ -99,7 +99,6 @@ where
 {
     tokio::spawn(async move {
         let mut delay = BACKOFF_FIRST;
-        let mut listed_once = false;
         loop {
             let config = watcher::Config::default().timeout(RENEW_EVERY_SECS);
             let mut stream = std::pin::pin!(watcher(api.clone(), config));
@@ -112,13 +111,12 @@ where
                     _ = tokio::time::sleep_until(confirm_at.unwrap_or_else(tokio::time::Instant::now)), if confirm_at.is_some() => {
                         confirm_at = None;
                         delay = BACKOFF_FIRST;
-                        if let Some(lost) = state.listed().filter(|_| listed_once) {
+                        if let Some(lost) = state.listed() {
                             sink.emit(RunEvent::WatchRestored {
                                 watch: state.name.clone(),
                                 lost_ms: lost.as_millis() as u64,
                             });
                         }
-                        listed_once = true;
                         continue;
                     }
                 };
