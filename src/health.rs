@@ -8,6 +8,7 @@ use crate::playbook::{Decision, Playbook, ProbeWhen, Signal};
 use crate::probe::{ProbeContext, ProbeRunner, when_name};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
@@ -39,6 +40,7 @@ pub struct Guard {
     sink: EventSink,
     probes: Option<(Arc<Playbook>, Arc<ProbeRunner>)>,
     run_id: String,
+    resumes: AtomicU64,
 }
 
 impl Guard {
@@ -66,6 +68,7 @@ impl Guard {
             sink,
             probes: runner.map(|r| (playbook, r)),
             run_id: run_id.into(),
+            resumes: AtomicU64::new(0),
         })
     }
 
@@ -92,14 +95,21 @@ impl Guard {
         };
     }
 
-    /// Nodes being upgraded now: their pods are expected to be disrupted.
+    /// Nodes down for their upgrade now (cordon to wait-ready): their pods are expected to be
+    /// disrupted. Once a node is uncordoned (uncordon, settle and its soak) it is watched again.
     pub fn exempt_nodes(&self) -> BTreeSet<String> {
         self.in_flight
             .lock()
             .expect("lock")
-            .keys()
-            .cloned()
+            .iter()
+            .filter(|(_, step)| takes_node_down(**step))
+            .map(|(node, _)| node.clone())
             .collect()
+    }
+
+    /// How many times the run was resumed so far.
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(Ordering::SeqCst)
     }
 
     /// Feeds a signal's result through its gates; returns the decision taken, if any.
@@ -202,6 +212,7 @@ impl Guard {
             }
         });
         if resumed {
+            self.resumes.fetch_add(1, Ordering::SeqCst);
             self.trackers
                 .lock()
                 .expect("lock")
@@ -270,10 +281,57 @@ impl Guard {
     }
 }
 
+/// The steps during which a node is down for its upgrade, so its pods and its readiness are
+/// not held against the run.
+fn takes_node_down(step: Step) -> bool {
+    matches!(
+        step,
+        Step::Cordon | Step::Drain | Step::Command | Step::WaitReady
+    )
+}
+
 fn severity(d: Decision) -> u8 {
     match d {
         Decision::Warn => 0,
         Decision::Pause => 1,
         Decision::Abort => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard() -> Arc<Guard> {
+        let playbook = crate::playbook::parse(
+            std::path::Path::new("t.toml"),
+            "name = \"t\"\n[[phase]]\nname = \"p\"\nnodes = [\"a\"]\n[command]\nrun = \"true\"\n",
+        )
+        .unwrap();
+        let (sink, _rx) = EventSink::channel();
+        Guard::new(Arc::new(playbook), None, &[Signal::Pods], sink, "run")
+    }
+
+    #[test]
+    fn a_node_is_exempt_only_while_it_is_down_for_its_upgrade() {
+        let g = guard();
+        for step in Step::ALL {
+            g.set_step("n1", Some(step));
+            let exempt = g.exempt_nodes().contains("n1");
+            let down = !matches!(step, Step::Uncordon | Step::Settle);
+            assert_eq!(exempt, down, "{step}");
+        }
+        g.set_step("n1", None);
+        assert!(g.exempt_nodes().is_empty());
+    }
+
+    #[test]
+    fn resuming_counts_resumes() {
+        let g = guard();
+        assert!(g.pause_by_operator("look"));
+        assert_eq!(g.resumes(), 0);
+        assert!(g.resume());
+        assert!(!g.resume(), "not paused any more");
+        assert_eq!(g.resumes(), 1);
     }
 }

@@ -93,6 +93,15 @@ impl Consumer for std::sync::Arc<std::sync::Mutex<LiveTable>> {
                 decision.decision, decision.signal, decision.evidence
             )),
             RunEvent::Baseline { problems } => t.baseline = problems.clone(),
+            RunEvent::WatchLost { watch, error } => {
+                t.problems.insert(
+                    format!("(watch) {watch}"),
+                    format!("LOST, retrying: {error}"),
+                );
+            }
+            RunEvent::WatchRestored { watch, .. } => {
+                t.problems.remove(&format!("(watch) {watch}"));
+            }
             _ => return,
         }
         t.dirty = true;

@@ -247,6 +247,17 @@ pub enum RunEvent {
     RunRefused {
         reason: String,
     },
+    /// The monitor lost a watch (an error from the API: unreachable, forbidden, ...); it starts
+    /// over from a fresh list. Once per outage.
+    WatchLost {
+        watch: String,
+        error: String,
+    },
+    /// A lost watch is back, with a fresh list.
+    WatchRestored {
+        watch: String,
+        lost_ms: u64,
+    },
     RunFinished {
         outcome: Outcome,
         done: usize,

@@ -1,16 +1,20 @@
 //! The health monitor: runs from the start of a run to its end (or alone in `rollgate monitor`).
 //!
 //! - Pods and nodes come from watches kept in reflector stores (managed fields stripped), over
-//!   the playbook's namespaces, pod selector and node selector (default: everything).
+//!   the playbook's namespaces, pod selector and node selector (default: everything). A watch
+//!   that cannot be re-established within `monitor.blind-after` turns its signal inconclusive
+//!   ([`watch`]).
 //! - A baseline is taken at start; every half second the stores are compared with it and only
-//!   new or worse problems go to the gates ([`pods`] holds the pure rules). Pods on nodes being
-//!   upgraded right now are exempt: their disruption is the point.
+//!   new or worse problems go to the gates ([`pods`] holds the pure rules). Nodes down for their
+//!   upgrade right now (cordon to wait-ready) are exempt, with their pods: their disruption is
+//!   the point. Once uncordoned, during settle and soak, they are watched again.
 //! - Pings: ICMP echo ([`icmp`]) or TCP connects to the selected pods' IPs, bounded concurrency; a pod is unreachable
 //!   after `misses` failures in a row.
 //! - Periodic probes run on their own intervals.
 
 pub mod icmp;
 pub mod pods;
+pub mod watch;
 
 use crate::engine::{EventSink, RunEvent};
 use crate::gate::Outcome;
@@ -21,12 +25,12 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use pods::{Baseline, Problem, Thresholds};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use watch::{Action, Sight, WatchState};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const EVALUATE_EVERY: Duration = Duration::from_millis(500);
@@ -40,7 +44,6 @@ pub struct MonitorError(String);
 /// The running monitor; its tasks stop when it is dropped.
 pub struct Monitor {
     tasks: Vec<JoinHandle<()>>,
-    pub baseline: Baseline,
 }
 
 impl Drop for Monitor {
@@ -51,7 +54,11 @@ impl Drop for Monitor {
     }
 }
 
-fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, JoinHandle<()>)
+fn reflect<K>(
+    api: Api<K>,
+    name: String,
+    sink: &EventSink,
+) -> (Store<K>, Arc<WatchState>, JoinHandle<()>)
 where
     K: kube::Resource
         + Clone
@@ -63,27 +70,23 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, config)
-            .default_backoff()
-            .modify(|o: &mut K| o.managed_fields_mut().clear()),
-    )
-    .applied_objects();
-    let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while stream.next().await.is_some() {}
-    });
-    (reader, task)
+    let state = WatchState::new(name);
+    let task = watch::spawn(api, writer, Arc::clone(&state), sink.clone());
+    (reader, state, task)
 }
 
-fn pod_apis(client: &kube::Client, opts: &MonitorOptions) -> Vec<Api<Pod>> {
+fn pod_apis(client: &kube::Client, opts: &MonitorOptions) -> Vec<(Api<Pod>, String)> {
     if opts.namespaces.is_empty() {
-        vec![Api::all(client.clone())]
+        vec![(Api::all(client.clone()), "pods in all namespaces".into())]
     } else {
         opts.namespaces
             .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
+            .map(|ns| {
+                (
+                    Api::namespaced(client.clone(), ns),
+                    format!("pods in namespace {ns}"),
+                )
+            })
             .collect()
     }
 }
@@ -113,39 +116,37 @@ pub async fn start(
 
     let mut tasks = Vec::new();
     let mut pod_stores = Vec::new();
-    for api in pod_apis(&client, &opts) {
-        let (store, task) = reflect(api, watcher::Config::default());
+    let mut pod_watches = Vec::new();
+    for (api, name) in pod_apis(&client, &opts) {
+        let (store, state, task) = reflect(api, name, &sink);
         pod_stores.push(store);
+        pod_watches.push(state);
         tasks.push(task);
     }
-    let (node_store, task) = reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
+    let (node_store, node_watch, task) =
+        reflect(Api::<Node>::all(client.clone()), "nodes".into(), &sink);
     tasks.push(task);
-    // The watchers retry forever; a monitor that cannot see the cluster must not start a run.
+    let node_watches = vec![node_watch];
+    // The watches retry forever; a monitor that cannot see the cluster must not start a run.
     let ready = async {
         for s in &pod_stores {
-            s.wait_until_ready().await.map_err(|e| e.to_string())?;
+            let _ = s.wait_until_ready().await;
         }
-        node_store
-            .wait_until_ready()
-            .await
-            .map_err(|e| e.to_string())
+        let _ = node_store.wait_until_ready().await;
     };
-    let not_ready = |why: String| {
+    if tokio::time::timeout(READY_TIMEOUT, ready).await.is_err() {
         for t in &tasks {
             t.abort();
         }
-        MonitorError(format!(
-            "the health monitor cannot watch pods and nodes: {why}"
-        ))
-    };
-    match tokio::time::timeout(READY_TIMEOUT, ready).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(not_ready(e)),
-        Err(_) => {
-            return Err(not_ready(format!(
-                "no initial list within {READY_TIMEOUT:?}"
-            )));
-        }
+        let why: Vec<String> = pod_watches
+            .iter()
+            .chain(&node_watches)
+            .filter_map(|w| w.lost().map(|l| format!("{}: {}", w.name, l.error)))
+            .collect();
+        return Err(MonitorError(format!(
+            "the health monitor cannot watch pods and nodes (no complete list within {READY_TIMEOUT:?}): {}\n  hint: check the API server is reachable and that your credentials may list and watch pods and nodes",
+            why.join("; ")
+        )));
     }
 
     // The baseline comes from the stores' initial lists, before anything changes.
@@ -171,19 +172,44 @@ pub async fn start(
 
     let pod_stores = Arc::new(pod_stores);
     {
-        let (guard, sink, opts, mut baseline, pod_stores, node_store) = (
+        let (guard, sink, opts, pod_stores, node_store) = (
             Arc::clone(&guard),
             sink.clone(),
             opts.clone(),
-            baseline.clone(),
             Arc::clone(&pod_stores),
             node_store.clone(),
         );
         tasks.push(tokio::spawn(async move {
+            let mut baseline = baseline;
             let mut reported: BTreeSet<(String, pods::ProblemKind)> = BTreeSet::new();
+            let (mut pods_sight, mut nodes_sight) = (Sight::default(), Sight::default());
             let mut tick = tokio::time::interval(EVALUATE_EVERY);
             loop {
                 tick.tick().await;
+                let resumes = guard.resumes();
+                let judge = |sight: &mut Sight, watches: &[Arc<WatchState>], signal: Signal| {
+                    let lost = watch::longest_lost(watches);
+                    let lost = lost
+                        .as_ref()
+                        .map(|(w, for_, e)| (w.as_str(), *for_, e.as_str()));
+                    match sight.step(lost, opts.blind_after, resumes) {
+                        Action::Evaluate { restored } => {
+                            if restored {
+                                guard.report(&signal, Outcome::Pass);
+                            }
+                            true
+                        }
+                        Action::Inconclusive(why) => {
+                            if guard.report(&signal, Outcome::Inconclusive(why)).is_some() {
+                                sight.decided(resumes);
+                            }
+                            false
+                        }
+                        Action::Hold => false,
+                    }
+                };
+                let see_pods = judge(&mut pods_sight, &pod_watches, Signal::Pods);
+                let see_nodes = judge(&mut nodes_sight, &node_watches, Signal::Nodes);
                 let pods: Vec<Pod> = pod_stores
                     .iter()
                     .flat_map(|s| s.state())
@@ -201,12 +227,16 @@ pub async fn start(
                     })
                     .collect();
                 let exempt = guard.exempt_nodes();
-                baseline.accept_restarts_on(&pods, &exempt);
-                let problems = pods::new_problems(
+                let now = jiff::Timestamp::now();
+                if see_pods {
+                    baseline.observe(&pods, &exempt, now, thresholds);
+                }
+                // A blind signal is not judged on what it saw last (it may be long out of date).
+                let problems: Vec<Problem> = pods::new_problems(
                     &baseline,
-                    &pods,
-                    &nodes,
-                    jiff::Timestamp::now(),
+                    if see_pods { &pods } else { &[] },
+                    if see_nodes { &nodes } else { &[] },
+                    now,
                     thresholds,
                     &exempt,
                 );
@@ -228,11 +258,13 @@ pub async fn start(
                 if !node_problems.is_empty() {
                     guard.report(&Signal::Nodes, Outcome::Fail(evidence(&node_problems)));
                 }
-                // A problem that went away may be reported again if it comes back.
-                reported = problems
-                    .iter()
-                    .map(|p| (p.object.clone(), p.kind))
-                    .collect();
+                // A problem that went away may be reported again if it comes back. What a blind
+                // signal reported stays reported until it sees again.
+                reported.retain(|(_, kind)| {
+                    let is_node = *kind == pods::ProblemKind::NodeNotReady;
+                    (is_node && !see_nodes) || (!is_node && !see_pods)
+                });
+                reported.extend(problems.iter().map(|p| (p.object.clone(), p.kind)));
             }
         }));
     }
@@ -261,7 +293,7 @@ pub async fn start(
             }));
         }
     }
-    Ok(Monitor { tasks, baseline })
+    Ok(Monitor { tasks })
 }
 
 fn evidence(problems: &[&&Problem]) -> String {

@@ -163,59 +163,128 @@ pub fn node_problems(node: &Node) -> Vec<Problem> {
     }
 }
 
-/// What was wrong when the run started: problem kinds per object, and pods' restart counts.
+/// How long a pod that was broken at the start must stay Ready, without a problem, before it
+/// counts as recovered: from then on it is held to the same rules as any other pod.
+pub const RECOVERED_AFTER: Duration = Duration::from_secs(60);
+
+/// What the run holds each pod to, keyed by pod UID (a pod recreated under the same name, a
+/// StatefulSet's say, is a new pod):
+///
+/// - Pods present at the start: the problems they already had are forgiven (reported in the
+///   `baseline` event) until the pod recovers ([`RECOVERED_AFTER`] Ready without a problem).
+///   Restarts from the count at the start are new problems, except for a pod that was already
+///   crash-looping (its restarts are its old problem) until it recovers.
+/// - Pods first seen later (replacements, new pods) are held to every rule from their first
+///   observation: no problem is forgiven, restarts count from the count first seen.
+/// - Pods on a node while it is down for its upgrade (cordon to wait-ready) restart with it:
+///   the restart count then becomes the new baseline.
+///
+/// Nodes are keyed by name: a node NotReady at the start is forgiven while it stays so.
 #[derive(Debug, Clone, Default)]
 pub struct Baseline {
-    pub problems: BTreeMap<String, BTreeSet<ProblemKind>>,
-    pub restarts: BTreeMap<String, i32>,
+    /// Pod UID -> problem kinds it had at the start (still forgiven).
+    forgiven: BTreeMap<String, BTreeSet<ProblemKind>>,
+    /// Pod UID -> the restart count restarts are counted from.
+    restarts: BTreeMap<String, i32>,
+    /// Node name -> problem kinds it had at the start.
+    nodes: BTreeMap<String, BTreeSet<ProblemKind>>,
+    /// `object: kinds` for every problem at the start, for the `baseline` event.
+    described: Vec<String>,
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_else(|| key(pod))
+}
+
+fn node_of(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+/// Ready without interruption for at least `for_`.
+fn ready_for(pod: &Pod, now: jiff::Timestamp, for_: Duration) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| {
+            c.status == "True" && age(c.last_transition_time.as_ref().map(|t| &t.0), now) >= for_
+        })
 }
 
 impl Baseline {
     pub fn take(pods: &[Pod], nodes: &[Node], now: jiff::Timestamp, t: Thresholds) -> Self {
         let mut b = Baseline::default();
+        let mut described: BTreeMap<String, BTreeSet<ProblemKind>> = BTreeMap::new();
         for p in pods {
-            b.restarts.insert(key(p), restarts(p));
-            for problem in pod_problems(p, now, t) {
-                b.problems
-                    .entry(problem.object)
-                    .or_default()
-                    .insert(problem.kind);
+            b.restarts.insert(uid(p), restarts(p));
+            let kinds: BTreeSet<ProblemKind> = pod_problems(p, now, t)
+                .into_iter()
+                .map(|x| x.kind)
+                .collect();
+            if !kinds.is_empty() {
+                described.insert(key(p), kinds.clone());
+                b.forgiven.insert(uid(p), kinds);
             }
         }
         for n in nodes {
             for problem in node_problems(n) {
-                b.problems
+                described
+                    .entry(problem.object.clone())
+                    .or_default()
+                    .insert(problem.kind);
+                b.nodes
                     .entry(problem.object)
                     .or_default()
                     .insert(problem.kind);
             }
         }
+        b.described = described
+            .iter()
+            .map(|(o, kinds)| format!("{o}: {kinds:?}"))
+            .collect();
         b
     }
 
-    /// Pods on nodes being upgraded restart with their node (DaemonSet pods, say): take their
-    /// restart counts as the new baseline, so once the node is released only restarts *after*
-    /// its upgrade count as rising.
-    pub fn accept_restarts_on(&mut self, pods: &[Pod], exempt: &BTreeSet<String>) {
+    /// Brings the baseline up to date with what the monitor sees now (call before
+    /// [`new_problems`]): pods seen for the first time are tracked from now, pods on nodes that
+    /// are down for their upgrade (`exempt`) take their restart count as the new baseline, pods
+    /// broken at the start that recovered lose their forgiveness, and pods gone are forgotten.
+    pub fn observe(
+        &mut self,
+        pods: &[Pod],
+        exempt: &BTreeSet<String>,
+        now: jiff::Timestamp,
+        t: Thresholds,
+    ) {
+        let mut live = BTreeSet::new();
         for p in pods {
-            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
-            if node.is_some_and(|n| exempt.contains(n)) {
-                self.restarts.insert(key(p), restarts(p));
+            let id = uid(p);
+            let count = restarts(p);
+            let on_exempt_node = node_of(p).is_some_and(|n| exempt.contains(n));
+            let recovered = self.forgiven.contains_key(&id)
+                && ready_for(p, now, RECOVERED_AFTER)
+                && pod_problems(p, now, t).is_empty();
+            if recovered {
+                self.forgiven.remove(&id);
             }
+            if on_exempt_node || recovered || !self.restarts.contains_key(&id) {
+                self.restarts.insert(id.clone(), count);
+            }
+            live.insert(id);
         }
+        self.restarts.retain(|id, _| live.contains(id));
+        self.forgiven.retain(|id, _| live.contains(id));
     }
 
     /// All problems already present at the baseline (reported once, not held against the run).
     pub fn describe(&self) -> Vec<String> {
-        self.problems
-            .iter()
-            .map(|(o, kinds)| format!("{o}: {kinds:?}"))
-            .collect()
+        self.described.clone()
     }
 }
 
 /// Problems that are new or worse than at the baseline, skipping pods and nodes on `exempt` nodes
-/// (the ones being upgraded right now: their pods are expected to go away).
+/// (the ones down for their upgrade right now: their pods are expected to go away). Pods not yet
+/// in the baseline (call [`Baseline::observe`] first) are judged on their problems alone.
 pub fn new_problems(
     baseline: &Baseline,
     pods: &[Pod],
@@ -225,35 +294,28 @@ pub fn new_problems(
     exempt: &BTreeSet<String>,
 ) -> Vec<Problem> {
     let mut out = Vec::new();
-    let known = |object: &str, kind: ProblemKind| {
-        baseline
-            .problems
-            .get(object)
-            .is_some_and(|k| k.contains(&kind))
-    };
     for p in pods {
-        let node = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .unwrap_or("");
+        let node = node_of(p).unwrap_or("");
         if exempt.contains(node) {
             continue;
         }
+        let id = uid(p);
+        let forgiven = baseline.forgiven.get(&id);
+        let is_forgiven = |kind: ProblemKind| forgiven.is_some_and(|k| k.contains(&kind));
         let problems = pod_problems(p, now, t);
-        let already_crashing = known(&key(p), ProblemKind::CrashLoop);
         for problem in &problems {
-            if !known(&problem.object, problem.kind) {
+            if !is_forgiven(problem.kind) {
                 out.push(problem.clone());
             }
         }
-        // Restarts rising on a pod that was healthy: a new problem even before CrashLoopBackOff.
-        let before = baseline.restarts.get(&key(p)).copied();
+        // Restarts rising: a new problem even before CrashLoopBackOff; a pod crash-looping
+        // now is reported as that, and one crash-looping since the start restarts as before.
+        let before = baseline.restarts.get(&id).copied();
         let now_restarts = restarts(p);
         let crashing_now = problems.iter().any(|x| x.kind == ProblemKind::CrashLoop);
         if let Some(before) = before
             && now_restarts > before
-            && !already_crashing
+            && !is_forgiven(ProblemKind::CrashLoop)
             && !crashing_now
         {
             out.push(Problem {
@@ -270,7 +332,11 @@ pub fn new_problems(
             continue;
         }
         for problem in node_problems(n) {
-            if !known(&problem.object, problem.kind) {
+            if !baseline
+                .nodes
+                .get(name)
+                .is_some_and(|k| k.contains(&problem.kind))
+            {
                 out.push(problem);
             }
         }
@@ -306,6 +372,7 @@ mod tests {
     ) -> Pod {
         let mut p = Pod::default();
         p.metadata.name = Some(name.into());
+        p.metadata.uid = Some(format!("uid-{name}"));
         p.metadata.namespace = Some("ns".into());
         p.metadata.creation_timestamp = Some(Time(ts(0)));
         p.spec = Some(PodSpec {
@@ -450,19 +517,159 @@ mod tests {
         );
     }
 
+    /// `pod` with another UID: the same name recreated.
+    fn recreated(mut p: Pod, uid: &str) -> Pod {
+        p.metadata.uid = Some(uid.into());
+        p
+    }
+
+    /// `pod` Ready since `since` (seconds from the test epoch).
+    fn ready_since(mut p: Pod, since: i64) -> Pod {
+        let status = p.status.as_mut().unwrap();
+        status.conditions = Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            last_transition_time: Some(Time(ts(since))),
+            ..Default::default()
+        }]);
+        p
+    }
+
+    /// Observes `pods` at `at` (seconds), then returns the new problems' (object, kind).
+    fn judge(
+        b: &mut Baseline,
+        pods: &[Pod],
+        at: i64,
+        exempt: &[&str],
+    ) -> Vec<(String, ProblemKind)> {
+        let exempt: BTreeSet<String> = exempt.iter().map(|s| s.to_string()).collect();
+        b.observe(pods, &exempt, ts(at), T);
+        new_problems(b, pods, &[], ts(at), T, &exempt)
+            .into_iter()
+            .map(|p| (p.object, p.kind))
+            .collect()
+    }
+
     #[test]
     fn restarts_during_a_nodes_own_upgrade_are_not_held_against_it_afterwards() {
         let agent = |restarts| pod("agent", "n1", "Running", true, None, restarts);
-        let mut baseline = Baseline::take(&[agent(0)], &[node("n1", true)], ts(0), T);
-        let upgrading: BTreeSet<String> = ["n1".to_string()].into();
-        // The node reboots during its upgrade: its DaemonSet pod restarts once.
-        baseline.accept_restarts_on(&[agent(1)], &upgrading);
-        let released = BTreeSet::new();
-        let now = [node("n1", true)];
-        assert!(new_problems(&baseline, &[agent(1)], &now, ts(5), T, &released).is_empty());
-        // A restart after the node was released is a new problem again.
-        let got = new_problems(&baseline, &[agent(2)], &now, ts(9), T, &released);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].kind, ProblemKind::RestartsRising);
+        let mut b = Baseline::take(&[agent(0)], &[node("n1", true)], ts(0), T);
+        // The node reboots during its upgrade (it is down: exempt): its DaemonSet pod restarts.
+        assert!(judge(&mut b, &[agent(1)], 1, &["n1"]).is_empty());
+        // Back up and soaking (not exempt): the restart during the upgrade is not held against it.
+        assert!(judge(&mut b, &[agent(1)], 5, &[]).is_empty());
+        // A restart during the soak is a new problem.
+        assert_eq!(
+            judge(&mut b, &[agent(2)], 9, &[]),
+            vec![("ns/agent".into(), ProblemKind::RestartsRising)]
+        );
+    }
+
+    #[test]
+    fn a_pod_crash_looping_on_a_node_being_soaked_is_a_new_problem() {
+        let web = |waiting, restarts| pod("web", "n1", "Running", true, waiting, restarts);
+        let mut b = Baseline::take(&[web(None, 0)], &[node("n1", true)], ts(0), T);
+        let crash = web(Some("CrashLoopBackOff"), 3);
+        assert!(judge(&mut b, std::slice::from_ref(&crash), 1, &["n1"]).is_empty());
+        assert_eq!(
+            judge(&mut b, &[crash], 2, &[]),
+            vec![("ns/web".into(), ProblemKind::CrashLoop)]
+        );
+    }
+
+    #[test]
+    fn the_baseline_follows_pod_uids_not_names() {
+        let fine = pod("db-0", "n1", "Running", true, None, 4);
+        let broken = pod("old", "n1", "Running", false, Some("CrashLoopBackOff"), 7);
+        let mut b = Baseline::take(&[fine.clone(), broken.clone()], &[], ts(0), T);
+        assert_eq!(b.describe(), vec!["ns/old: {CrashLoop}".to_string()]);
+        type Case = (&'static str, Vec<Pod>, Vec<(String, ProblemKind)>);
+        let cases: Vec<Case> = vec![
+            (
+                "the broken pod keeps crash-looping, restarts rising with it: forgiven",
+                vec![
+                    fine.clone(),
+                    pod("old", "n1", "Running", false, Some("CrashLoopBackOff"), 9),
+                ],
+                vec![],
+            ),
+            (
+                "recreated under the same name, crash-looping: the new pod is not forgiven",
+                vec![
+                    fine.clone(),
+                    recreated(
+                        pod("old", "n1", "Running", false, Some("CrashLoopBackOff"), 1),
+                        "uid-old-2",
+                    ),
+                ],
+                vec![("ns/old".into(), ProblemKind::CrashLoop)],
+            ),
+            (
+                "recreated under the same name with fewer restarts: tracked from its first sight",
+                vec![recreated(
+                    pod("db-0", "n2", "Running", true, None, 0),
+                    "uid-db-2",
+                )],
+                vec![],
+            ),
+            (
+                "a new pod that restarts after it was first seen",
+                vec![recreated(
+                    pod("db-0", "n2", "Running", true, None, 2),
+                    "uid-db-2",
+                )],
+                vec![("ns/db-0".into(), ProblemKind::RestartsRising)],
+            ),
+        ];
+        for (what, pods, want) in cases {
+            assert_eq!(judge(&mut b, &pods, 10, &[]), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_pod_broken_at_the_start_is_forgiven_until_it_recovers_and_its_restarts_count() {
+        let unready = |restarts| pod("slow", "n1", "Running", false, None, restarts);
+        // Not Ready for longer than the threshold at the start: forgiven.
+        let mut b = Baseline::take(&[unready(0)], &[], ts(100), T);
+        assert!(judge(&mut b, &[unready(0)], 110, &[]).is_empty());
+        // It was not crash-looping: a restart is a change for the worse.
+        assert_eq!(
+            judge(&mut b, &[unready(1)], 120, &[]),
+            vec![("ns/slow".into(), ProblemKind::RestartsRising)]
+        );
+
+        let crash = |restarts| {
+            pod(
+                "c",
+                "n1",
+                "Running",
+                false,
+                Some("CrashLoopBackOff"),
+                restarts,
+            )
+        };
+        let mut b = Baseline::take(&[crash(5)], &[], ts(100), T);
+        // Ready for a moment between crashes: not recovered yet.
+        let blip = ready_since(pod("c", "n1", "Running", true, None, 6), 110);
+        assert!(judge(&mut b, &[blip], 111, &[]).is_empty());
+        assert!(judge(&mut b, &[crash(7)], 112, &[]).is_empty());
+        // Ready and healthy for RECOVERED_AFTER: recovered, held to the usual rules again.
+        let well = ready_since(pod("c", "n1", "Running", true, None, 7), 200);
+        assert!(
+            judge(
+                &mut b,
+                std::slice::from_ref(&well),
+                200 + RECOVERED_AFTER.as_secs() as i64,
+                &[]
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            judge(&mut b, &[crash(8)], 300, &[]),
+            vec![
+                ("ns/c".into(), ProblemKind::CrashLoop),
+                ("ns/c".into(), ProblemKind::NotReady)
+            ]
+        );
     }
 }

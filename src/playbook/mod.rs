@@ -203,6 +203,8 @@ pub struct MonitorOptions {
     pub node_selector: Option<Selector>,
     pub not_ready_after: Duration,
     pub pending_after: Duration,
+    /// How long a watch may stay lost before the pods/nodes signals turn inconclusive.
+    pub blind_after: Duration,
     pub ping: Option<PingOptions>,
 }
 

@@ -136,6 +136,7 @@ struct RawMonitor {
     node_selector: Option<Spanned<String>>,
     not_ready_after: Option<Spanned<String>>,
     pending_after: Option<Spanned<String>>,
+    blind_after: Option<Spanned<String>>,
     ping: Option<RawPing>,
 }
 
@@ -908,6 +909,12 @@ impl Validator<'_> {
             pending_after: self.duration(
                 raw.pending_after,
                 Duration::from_secs(300),
+                Duration::from_secs(1),
+                MAX_WAIT,
+            ),
+            blind_after: self.duration(
+                raw.blind_after,
+                crate::monitor::watch::DEFAULT_BLIND_AFTER,
                 Duration::from_secs(1),
                 MAX_WAIT,
             ),

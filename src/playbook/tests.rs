@@ -273,6 +273,10 @@ fn every_error_names_file_line_key_and_hint() {
             "`monitor.not-ready-after`: \"never\" is not a duration",
         ),
         (
+            phase("[monitor]\nblind-after = \"100ms\""),
+            "`monitor.blind-after`: duration \"100ms\" is out of range\n  hint: use a value between 1s and",
+        ),
+        (
             phase("[monitor.ping]\nselector = \"app in ()\""),
             "`monitor.ping.selector`: invalid label selector",
         ),

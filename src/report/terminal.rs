@@ -298,6 +298,13 @@ impl Consumer for Terminal {
                 ));
             }
             // The refusal itself is the command's error message.
+            RunEvent::WatchLost { watch, error } => self.println(format!(
+                "   health: lost the watch on {watch} (retrying from a fresh list): {error}"
+            )),
+            RunEvent::WatchRestored { watch, lost_ms } => self.println(format!(
+                "   health: watching {watch} again after {}",
+                short_duration(*lost_ms)
+            )),
             RunEvent::PodEvicted { .. }
             | RunEvent::PodSkipped { .. }
             | RunEvent::PodDeleted { .. }
