@@ -36,6 +36,9 @@ pub struct Guard {
     state: watch::Sender<HealthState>,
     trackers: Mutex<Vec<GateTracker>>,
     in_flight: Mutex<BTreeMap<String, Step>>,
+    /// Nodes that failed in this run: their failure is counted by the failure budget, so their
+    /// state (and their pods') no longer goes to the gates.
+    failed: Mutex<BTreeSet<String>>,
     sink: EventSink,
     probes: Option<(Arc<Playbook>, Arc<ProbeRunner>)>,
     run_id: String,
@@ -63,6 +66,7 @@ impl Guard {
             state,
             trackers: Mutex::new(trackers),
             in_flight: Mutex::default(),
+            failed: Mutex::default(),
             sink,
             probes: runner.map(|r| (playbook, r)),
             run_id: run_id.into(),
@@ -92,14 +96,27 @@ impl Guard {
         };
     }
 
-    /// Nodes being upgraded now: their pods are expected to be disrupted.
+    /// The node failed: from now on it is exempt like a node in flight, for the rest of the run
+    /// (its failure is already counted by the failure budget; a NotReady node or its broken
+    /// pods must not also trip the `nodes`/`pods` gates). It leaves the nodes in flight only
+    /// after it is marked failed, so the monitor never sees it unexempt in between.
+    pub fn node_failed(&self, node: &str) {
+        self.failed.lock().expect("lock").insert(node.to_owned());
+        self.set_step(node, None);
+    }
+
+    /// Nodes whose pods are expected to be disrupted: the ones being upgraded now, and the ones
+    /// that failed in this run.
     pub fn exempt_nodes(&self) -> BTreeSet<String> {
-        self.in_flight
+        let mut exempt: BTreeSet<String> = self
+            .in_flight
             .lock()
             .expect("lock")
             .keys()
             .cloned()
-            .collect()
+            .collect();
+        exempt.extend(self.failed.lock().expect("lock").iter().cloned());
+        exempt
     }
 
     /// Feeds a signal's result through its gates; returns the decision taken, if any.

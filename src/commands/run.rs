@@ -509,7 +509,7 @@ async fn run_with(
             args.lock_name.clone(),
             journal_written,
         ));
-        let steps = KubeSteps(StepContext {
+        let steps = KubeSteps::new(StepContext {
             clients,
             playbook: Arc::clone(&playbook),
             config: Arc::clone(&config),
@@ -594,7 +594,9 @@ async fn run_with(
             );
         }
         eprintln!(
-            "  after fixing the cause, uncordon with `kubectl uncordon NODE` or rerun the playbook"
+            "  after fixing the cause, `rollgate resume {run_id}` retries them and uncordons them when done; \
+             to give a node back by hand instead: {}",
+            crate::cluster::hand_back_command("NODE")
         );
     }
     eprintln!("per-node logs: {}", run_dir.join("nodes").display());

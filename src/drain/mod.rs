@@ -102,7 +102,8 @@ pub fn pod_key(p: &Pod) -> String {
     )
 }
 
-fn controller_of(p: &Pod) -> Option<(String, String)> {
+/// The pod's controller: (kind, name).
+pub fn controller_of(p: &Pod) -> Option<(String, String)> {
     p.metadata
         .owner_references
         .as_ref()?

@@ -152,8 +152,9 @@ impl Texts {
         };
         let next = match d.decision {
             Decision::Abort => format!(
-                "Nodes in flight stopped at their next safe point and stay cordoned with the reason in `rollgate.dev/reason`. Next: fix the cause, then `kubectl uncordon` them or rerun the playbook (`rollgate run` skips nothing yet; see `rollgate plan`). Run id `{}`.",
-                self.run_id
+                "Nodes in flight stopped at their next safe point and stay cordoned with the reason in `rollgate.dev/reason`. Next: fix the cause, then `rollgate resume {}` retries them and uncordons them when done; to give a node back by hand instead: `{}`.",
+                self.run_id,
+                crate::cluster::hand_back_command("NODE")
             ),
             Decision::Pause => format!(
                 "No new node starts. Next: check the cause, then `rollgate resume {}` to continue, or stop the run with Ctrl-C.",
@@ -198,7 +199,9 @@ impl Texts {
                 self.failed += 1;
                 vec![
                     Message::Reply(format!(
-                        "node `{node}` FAILED at {step}: {reason}\nIt stays cordoned (`rollgate.dev/reason` on the node)."
+                        "node `{node}` FAILED at {step}: {reason}\nIt stays cordoned (`rollgate.dev/reason` on the node). After fixing the cause, `rollgate resume {}` retries it; to give it back by hand instead: `{}`.",
+                        self.run_id,
+                        crate::cluster::hand_back_command(node)
                     )),
                     Message::UpdateRoot(self.header("running")),
                 ]
