@@ -484,6 +484,7 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Step;
 
     #[test]
     fn the_final_message_sums_up_the_run_names_the_slowest_node_and_links_the_report() {
@@ -516,5 +517,51 @@ mod tests {
                 "run finished after 1m 20s: 3 done, 0 failed, 0 not started; slowest node `b` (1m 5s)\nReport: https://reports.example/r1/report.html".into()
             )
         );
+    }
+
+    #[test]
+    fn failure_and_abort_advice_points_to_resume_or_the_full_hand_back_command() {
+        let mut t = Texts {
+            run_id: "r1".into(),
+            playbook: "p".into(),
+            mention: None,
+            report: None,
+            total: 2,
+            done: 0,
+            failed: 0,
+            slowest: None,
+        };
+        let failed = t.messages(&RunEvent::NodeFailed {
+            node: "n1".into(),
+            step: Step::Command,
+            reason: "exit 3".into(),
+        });
+        let abort = t.messages(&RunEvent::GateDecision {
+            decision: GateDecision {
+                decision: Decision::Abort,
+                signal: "pods".into(),
+                evidence: "web crash-looping".into(),
+                in_flight: vec![("n2".into(), Step::Drain)],
+            },
+        });
+        let texts: Vec<&str> = failed
+            .iter()
+            .chain(&abort)
+            .filter_map(|m| match m {
+                Message::Reply(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts.len(), 2);
+        for (text, node) in texts.iter().zip(["n1", "NODE"]) {
+            assert!(text.contains("`rollgate resume r1`"), "{text}");
+            assert!(
+                text.contains(&format!(
+                    "kubectl uncordon {node} && kubectl annotate node {node} rollgate.dev/cordoned-by-"
+                )),
+                "{text}"
+            );
+            assert!(!text.contains("rerun"), "{text}");
+        }
     }
 }
