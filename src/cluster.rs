@@ -563,10 +563,7 @@ impl NodeSteps for KubeSteps {
             let client = client.clone();
             let (ns, kind, name) = owner;
             let floor = before.get(owner).copied();
-            let want = move |spec: Option<i32>| {
-                let spec = spec.unwrap_or(1);
-                floor.map_or(spec, |f| f.min(spec))
-            };
+            let want = move |spec: Option<i32>| replicas_to_wait_for(spec, floor);
             async move {
                 match kind.as_str() {
                     "ReplicaSet" => {
@@ -625,6 +622,13 @@ impl NodeSteps for KubeSteps {
             });
         }
     }
+}
+
+/// The Ready replicas settle waits for: the spec's (default 1), but no more than were Ready
+/// just before the drain (`ready_before`, when known).
+pub fn replicas_to_wait_for(spec: Option<i32>, ready_before: Option<i32>) -> i32 {
+    let spec = spec.unwrap_or(1);
+    ready_before.map_or(spec, |before| before.min(spec))
 }
 
 /// Waits (by watch) until the workload is gone or `ready` holds for it.
@@ -843,6 +847,25 @@ mod tests {
         ];
         for (n, want) in cases {
             assert_eq!(cordon_owner(&n), want, "{:?}", n.metadata);
+        }
+    }
+
+    #[test]
+    fn settle_waits_for_the_replicas_ready_before_the_drain_at_most() {
+        let cases = [
+            ((Some(3), None), 3),
+            ((None, None), 1),
+            ((Some(3), Some(3)), 3),
+            ((Some(3), Some(1)), 1), // short before the run: not held against the node
+            ((Some(2), Some(0)), 0),
+            ((Some(2), Some(4)), 2), // scaled down since: the spec
+        ];
+        for ((spec, before), want) in cases {
+            assert_eq!(
+                replicas_to_wait_for(spec, before),
+                want,
+                "{spec:?} {before:?}"
+            );
         }
     }
 
