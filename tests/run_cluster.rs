@@ -601,7 +601,7 @@ async fn refusals_version_mismatch_and_precordoned_nodes() {
         e["message"]
             .as_str()
             .unwrap()
-            .contains("cordoned before this run (by kubectl-cordon)")
+            .contains("cordoned before this run (by kubectl")
     }));
     assert!(
         unschedulable(&pre_node),
