@@ -1,5 +1,7 @@
-//! The rollout engine: walks the plan's phases and waves, upgrading up to `concurrency` nodes
-//! at once, each through [`Step::ALL`] in order. It owns the run state (what is in flight, what
+//! The rollout engine: walks the plan's phases and waves, with up to `concurrency` nodes out
+//! of service at once (nodes in flight, and failed nodes left cordoned), each through
+//! [`Step::ALL`] in order. A failed node is counted by the failure budget and, through the
+//! guard, exempt from the health gates for the rest of the run. It owns the run state (what is in flight, what
 //! failed, why the run stops) in one loop that `select!`s over node completions and stop
 //! requests; node tasks talk to it only through their results and the [`EventSink`].
 //!
