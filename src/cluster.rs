@@ -4,10 +4,12 @@
 //! write and command it would make).
 //!
 //! rollgate records its work on the Node as annotations under `rollgate.dev/`:
-//! `cordoned-by` (run id; rollgate only uncordons nodes it cordoned), `precordoned` (the node
-//! was cordoned by someone else before: it stays cordoned), `step` (current step), `reason`
-//! and `failed-step` (why a node failed: it stays cordoned), `boot-id` (the boot ID when the
-//! command started), `last-run` (after success).
+//! `cordoned-by` (run id), `precordoned` (the node was cordoned by someone else before: it
+//! stays cordoned), `step` (current step), `reason` and `failed-step` (why a node failed: it
+//! stays cordoned), `boot-id` (the boot ID when the command started), `last-run` (after
+//! success). Its node patches carry the field manager [`FIELD_MANAGER`], so the node's
+//! `managedFields` tell whose cordon `spec.unschedulable` is: rollgate uncordons a node only
+//! when this run (or the run it resumes) set that cordon.
 //!
 //! Readiness around reboots: wait-ready wants the node Ready (and the target kubelet, and with
 //! `[ready] reboot = true` a new boot ID) and staying so on one boot for `[ready] stable-for`;
@@ -39,6 +41,62 @@ pub const FAILED_STEP: &str = "rollgate.dev/failed-step";
 pub const LAST_RUN: &str = "rollgate.dev/last-run";
 /// The node's boot ID when its command started (a changed boot ID means it rebooted since).
 pub const BOOT_ID: &str = "rollgate.dev/boot-id";
+/// The field manager of rollgate's node patches (see `metadata.managedFields`).
+pub const FIELD_MANAGER: &str = "rollgate";
+
+/// The field manager that last set the node's `spec.unschedulable` (None when nobody owns it).
+pub fn unschedulable_set_by(node: &Node) -> Option<&str> {
+    node.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0["f:spec"].get("f:unschedulable").is_some())
+        })
+        .and_then(|m| m.manager.as_deref())
+}
+
+/// Whose cordon a node carries, as [`KubeSteps::cordon`] and [`KubeSteps::uncordon`] decide it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CordonOwner {
+    /// Not cordoned.
+    Nobody,
+    /// rollgate's cordon, still as the run named set it (this run, the run it resumes, or an
+    /// earlier run that left the node cordoned): rollgate uncordons it when the node is done.
+    Rollgate(String),
+    /// Someone else's cordon (the field manager that set it, e.g. `kubectl-cordon`): the node
+    /// stays cordoned after its upgrade.
+    Other(String),
+}
+
+/// Decides whose cordon the node carries: rollgate's only when `cordoned-by` names a run *and*
+/// rollgate's field manager set `spec.unschedulable`. A cordon set by hand after rollgate's was
+/// removed keeps the stale annotation but not the field manager, so it is someone else's.
+pub fn cordon_owner(node: &Node) -> CordonOwner {
+    let unschedulable = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    if !unschedulable {
+        return CordonOwner::Nobody;
+    }
+    match (annotation(node, CORDONED_BY), unschedulable_set_by(node)) {
+        (Some(run), Some(FIELD_MANAGER)) => CordonOwner::Rollgate(run.to_owned()),
+        (_, Some(manager)) => CordonOwner::Other(manager.to_owned()),
+        (_, None) => CordonOwner::Other("an unknown field manager".into()),
+    }
+}
+
+/// The commands that give a node back by hand: uncordon it and clear rollgate's annotations
+/// (a bare `kubectl uncordon` leaves them, and the record of a failure with them).
+pub fn hand_back_command(node: &str) -> String {
+    format!(
+        "kubectl uncordon {node} && kubectl annotate node {node} {CORDONED_BY}- {PRECORDONED}- {STEP}- {REASON}- {FAILED_STEP}- {BOOT_ID}-"
+    )
+}
 
 /// Two clients on one connection config: `api` with kube's default retries, `drain` without
 /// them (the drain loop owns its 429 handling, see [`crate::drain`]).
@@ -216,24 +274,85 @@ pub struct StepContext {
     pub sink: EventSink,
 }
 
+/// A workload whose pods a drain evicts: (namespace, kind, name).
+type Workload = (String, String, String);
+
 /// The real steps.
-pub struct KubeSteps(pub StepContext);
+pub struct KubeSteps {
+    ctx: StepContext,
+    /// Per node being drained: the Ready replicas its pods' workloads had just before the drain
+    /// (settle waits for as many again, not for more than were there).
+    ready_before: std::sync::Mutex<BTreeMap<String, BTreeMap<Workload, i32>>>,
+}
 
 impl std::ops::Deref for KubeSteps {
     type Target = StepContext;
     fn deref(&self) -> &StepContext {
-        &self.0
+        &self.ctx
     }
 }
 
 impl KubeSteps {
+    pub fn new(ctx: StepContext) -> Self {
+        Self {
+            ctx,
+            ready_before: Default::default(),
+        }
+    }
+
+    /// The Ready replicas of the ReplicaSets and StatefulSets with pods on `node`. Best effort:
+    /// a workload that cannot be read is left out (settle then waits for its full spec).
+    async fn ready_replicas_on(&self, node: &str) -> BTreeMap<Workload, i32> {
+        let Ok(pods) = drain::pods_on_node(&self.clients.api, node, &self.playbook.drain).await
+        else {
+            return BTreeMap::new();
+        };
+        let workloads: BTreeSet<Workload> = pods
+            .iter()
+            .filter_map(|p| {
+                let (kind, name) = drain::controller_of(p)?;
+                Some((p.metadata.namespace.clone()?, kind, name))
+            })
+            .collect();
+        let mut out = BTreeMap::new();
+        for (ns, kind, name) in workloads {
+            let client = self.clients.api.clone();
+            let ready = match kind.as_str() {
+                "ReplicaSet" => Api::<ReplicaSet>::namespaced(client, &ns)
+                    .get(&name)
+                    .await
+                    .ok()
+                    .and_then(|rs| rs.status)
+                    .map(|s| s.ready_replicas.unwrap_or(0)),
+                "StatefulSet" => Api::<StatefulSet>::namespaced(client, &ns)
+                    .get(&name)
+                    .await
+                    .ok()
+                    .and_then(|ss| ss.status)
+                    .map(|s| s.ready_replicas.unwrap_or(0)),
+                _ => None,
+            };
+            if let Some(ready) = ready {
+                out.insert((ns, kind, name), ready);
+            }
+        }
+        out
+    }
+
     fn nodes(&self) -> Api<Node> {
         Api::all(self.clients.api.clone())
     }
 
     async fn patch(&self, node: &str, patch: serde_json::Value) -> Result<Node, StepError> {
         self.nodes()
-            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                node,
+                &PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &Patch::Merge(&patch),
+            )
             .await
             .map_err(|e| StepError::new(format!("cannot update node {node}: {e}")))
     }
@@ -395,43 +514,54 @@ impl KubeSteps {
 impl NodeSteps for KubeSteps {
     async fn cordon(&self, job: &NodeJob) -> Result<(), StepError> {
         let node = self.get(&job.node).await?;
-        let unschedulable = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false);
-        let ours = annotation(&node, CORDONED_BY);
         let mut annotations = serde_json::Map::new();
         annotations.insert(CORDONED_BY.into(), json!(self.run_id));
         annotations.insert(STEP.into(), json!(Step::Cordon.name()));
         annotations.insert(REASON.into(), serde_json::Value::Null);
         annotations.insert(FAILED_STEP.into(), serde_json::Value::Null);
         annotations.insert(BOOT_ID.into(), serde_json::Value::Null);
-        if unschedulable && ours.is_none() && annotation(&node, PRECORDONED).is_none() {
-            annotations.insert(PRECORDONED.into(), json!("true"));
-            self.sink.emit(RunEvent::Warning {
-                node: Some(job.node.clone()),
-                message:
-                    "node was cordoned before rollgate started: it stays cordoned after its upgrade"
-                        .into(),
-            });
-        }
-        if let Some(other) = ours.filter(|r| *r != self.run_id) {
-            self.sink.emit(RunEvent::Warning {
-                node: Some(job.node.clone()),
-                message: format!("node was left cordoned by rollgate run {other}; taking it over"),
-            });
-        }
-        self.patch(
-            &job.node,
-            json!({"spec": {"unschedulable": true}, "metadata": {"annotations": annotations}}),
-        )
-        .await?;
+        let patch = match cordon_owner(&node) {
+            // Cordoning makes the cordon ours (a `precordoned` left by an older run is stale).
+            CordonOwner::Nobody => {
+                annotations.insert(PRECORDONED.into(), serde_json::Value::Null);
+                json!({"spec": {"unschedulable": true}, "metadata": {"annotations": annotations}})
+            }
+            CordonOwner::Rollgate(run) => {
+                if run != self.run_id {
+                    self.sink.emit(RunEvent::Warning {
+                        node: Some(job.node.clone()),
+                        message: format!(
+                            "node was left cordoned by rollgate run {run}; taking it over"
+                        ),
+                    });
+                }
+                json!({"metadata": {"annotations": annotations}})
+            }
+            // Someone else's cordon: left as it is (not set again, so it stays theirs).
+            CordonOwner::Other(who) => {
+                if annotation(&node, PRECORDONED).is_none() {
+                    self.sink.emit(RunEvent::Warning {
+                        node: Some(job.node.clone()),
+                        message: format!(
+                            "node was cordoned before this run (by {who}): it stays cordoned after its upgrade"
+                        ),
+                    });
+                }
+                annotations.insert(PRECORDONED.into(), json!("true"));
+                json!({"metadata": {"annotations": annotations}})
+            }
+        };
+        self.patch(&job.node, patch).await?;
         Ok(())
     }
 
     async fn drain(&self, job: &NodeJob) -> Result<DrainReport, StepError> {
         self.mark_step(&job.node, Step::Drain).await?;
+        let before = self.ready_replicas_on(&job.node).await;
+        self.ready_before
+            .lock()
+            .expect("lock")
+            .insert(job.node.clone(), before);
         drain::drain(
             &self.clients.drain,
             &job.node,
@@ -520,10 +650,15 @@ impl NodeSteps for KubeSteps {
         let node = self.ensure_up(job, "before uncordoning it").await?;
         let precordoned = annotation(&node, PRECORDONED).is_some();
         let clear = json!({CORDONED_BY: null, STEP: null, REASON: null, FAILED_STEP: null, PRECORDONED: null, BOOT_ID: null, LAST_RUN: format!("{} {}", self.run_id, now())});
-        if precordoned {
+        let owner = cordon_owner(&node);
+        if precordoned || matches!(owner, CordonOwner::Other(_)) {
+            let who = match owner {
+                CordonOwner::Other(who) => format!(" (by {who})"),
+                _ => String::new(),
+            };
             self.sink.emit(RunEvent::Warning {
                 node: Some(job.node.clone()),
-                message: "left cordoned: it was cordoned before rollgate started".into(),
+                message: format!("left cordoned: it was cordoned before this run{who}"),
             });
             self.patch(&job.node, json!({"metadata": {"annotations": clear}}))
                 .await?;
@@ -544,7 +679,7 @@ impl NodeSteps for KubeSteps {
             let node = self.ensure_up(job, "before settling").await?;
             let boot = boot_id(&node);
             tokio::select! {
-                settled = self.settle_workloads(drained) => return settled,
+                settled = self.settle_workloads(job, drained) => return settled,
                 down = self.went_down(&job.node, &boot) => {
                     down?;
                     self.sink.emit(RunEvent::Warning {
@@ -587,8 +722,21 @@ impl KubeSteps {
         self.wait_up(job, None, deadline, when).await
     }
 
-    async fn settle_workloads(&self, drained: &DrainReport) -> Result<(), StepError> {
-        // Controllers whose pods were evicted must have all their replicas Ready again.
+    async fn settle_workloads(
+        &self,
+        job: &NodeJob,
+        drained: &DrainReport,
+    ) -> Result<(), StepError> {
+        // Controllers whose pods were evicted must have their replicas Ready again: as many as
+        // the spec asks, or as were Ready before the drain when the workload was short already
+        // (what was broken before the run is not held against the node, as in the monitor).
+        let before = self
+            .ready_before
+            .lock()
+            .expect("lock")
+            .get(&job.node)
+            .cloned()
+            .unwrap_or_default();
         let owners: BTreeSet<(String, String, String)> = drained
             .evicted
             .iter()
@@ -599,13 +747,16 @@ impl KubeSteps {
             })
             .collect();
         let client = self.clients.api.clone();
-        let waits = owners.iter().map(|(ns, kind, name)| {
+        let waits = owners.iter().map(|owner| {
             let client = client.clone();
+            let (ns, kind, name) = owner;
+            let floor = before.get(owner).copied();
+            let want = move |spec: Option<i32>| replicas_to_wait_for(spec, floor);
             async move {
                 match kind.as_str() {
                     "ReplicaSet" => {
                         all_ready(Api::<ReplicaSet>::namespaced(client, ns), name, |rs| {
-                            let want = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                            let want = want(rs.spec.as_ref().and_then(|s| s.replicas));
                             rs.status
                                 .as_ref()
                                 .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= want)
@@ -614,7 +765,7 @@ impl KubeSteps {
                     }
                     "StatefulSet" => {
                         all_ready(Api::<StatefulSet>::namespaced(client, ns), name, |ss| {
-                            let want = ss.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                            let want = want(ss.spec.as_ref().and_then(|s| s.replicas));
                             ss.status
                                 .as_ref()
                                 .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= want)
@@ -659,6 +810,13 @@ impl KubeSteps {
             });
         }
     }
+}
+
+/// The Ready replicas settle waits for: the spec's (default 1), but no more than were Ready
+/// just before the drain (`ready_before`, when known).
+pub fn replicas_to_wait_for(spec: Option<i32>, ready_before: Option<i32>) -> i32 {
+    let spec = spec.unwrap_or(1);
+    ready_before.map_or(spec, |before| before.min(spec))
 }
 
 /// Waits (by watch) until the workload is gone or `ready` holds for it.
@@ -813,4 +971,101 @@ impl NodeSteps for DryRunSteps {
     }
 
     async fn mark_failed(&self, _: &NodeJob, _: Step, _: &str) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
+    fn node(unschedulable: bool, cordoned_by: Option<&str>, managers: &[(&str, bool)]) -> Node {
+        let mut n = Node {
+            spec: Some(NodeSpec {
+                unschedulable: Some(unschedulable),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        n.metadata.annotations =
+            cordoned_by.map(|r| [(CORDONED_BY.to_owned(), r.to_owned())].into());
+        n.metadata.managed_fields = Some(
+            managers
+                .iter()
+                .map(|(m, owns_unschedulable)| ManagedFieldsEntry {
+                    manager: Some(m.to_string()),
+                    operation: Some("Update".into()),
+                    fields_v1: Some(FieldsV1(if *owns_unschedulable {
+                        json!({"f:spec": {"f:unschedulable": {}}})
+                    } else {
+                        json!({"f:metadata": {"f:annotations": {}}})
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+        );
+        n
+    }
+
+    #[test]
+    fn a_cordon_is_rollgates_only_while_its_field_manager_set_it() {
+        let cases = [
+            (
+                node(false, Some("r1"), &[("rollgate", false)]),
+                CordonOwner::Nobody,
+            ),
+            (
+                node(true, Some("r1"), &[("kubectl", false), ("rollgate", true)]),
+                CordonOwner::Rollgate("r1".into()),
+            ),
+            // Uncordoned by hand after a failed run (the annotation stays), cordoned again later.
+            (
+                node(
+                    true,
+                    Some("r1"),
+                    &[("rollgate", false), ("kubectl-cordon", true)],
+                ),
+                CordonOwner::Other("kubectl-cordon".into()),
+            ),
+            (
+                node(true, None, &[("kubectl-cordon", true)]),
+                CordonOwner::Other("kubectl-cordon".into()),
+            ),
+            (
+                node(true, Some("r1"), &[]),
+                CordonOwner::Other("an unknown field manager".into()),
+            ),
+        ];
+        for (n, want) in cases {
+            assert_eq!(cordon_owner(&n), want, "{:?}", n.metadata);
+        }
+    }
+
+    #[test]
+    fn settle_waits_for_the_replicas_ready_before_the_drain_at_most() {
+        let cases = [
+            ((Some(3), None), 3),
+            ((None, None), 1),
+            ((Some(3), Some(3)), 3),
+            ((Some(3), Some(1)), 1), // short before the run: not held against the node
+            ((Some(2), Some(0)), 0),
+            ((Some(2), Some(4)), 2), // scaled down since: the spec
+        ];
+        for ((spec, before), want) in cases {
+            assert_eq!(
+                replicas_to_wait_for(spec, before),
+                want,
+                "{spec:?} {before:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hand_back_command_clears_every_annotation_a_failure_leaves() {
+        let cmd = hand_back_command("n1");
+        assert!(cmd.starts_with("kubectl uncordon n1 && kubectl annotate node n1 "));
+        for key in [CORDONED_BY, PRECORDONED, STEP, REASON, FAILED_STEP] {
+            assert!(cmd.contains(&format!(" {key}-")), "{cmd}");
+        }
+    }
 }

@@ -37,6 +37,9 @@ pub struct Guard {
     state: watch::Sender<HealthState>,
     trackers: Mutex<Vec<GateTracker>>,
     in_flight: Mutex<BTreeMap<String, Step>>,
+    /// Nodes that failed in this run: their failure is counted by the failure budget, so their
+    /// state (and their pods') no longer goes to the gates.
+    failed: Mutex<BTreeSet<String>>,
     sink: EventSink,
     probes: Option<(Arc<Playbook>, Arc<ProbeRunner>)>,
     run_id: String,
@@ -65,6 +68,7 @@ impl Guard {
             state,
             trackers: Mutex::new(trackers),
             in_flight: Mutex::default(),
+            failed: Mutex::default(),
             sink,
             probes: runner.map(|r| (playbook, r)),
             run_id: run_id.into(),
@@ -95,16 +99,40 @@ impl Guard {
         };
     }
 
-    /// Nodes down for their upgrade now (cordon to wait-ready): their pods are expected to be
-    /// disrupted. Once a node is uncordoned (uncordon, settle and its soak) it is watched again.
-    pub fn exempt_nodes(&self) -> BTreeSet<String> {
+    /// The node failed: from now on it is exempt like a node in flight, for the rest of the run
+    /// (its failure is already counted by the failure budget; a NotReady node or its broken
+    /// pods must not also trip the `nodes`/`pods` gates). It leaves the nodes in flight only
+    /// after it is marked failed, so the monitor never sees it unexempt in between.
+    pub fn node_failed(&self, node: &str) {
+        self.failed.lock().expect("lock").insert(node.to_owned());
+        self.set_step(node, None);
+    }
+
+    /// Every node in flight, whatever its step: a node's own readiness is watched by its step
+    /// (wait-ready, and uncordon and settle wait for a node that went down again).
+    pub fn nodes_in_flight(&self) -> BTreeSet<String> {
         self.in_flight
+            .lock()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Nodes whose pods are expected to be disrupted: the ones down for their upgrade now
+    /// (cordon to wait-ready; once uncordoned, during settle and its soak, a node is watched
+    /// again), and the ones that failed in this run.
+    pub fn exempt_nodes(&self) -> BTreeSet<String> {
+        let mut exempt: BTreeSet<String> = self
+            .in_flight
             .lock()
             .expect("lock")
             .iter()
             .filter(|(_, step)| takes_node_down(**step))
             .map(|(node, _)| node.clone())
-            .collect()
+            .collect();
+        exempt.extend(self.failed.lock().expect("lock").iter().cloned());
+        exempt
     }
 
     /// How many times the run was resumed so far.

@@ -119,12 +119,12 @@ async fn the_report_of_a_real_rollout_renders_in_chromium_with_one_timeline_row_
              [[phase]]\nname = \"rest\"\nnodes = [\"{}\", \"{}\"]\n\
              [drain]\ntimeout = \"1m\"\n\
              [command]\nrun = '{}'\ntimeout = \"1m\"\nenv = {{ FAKE_UPGRADE_SECONDS = \"1\" }}\n\
-             [ready]\ntimeout = \"30s\"\n[settle]\ntimeout = \"1m\"\n\
-             [monitor]\nnamespaces = [\"rollgate-unwatched\"]\nnode-selector = \"rollgate.test/unwatched\"\n",
+             [ready]\ntimeout = \"30s\"\n[settle]\ntimeout = \"1m\"\n{}",
             names[0],
             names[1],
             names[2],
-            env().state_dir.join("bin/kwok-node-upgrade").display()
+            env().state_dir.join("bin/kwok-node-upgrade").display(),
+            monitor_scope(&suite, Some(&ns.0), "")
         ),
     )
     .unwrap();

@@ -35,7 +35,7 @@ async fn nodes_have_addresses_pod_cidrs_and_their_own_sshd_with_strict_host_keys
         &["dedicated=db:NoSchedule"],
         "v1.35.4",
     );
-    assert!(ip.starts_with("127.0.1."), "{ip}");
+    assert!(ip.starts_with("127.0."), "{ip}");
     let client = client().await;
     eventually("the node to be Ready", Duration::from_secs(20), || {
         let client = client.clone();

@@ -576,7 +576,7 @@ async fn run_with(
             args.lock_name.clone(),
             journal_written,
         ));
-        let steps = KubeSteps(StepContext {
+        let steps = KubeSteps::new(StepContext {
             clients,
             playbook: Arc::clone(&playbook),
             config: Arc::clone(&config),
@@ -666,7 +666,9 @@ async fn run_with(
             }
         }
         eprintln!(
-            "  after fixing the cause, uncordon with `kubectl uncordon NODE` or rerun the playbook"
+            "  after fixing the cause, `rollgate resume {run_id}` retries them and uncordons them when done; \
+             to give a node back by hand instead: {}",
+            crate::cluster::hand_back_command("NODE")
         );
     }
     if summary.outcome == Outcome::Stopped(StopReason::LockLost) {

@@ -191,7 +191,8 @@ fn uid_of(p: &Pod) -> String {
     p.metadata.uid.clone().unwrap_or_else(|| pod_key(p))
 }
 
-fn controller_of(p: &Pod) -> Option<(String, String)> {
+/// The pod's controller: (kind, name).
+pub fn controller_of(p: &Pod) -> Option<(String, String)> {
     p.metadata
         .owner_references
         .as_ref()?

@@ -1,5 +1,7 @@
-//! The rollout engine: walks the plan's phases and waves, upgrading up to `concurrency` nodes
-//! at once, each through [`Step::ALL`] in order. It owns the run state (what is in flight, what
+//! The rollout engine: walks the plan's phases and waves, with up to `concurrency` nodes out
+//! of service at once (nodes in flight, and failed nodes left cordoned), each through
+//! [`Step::ALL`] in order. A failed node is counted by the failure budget and, through the
+//! guard, exempt from the health gates for the rest of the run. It owns the run state (what is in flight, what
 //! failed, why the run stops) in one loop that `select!`s over node completions and stop
 //! requests; node tasks talk to it only through their results and the [`EventSink`].
 //!
@@ -215,6 +217,9 @@ impl<S: NodeSteps> Engine<S> {
 
         'phases: for phase in &plan.phases {
             let mut phase_failures = 0u32;
+            // Failed nodes of this phase left cordoned: they are out of service, so they take
+            // a `concurrency` slot each for the rest of the run.
+            let mut cordoned_failures = 0usize;
             for wave in &phase.waves {
                 if stop_reason.is_some() {
                     break 'phases;
@@ -226,6 +231,8 @@ impl<S: NodeSteps> Engine<S> {
                 });
                 let mut queue = wave.nodes.iter().peekable();
                 let mut in_flight: JoinSet<NodeResult> = JoinSet::new();
+                // Which node each task upgrades, to fail the right node if its task panics.
+                let mut task_nodes: HashMap<tokio::task::Id, NodeJob> = HashMap::new();
                 'wave: loop {
                     if self.sink.journal_failure().is_some()
                         && stop_reason.is_none_or(|r| r < StopReason::JournalUnwritable)
@@ -277,7 +284,10 @@ impl<S: NodeSteps> Engine<S> {
                     }
                     let paused = paused || closed;
                     // Start nodes while there is room and no reason to stop.
-                    while stop_reason.is_none() && !paused && in_flight.len() < phase.concurrency {
+                    while stop_reason.is_none()
+                        && !paused
+                        && in_flight.len() + cordoned_failures < phase.concurrency
+                    {
                         let Some(node) = queue.peek().map(|n| (*n).clone()) else {
                             break;
                         };
@@ -316,14 +326,34 @@ impl<S: NodeSteps> Engine<S> {
                             phase: phase.name.clone(),
                             from: self.resume_from.get(&node).copied().unwrap_or(Step::Cordon),
                         };
-                        in_flight.spawn(upgrade_node(
+                        let task = in_flight.spawn(upgrade_node(
                             Arc::clone(&self.steps),
-                            job,
+                            job.clone(),
                             self.sink.clone(),
                             Arc::clone(&current_step),
                             self.guard.clone(),
                             lock_lost.clone(),
                         ));
+                        task_nodes.insert(task.id(), job);
+                    }
+                    // Failed nodes fill every slot: no node can start without taking more nodes
+                    // out of service than `concurrency` allows.
+                    if stop_reason.is_none()
+                        && in_flight.is_empty()
+                        && cordoned_failures >= phase.concurrency
+                        && queue.peek().is_some()
+                    {
+                        self.sink.emit(RunEvent::Warning {
+                            node: None,
+                            message: format!(
+                                "phase {}: {cordoned_failures} failed node(s) stay cordoned and fill its concurrency of {}: no other node can start (failed nodes count against concurrency; raise it above the failure budget to go on past failures)",
+                                phase.name, phase.concurrency
+                            ),
+                        });
+                        stop_reason = Some(StopReason::NodeFailures);
+                        self.sink.emit(RunEvent::Stopping {
+                            reason: StopReason::NodeFailures,
+                        });
                     }
                     if let Schedule::Closed { reopens_at } = &timing
                         && in_flight.is_empty()
@@ -374,14 +404,24 @@ impl<S: NodeSteps> Engine<S> {
                                 lock_lost = lock_held.clone();
                             }
                         }
-                        Some(joined) = in_flight.join_next() => {
+                        Some(joined) = in_flight.join_next_with_id() => {
                             let (node, result) = match joined {
-                                Ok(r) => r,
+                                Ok((id, r)) => {
+                                    task_nodes.remove(&id);
+                                    r
+                                }
                                 Err(e) => {
-                                    // A panicking node task is a bug; treat it as a failure of that node.
-                                    let msg = format!("internal error: {e}");
-                                    self.sink.emit(RunEvent::Warning { node: None, message: msg });
-                                    continue;
+                                    // A panicking node task is a bug: that node failed, at the
+                                    // step it was in, and counts against the budget.
+                                    let Some(job) = task_nodes.remove(&e.id()) else { continue };
+                                    let step = current_step.lock().expect("lock").get(&job.node).copied().unwrap_or(job.from);
+                                    let err = StepError::new(format!(
+                                        "internal error in rollgate during {step} (a bug: please report it): {}",
+                                        panic_message(e)
+                                    ));
+                                    let lost = lock_lost.borrow().is_some();
+                                    fail_node(self.steps.as_ref(), &job, step, &err, &self.sink, &self.guard, lost).await;
+                                    (job.node, Err(NodeStop::Failed(step, err)))
                                 }
                             };
                             current_step.lock().expect("lock").remove(&node);
@@ -396,6 +436,9 @@ impl<S: NodeSteps> Engine<S> {
                                 }
                                 Err(NodeStop::Failed(step, err)) => {
                                     phase_failures += 1;
+                                    if leaves_node_cordoned(step) {
+                                        cordoned_failures += 1;
+                                    }
                                     failed.push((node, step, err.0));
                                     let over_phase = phase_failures > phase.failure_budget;
                                     let over_run = max_failed_nodes.is_some_and(|m| failed.len() as u32 > m);
@@ -615,22 +658,8 @@ async fn upgrade_node<S: NodeSteps>(
             result
         };
         if let Err(err) = result {
-            if lock.borrow().is_none() {
-                steps.mark_failed(&job, step, &err.0).await;
-            } else {
-                sink.emit(RunEvent::Warning {
-                    node: Some(job.node.clone()),
-                    message: "the failure is not recorded on the node: this run lost the cluster lock and writes nothing more to the cluster".into(),
-                });
-            }
-            sink.emit(RunEvent::NodeFailed {
-                node: job.node.clone(),
-                step,
-                reason: err.0.clone(),
-            });
-            if let Some(g) = &guard {
-                g.set_step(&job.node, None);
-            }
+            let lost = lock.borrow().is_some();
+            fail_node(steps.as_ref(), &job, step, &err, &sink, &guard, lost).await;
             return (job.node, Err(NodeStop::Failed(step, err)));
         }
     }
@@ -642,6 +671,57 @@ async fn upgrade_node<S: NodeSteps>(
         elapsed_ms: elapsed_ms(started),
     });
     (job.node, Ok(()))
+}
+
+/// Records a node's failure: on the node (unless this run lost the cluster lock: it then writes
+/// nothing more to the cluster), as an event, and with the guard (which exempts the node from
+/// the gates from now on: the failure budget counts it).
+async fn fail_node<S: NodeSteps>(
+    steps: &S,
+    job: &NodeJob,
+    step: Step,
+    err: &StepError,
+    sink: &EventSink,
+    guard: &Option<Arc<Guard>>,
+    lock_lost: bool,
+) {
+    if lock_lost {
+        sink.emit(RunEvent::Warning {
+            node: Some(job.node.clone()),
+            message: "the failure is not recorded on the node: this run lost the cluster lock and writes nothing more to the cluster".into(),
+        });
+    } else {
+        steps.mark_failed(job, step, &err.0).await;
+    }
+    sink.emit(RunEvent::NodeFailed {
+        node: job.node.clone(),
+        step,
+        reason: err.0.clone(),
+    });
+    if let Some(g) = guard {
+        g.node_failed(&job.node);
+    }
+}
+
+/// Whether a node that failed at `step` is left cordoned (out of service): from the drain on,
+/// until the uncordon succeeded. A failed cordon, or a stop before it, leaves it schedulable.
+fn leaves_node_cordoned(step: Step) -> bool {
+    matches!(
+        step,
+        Step::Drain | Step::Command | Step::WaitReady | Step::Uncordon
+    )
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

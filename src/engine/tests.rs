@@ -14,6 +14,7 @@ struct Fake {
     log: Mutex<Vec<String>>,
     in_service_out: Mutex<(usize, usize)>, // (current, max) nodes between cordon and uncordon
     fail: Vec<(&'static str, Step)>,
+    panic_at: Option<(&'static str, Step)>,
     step_time: Duration,
     /// Called as each step runs (node, step).
     on_step: Option<OnStep>,
@@ -36,6 +37,9 @@ impl Fake {
             f(&job.node, step);
         }
         tokio::time::sleep(self.step_time).await;
+        if self.panic_at == Some((job.node.as_str(), step)) {
+            panic!("index out of bounds in {step}");
+        }
         if self.fail.iter().any(|(n, s)| *n == job.node && *s == step) {
             return Err(StepError::new(format!("{step} failed on {}", job.node)));
         }
@@ -200,7 +204,8 @@ async fn a_failure_over_budget_stops_new_nodes_and_finishes_in_flight_ones() {
 
 #[tokio::test(start_paused = true)]
 async fn failures_within_budget_let_the_run_finish() {
-    let p = plan(&[("w", 1, 1, &[&["w-1", "w-2", "w-3"]])]);
+    // Concurrency 2: the failed node stays cordoned and keeps one slot.
+    let p = plan(&[("w", 2, 1, &[&["w-1", "w-2", "w-3"]])]);
     let (summary, _, _) = run(Fake::failing(vec![("w-2", Step::Drain)]), &p, None).await;
     assert_eq!(summary.outcome, Outcome::SucceededWithFailures);
     assert_eq!(summary.done, vec!["w-1".to_string(), "w-3".to_string()]);
@@ -567,4 +572,115 @@ async fn a_lost_lock_interrupts_a_drain_and_outranks_a_gate_abort_but_not_an_imm
     );
     assert!(StopReason::LockLost > StopReason::GateAbort);
     assert!(StopReason::LockLost < StopReason::OperatorImmediate);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_nodes_left_cordoned_count_against_concurrency() {
+    let p = plan(&[("w", 2, 1, &[&["w-1", "w-2", "w-3", "w-4"]])]);
+    let (summary, fake, _) = run(Fake::failing(vec![("w-1", Step::Command)]), &p, None).await;
+    assert_eq!(summary.outcome, Outcome::SucceededWithFailures);
+    assert_eq!(summary.done, vec!["w-2", "w-3", "w-4"]);
+    let (_, most_out) = *fake.in_service_out.lock().unwrap();
+    assert_eq!(
+        most_out, 2,
+        "w-1 stays cordoned: never more than 2 nodes out of service"
+    );
+    // A failure at settle comes after the uncordon: that node takes no slot.
+    let (summary, fake, _) = run(Fake::failing(vec![("w-1", Step::Settle)]), &p, None).await;
+    assert_eq!(summary.done, vec!["w-2", "w-3", "w-4"]);
+    let log = fake.log.lock().unwrap().clone();
+    let at = |entry: &str| log.iter().position(|l| l == entry).unwrap();
+    assert!(
+        at("w-4:cordon") < at("w-3:settle"),
+        "w-3 and w-4 run side by side: {log:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_failed_nodes_fill_every_slot_the_run_stops_instead_of_waiting_forever() {
+    let p = plan(&[("w", 1, 2, &[&["w-1", "w-2", "w-3"]])]);
+    let (summary, _, events) = run(Fake::failing(vec![("w-1", Step::WaitReady)]), &p, None).await;
+    assert_eq!(summary.outcome, Outcome::Stopped(StopReason::NodeFailures));
+    assert_eq!(summary.not_started, vec!["w-2", "w-3"]);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, RunEvent::Warning { message, .. }
+            if message.contains("fill its concurrency of 1"))),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_node_task_fails_that_node_at_its_step() {
+    let p = plan(&[("w", 1, 0, &[&["w-1", "w-2"]])]);
+    let fake = Fake {
+        panic_at: Some(("w-1", Step::Drain)),
+        step_time: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let (summary, fake, events) = run(fake, &p, None).await;
+    assert_eq!(summary.outcome, Outcome::Stopped(StopReason::NodeFailures));
+    assert_eq!(summary.failed.len(), 1, "{summary:?}");
+    let (node, step, reason) = &summary.failed[0];
+    assert_eq!((node.as_str(), *step), ("w-1", Step::Drain));
+    assert!(
+        reason.contains("internal error") && reason.contains("index out of bounds in drain"),
+        "{reason}"
+    );
+    assert_eq!(summary.not_started, vec!["w-2"]);
+    let log = fake.log.lock().unwrap().clone();
+    assert!(
+        log.contains(&"w-1:mark-failed-at-drain".to_string()),
+        "{log:?}"
+    );
+    assert!(events.iter().any(
+        |e| matches!(e, RunEvent::NodeFailed { node, step: Step::Drain, .. } if node == "w-1")
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_node_stays_exempt_from_the_gates_for_the_rest_of_the_run() {
+    let playbook = crate::playbook::parse(
+        std::path::Path::new("t.toml"),
+        "name = \"t\"\n[[phase]]\nname = \"w\"\nnodes = [\"w-1\"]\n[command]\nrun = \"true\"\n",
+    )
+    .unwrap();
+    let (sink, _rx) = EventSink::channel();
+    let guard = Guard::new(
+        Arc::new(playbook),
+        None,
+        &[crate::playbook::Signal::Nodes],
+        sink.clone(),
+        "r1",
+    );
+    let p = plan(&[("w", 2, 1, &[&["w-1", "w-2", "w-3"]])]);
+    let (_stop_tx, stop_rx) = watch::channel(StopRequest::None);
+    let mut engine = Engine::new(Fake::failing(vec![("w-1", Step::Command)]), sink, stop_rx)
+        .with_guard(Arc::clone(&guard), "");
+    // What the monitor would see while the run goes on: which nodes are exempt.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let watcher = {
+        let (guard, seen) = (Arc::clone(&guard), Arc::clone(&seen));
+        tokio::spawn(async move {
+            loop {
+                seen.lock().unwrap().push(guard.exempt_nodes());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let summary = engine.run("r1", "t", &p, None, false).await;
+    watcher.abort();
+    assert_eq!(summary.outcome, Outcome::SucceededWithFailures);
+    let seen = seen.lock().unwrap().clone();
+    let first = seen.iter().position(|e| e.contains("w-1")).unwrap();
+    assert!(
+        seen[first..].iter().all(|e| e.contains("w-1")),
+        "w-1 is exempt from its start to the end of the run: {seen:?}"
+    );
+    assert_eq!(
+        guard.exempt_nodes(),
+        ["w-1".to_string()].into(),
+        "done nodes are not exempt any more; the failed one is"
+    );
 }

@@ -227,6 +227,14 @@ pub async fn start(
                     })
                     .collect();
                 let exempt = guard.exempt_nodes();
+                // A node in flight after its wait-ready (uncordon, settle, soak) that turns
+                // NotReady is its step's business: the step waits for it (bounded by the ready
+                // timeout) and fails the node if it does not come back. Its pods still count.
+                let own_readiness = guard.nodes_in_flight();
+                let nodes: Vec<Node> = nodes
+                    .into_iter()
+                    .filter(|n| !own_readiness.contains(n.metadata.name.as_deref().unwrap_or("")))
+                    .collect();
                 let now = jiff::Timestamp::now();
                 if see_pods {
                     baseline.observe(&pods, &exempt, now, thresholds);

@@ -42,7 +42,8 @@ pub struct Playbook {
 pub struct Phase {
     pub name: String,
     pub selection: NodeSelection,
-    /// Nodes of this phase out of service at once (at least 1).
+    /// Nodes of this phase out of service at once (at least 1): nodes in flight, and nodes that
+    /// failed and stay cordoned (each keeps its slot for the rest of the run).
     pub concurrency: usize,
     pub order: Ordering,
     /// Nodes of this phase that may fail before the run stops.

@@ -152,8 +152,9 @@ impl Texts {
         };
         let next = match d.decision {
             Decision::Abort => format!(
-                "Nodes in flight stopped at their next safe point and stay cordoned with the reason in `rollgate.dev/reason`. Next: fix the cause, then `kubectl uncordon` them or rerun the playbook (`rollgate run` skips nothing yet; see `rollgate plan`). Run id `{}`.",
-                self.run_id
+                "Nodes in flight stopped at their next safe point and stay cordoned with the reason in `rollgate.dev/reason`. Next: fix the cause, then `rollgate resume {}` retries them and uncordons them when done; to give a node back by hand instead: `{}`.",
+                self.run_id,
+                crate::cluster::hand_back_command("NODE")
             ),
             Decision::Pause => format!(
                 "No new node starts. Next: check the cause, then `rollgate resume {}` to continue, or stop the run with Ctrl-C.",
@@ -198,7 +199,9 @@ impl Texts {
                 self.failed += 1;
                 vec![
                     Message::Reply(format!(
-                        "node `{node}` FAILED at {step}: {reason}\nIt stays cordoned (`rollgate.dev/reason` on the node)."
+                        "node `{node}` FAILED at {step}: {reason}\nIt stays cordoned (`rollgate.dev/reason` on the node). After fixing the cause, `rollgate resume {}` retries it; to give it back by hand instead: `{}`.",
+                        self.run_id,
+                        crate::cluster::hand_back_command(node)
                     )),
                     Message::UpdateRoot(self.header("running")),
                 ]
@@ -488,6 +491,7 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Step;
 
     #[test]
     fn the_final_message_sums_up_the_run_names_the_slowest_node_and_links_the_report() {
@@ -520,5 +524,51 @@ mod tests {
                 "run finished after 1m 20s: 3 done, 0 failed, 0 not started; slowest node `b` (1m 5s)\nReport: https://reports.example/r1/report.html".into()
             )
         );
+    }
+
+    #[test]
+    fn failure_and_abort_advice_points_to_resume_or_the_full_hand_back_command() {
+        let mut t = Texts {
+            run_id: "r1".into(),
+            playbook: "p".into(),
+            mention: None,
+            report: None,
+            total: 2,
+            done: 0,
+            failed: 0,
+            slowest: None,
+        };
+        let failed = t.messages(&RunEvent::NodeFailed {
+            node: "n1".into(),
+            step: Step::Command,
+            reason: "exit 3".into(),
+        });
+        let abort = t.messages(&RunEvent::GateDecision {
+            decision: GateDecision {
+                decision: Decision::Abort,
+                signal: "pods".into(),
+                evidence: "web crash-looping".into(),
+                in_flight: vec![("n2".into(), Step::Drain)],
+            },
+        });
+        let texts: Vec<&str> = failed
+            .iter()
+            .chain(&abort)
+            .filter_map(|m| match m {
+                Message::Reply(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts.len(), 2);
+        for (text, node) in texts.iter().zip(["n1", "NODE"]) {
+            assert!(text.contains("`rollgate resume r1`"), "{text}");
+            assert!(
+                text.contains(&format!(
+                    "kubectl uncordon {node} && kubectl annotate node {node} rollgate.dev/cordoned-by-"
+                )),
+                "{text}"
+            );
+            assert!(!text.contains("rerun"), "{text}");
+        }
     }
 }

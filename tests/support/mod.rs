@@ -451,14 +451,80 @@ pub fn held_by_pdb(ns: &str, node: &str) {
     ]);
 }
 
-/// Writes the playbook. Unless it has its own [monitor], the health monitor watches nothing,
-/// so parallel tests' faults cannot stop engine tests.
+/// Writes the playbook with the health monitor on (every default signal) and scoped to this
+/// test: its nodes (the suite of the `rollgate.test/suite=SUITE` selector in the playbook, or of
+/// the first node it lists) and, here, no namespace (use [`write_playbook_in`] when the test
+/// has one). Scoped this way, parallel tests' faults cannot stop each other. A playbook with its
+/// own `[monitor]` is written as it is.
 pub fn write_playbook(dir: &Path, text: &str) -> PathBuf {
+    write_monitored(dir, text, None)
+}
+
+/// [`write_playbook`] with the monitor also watching the pods of the test's namespace `ns`.
+pub fn write_playbook_in(dir: &Path, text: &str, ns: &str) -> PathBuf {
+    write_monitored(dir, text, Some(ns))
+}
+
+/// Writes the playbook with the monitor watching nothing; `why` (required) says why this test
+/// cannot run with it, and lands in the playbook as a comment.
+pub fn write_playbook_unmonitored(dir: &Path, text: &str, why: &str) -> PathBuf {
+    assert!(!why.trim().is_empty(), "say why the monitor is off");
+    let path = dir.join("playbook.toml");
+    std::fs::write(
+        &path,
+        format!("{text}\n# monitor off: {why}\n[monitor]\nnamespaces = [\"rollgate-unwatched\"]\nnode-selector = \"rollgate.test/unwatched\"\n"),
+    )
+    .unwrap();
+    path
+}
+
+/// The `[monitor]` section that scopes the monitor to `suite`'s nodes and the namespace `ns`
+/// (None: no namespace of the test's; pods are watched in a namespace named after the suite,
+/// which has none). `extra` lines (e.g. `pending-after = "5s"`) go into the section.
+pub fn monitor_scope(suite: &str, ns: Option<&str>, extra: &str) -> String {
+    let ns = ns.map_or_else(|| format!("rollgate-test-{suite}"), str::to_owned);
+    format!(
+        "\n[monitor]\nnamespaces = [\"{ns}\"]\nnode-selector = \"rollgate.test/suite={suite}\"\n{extra}"
+    )
+}
+
+/// The test suite a playbook's nodes belong to: from its `rollgate.test/suite=` selector, or
+/// the label of the first node listed in `nodes = [...]`.
+pub fn suite_of_playbook(text: &str) -> String {
+    const LABEL: &str = "rollgate.test/suite=";
+    if let Some(at) = text.find(LABEL) {
+        return text[at + LABEL.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .collect();
+    }
+    let first_node = text
+        .split("nodes = [")
+        .nth(1)
+        .and_then(|rest| rest.split('"').nth(1))
+        .unwrap_or_else(|| {
+            panic!("cannot scope the monitor: the playbook has no suite selector and lists no node:\n{text}")
+        });
+    let suite = kubectl_ok(&[
+        "get",
+        "node",
+        first_node,
+        "-o",
+        "jsonpath={.metadata.labels.rollgate\\.test/suite}",
+    ]);
+    assert!(
+        !suite.trim().is_empty(),
+        "node {first_node} has no rollgate.test/suite label"
+    );
+    suite.trim().to_owned()
+}
+
+fn write_monitored(dir: &Path, text: &str, ns: Option<&str>) -> PathBuf {
     let path = dir.join("playbook.toml");
     let monitor = if text.contains("[monitor]") {
-        ""
+        String::new()
     } else {
-        "\n[monitor]\nnamespaces = [\"rollgate-unwatched\"]\nnode-selector = \"rollgate.test/unwatched\"\n"
+        monitor_scope(&suite_of_playbook(text), ns, "")
     };
     std::fs::write(&path, format!("{text}{monitor}")).unwrap();
     path
