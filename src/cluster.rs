@@ -283,6 +283,8 @@ pub struct KubeSteps {
     /// Per node being drained: the Ready replicas its pods' workloads had just before the drain
     /// (settle waits for as many again, not for more than were there).
     ready_before: std::sync::Mutex<BTreeMap<String, BTreeMap<Workload, i32>>>,
+    /// Nodes whose command failed in the run being resumed: a new attempt.
+    retry: BTreeSet<String>,
 }
 
 impl std::ops::Deref for KubeSteps {
@@ -297,7 +299,15 @@ impl KubeSteps {
         Self {
             ctx,
             ready_before: Default::default(),
+            retry: Default::default(),
         }
+    }
+
+    /// Resuming a run: these nodes' commands failed before, so theirs is a new attempt (see
+    /// [`remote::Mode::Restart`]) rather than an attach to the failed one.
+    pub fn retrying(mut self, nodes: BTreeSet<String>) -> Self {
+        self.retry = nodes;
+        self
     }
 
     /// The Ready replicas of the ReplicaSets and StatefulSets with pods on `node`. Best effort:
@@ -603,7 +613,13 @@ impl NodeSteps for KubeSteps {
         };
         let sink = self.sink.clone();
         let node_name = job.node.clone();
-        let ended = remote::run(&self.config.ssh, &inv, move |event| match event {
+        // A node whose command failed before (in the run resumed): a new attempt.
+        let mode = if self.retry.contains(&job.node) {
+            remote::Mode::Restart
+        } else {
+            remote::Mode::Start
+        };
+        let ended = remote::run(&self.config.ssh, &inv, mode, move |event| match event {
             remote::RemoteEvent::Output(stream, line) => sink.emit(RunEvent::CommandOutput {
                 node: node_name.clone(),
                 stream,

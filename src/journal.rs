@@ -383,6 +383,9 @@ pub struct ResumePoints {
     /// Nodes whose remote command may have started (they start from the command step, which
     /// reattaches to it): resume checks each node's record of it first.
     pub uncertain: std::collections::BTreeSet<String>,
+    /// Nodes whose command ended and failed (a recorded `node-failed` at the command step):
+    /// the operator fixed the cause, so resume runs the command again (a new attempt).
+    pub retry: std::collections::BTreeSet<String>,
     /// The run's deadline, if it had one (the latest one a resume set).
     pub deadline: Option<jiff::Timestamp>,
     /// The lock the run held (None in journals written before it was recorded).
@@ -423,6 +426,8 @@ pub fn resume_points(path: &Path, command_done: &[String]) -> Result<ResumePoint
     };
     // Per node: (last step started, whether it finished).
     let mut last: BTreeMap<String, (Step, bool)> = BTreeMap::new();
+    // Nodes whose last attempt failed at the command step (its failure was recorded).
+    let mut failed_at_command: std::collections::BTreeSet<String> = Default::default();
     let step_of = |v: &serde_json::Value| serde_json::from_value::<Step>(v["step"].clone()).ok();
     for v in &journal.records {
         if v["event"] == "deadline-set" {
@@ -441,8 +446,12 @@ pub fn resume_points(path: &Path, command_done: &[String]) -> Result<ResumePoint
         match v["event"].as_str().unwrap_or("") {
             "step-started" => {
                 if let Some(s) = step_of(v) {
+                    failed_at_command.remove(&node);
                     last.insert(node, (s, false));
                 }
+            }
+            "node-failed" if step_of(v) == Some(Step::Command) => {
+                failed_at_command.insert(node);
             }
             "step-finished" => {
                 if let (Some(s), Some(entry)) = (step_of(v), last.get_mut(&node))
@@ -464,6 +473,10 @@ pub fn resume_points(path: &Path, command_done: &[String]) -> Result<ResumePoint
             (s, true) => Step::ALL[Step::ALL.iter().position(|x| *x == s).expect("a step") + 1],
             (Step::Cordon | Step::Drain, false) => Step::Cordon,
             (Step::Command, false) if command_done.contains(&node) => Step::WaitReady,
+            (Step::Command, false) if failed_at_command.contains(&node) => {
+                points.retry.insert(node.clone());
+                Step::Command
+            }
             (Step::Command, false) => {
                 points.uncertain.insert(node.clone());
                 Step::Command
@@ -526,9 +539,16 @@ pub fn reconcile_with_nodes(
         {
             continue;
         }
+        let failed_here = r.step.as_deref() == Some("failed");
         let from = match cluster {
             Step::Cordon | Step::Drain => Step::Cordon,
             Step::Command if command_done.contains(&r.node) => Step::WaitReady,
+            // The node records that its command failed: a new attempt, once the cause is fixed.
+            Step::Command if failed_here || points.retry.contains(&r.node) => {
+                points.retry.insert(r.node.clone());
+                points.uncertain.remove(&r.node);
+                Step::Command
+            }
             Step::Command => {
                 points.uncertain.insert(r.node.clone());
                 Step::Command
@@ -536,6 +556,7 @@ pub fn reconcile_with_nodes(
             later => later,
         };
         if from != Step::Command {
+            points.retry.remove(&r.node);
             points.uncertain.remove(&r.node);
         }
         points.from.insert(r.node.clone(), from);
@@ -939,6 +960,12 @@ mod tests {
             finished("commanded", Step::Command),
             started("in-command", Step::Command),
             started("settling", Step::Settle),
+            started("command-failed", Step::Command),
+            RunEvent::NodeFailed {
+                node: "command-failed".into(),
+                step: Step::Command,
+                reason: "exit 3".into(),
+            },
         ] {
             j.record(&Stamped { at, event }).unwrap();
         }
@@ -948,6 +975,9 @@ mod tests {
         let p = resume_points(&path, &[]).unwrap();
         assert_eq!(p.from["in-command"], Step::Command);
         assert_eq!(p.uncertain.iter().collect::<Vec<_>>(), ["in-command"]);
+        // A command whose failure was recorded runs again: a new attempt, not an attach.
+        assert_eq!(p.from["command-failed"], Step::Command);
+        assert_eq!(p.retry.iter().collect::<Vec<_>>(), ["command-failed"]);
         let p = resume_points(&path, &["in-command".into()]).unwrap();
         assert!(p.uncertain.is_empty());
         assert_eq!(p.run_id, "r1");

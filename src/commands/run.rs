@@ -582,7 +582,8 @@ async fn run_with(
             config: Arc::clone(&config),
             run_id: run_id.clone(),
             sink: sink.clone(),
-        });
+        })
+        .retrying(resume.as_ref().map(|r| r.retry.clone()).unwrap_or_default());
         let hint = format!(
             "Continue with `rollgate resume {run_id}` from another shell{}, or stop with Ctrl-C.",
             if interactive {

@@ -151,7 +151,11 @@ pub enum Ended {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Start the command, or attach to it if this run started it already.
     Start,
+    /// A new attempt after a recorded failure: the old record is moved aside first.
+    Restart,
+    /// Only say what the record holds.
     Probe,
 }
 
@@ -159,6 +163,7 @@ impl Mode {
     fn word(self) -> &'static str {
         match self {
             Mode::Start => "start",
+            Mode::Restart => "restart",
             Mode::Probe => "probe",
         }
     }
@@ -283,6 +288,7 @@ async fn one_session(
     on_event: &mut (impl FnMut(RemoteEvent) + Send),
     tail: &mut Vec<String>,
     seen: &mut usize,
+    started: &mut bool,
 ) -> Result<SessionEnd, String> {
     let line: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
     let mut cmd = tokio::process::Command::new("ssh");
@@ -320,12 +326,21 @@ async fn one_session(
             let (what, rest) = control.split_once(' ').unwrap_or((control, ""));
             match what {
                 "end" | "state" => end = RecordState::parse(rest),
-                "started" => on_event(RemoteEvent::Note(format!(
-                    "command started detached on the node; output in {rest}/output, exit status in {rest}/status"
+                "archived" => on_event(RemoteEvent::Note(format!(
+                    "a new attempt: the record of the failed one was moved to {rest}"
                 ))),
-                "attached" => on_event(RemoteEvent::Note(format!(
-                    "attached to the command already started on the node ({rest})"
-                ))),
+                "started" => {
+                    *started = true;
+                    on_event(RemoteEvent::Note(format!(
+                        "command started detached on the node; output in {rest}/output, exit status in {rest}/status"
+                    )))
+                }
+                "attached" => {
+                    *started = true;
+                    on_event(RemoteEvent::Note(format!(
+                        "attached to the command already started on the node ({rest})"
+                    )))
+                }
                 _ => errors.push(control.to_owned()),
             }
             continue;
@@ -366,7 +381,7 @@ pub async fn probe(
     let session = connect(ssh, inv).await?;
     let words = remote_words(inv, Mode::Probe, 0);
     let mut tail = Vec::new();
-    let result = one_session(&session, &words, &mut |_| {}, &mut tail, &mut 0).await;
+    let result = one_session(&session, &words, &mut |_| {}, &mut tail, &mut 0, &mut false).await;
     let _ = session.close().await;
     match result {
         Ok(SessionEnd::Record(state)) => Ok(state),
@@ -392,6 +407,7 @@ pub async fn probe(
 pub async fn run(
     ssh: &SshConfig,
     inv: &RemoteInvocation<'_>,
+    mode: Mode,
     mut on_event: impl FnMut(RemoteEvent) + Send,
 ) -> Result<Ended, RemoteError> {
     let destination = inv.address.to_owned();
@@ -399,11 +415,23 @@ pub async fn run(
     let mut tail: Vec<String> = Vec::new();
     let mut seen = 0usize;
     let mut first = true;
+    // A restart stays a restart until the wrapper said it started (a session lost before that
+    // must not attach to the failed attempt's record).
+    let mut started = false;
     loop {
         let attempt = match connect(ssh, inv).await {
             Ok(session) => {
-                let words = remote_words(inv, Mode::Start, seen);
-                let end = one_session(&session, &words, &mut on_event, &mut tail, &mut seen).await;
+                let this = if started { Mode::Start } else { mode };
+                let words = remote_words(inv, this, seen);
+                let end = one_session(
+                    &session,
+                    &words,
+                    &mut on_event,
+                    &mut tail,
+                    &mut seen,
+                    &mut started,
+                )
+                .await;
                 let _ = session.close().await;
                 end
             }
@@ -576,6 +604,24 @@ mod tests {
             wrapper("probe", &dir, &run).1.trim(),
             "ROLLGATE:state exit 3"
         );
+    }
+
+    #[test]
+    fn a_restart_moves_a_failed_record_aside_and_runs_the_command_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("record");
+        let count = tmp.path().join("count");
+        let run = format!("echo run >> {}; exit 3", count.display());
+        assert!(
+            wrapper("start", &dir, &run)
+                .1
+                .contains("ROLLGATE:end exit 3")
+        );
+        let (_, err) = wrapper("restart", &dir, &run);
+        assert!(err.contains("ROLLGATE:archived"), "{err}");
+        assert!(err.contains("ROLLGATE:started"), "{err}");
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "run\nrun\n");
+        assert!(tmp.path().join("record.attempt-1/status").exists());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 # rollgate's command wrapper, run on the node by `sh -c` (see src/remote/mod.rs).
-# Arguments: MODE (start|probe) DIR SECONDS RUN SKIP
+# Arguments: MODE (start|restart|probe) DIR SECONDS RUN SKIP
 # start: runs RUN detached from the SSH session (its own session, `setsid`), under
 #   `timeout -s KILL SECONDS`, its output appended to DIR/output and its exit status written
 #   to DIR/status; then streams DIR/output (from line SKIP+1) until it ends. If DIR exists the
 #   command was started before: attach to it instead (never start it twice).
+# restart: a new attempt after a failure: a record of a command that ended is moved aside to
+#   DIR.attempt-N, then as start (a command still running is attached to, never doubled).
 # probe: says what DIR records: no-record, running, exit N, rebooted (no status, the node
 #   booted since), lost (no status, the process is gone).
 # Control lines go to stderr as `ROLLGATE:...`; the command's output goes to stdout.
@@ -36,6 +38,11 @@ echo $? > "$1/status.new" && mv "$1/status.new" "$1/status"' rollgate-command "$
   say "started $d"
 }
 if [ "$mode" = probe ]; then say "state $(state)"; exit 0; fi
+if [ "$mode" = restart ] && [ -d "$d" ] && ! running; then
+  n=1
+  while [ -e "$d.attempt-$n" ]; do n=$((n + 1)); done
+  mv "$d" "$d.attempt-$n" && say "archived $d.attempt-$n"
+fi
 if mkdir -m 700 "$d" 2>/dev/null; then
   start
 elif [ ! -d "$d" ]; then
