@@ -285,6 +285,8 @@ pub struct KubeSteps {
     ready_before: std::sync::Mutex<BTreeMap<String, BTreeMap<Workload, i32>>>,
     /// Nodes whose command failed in the run being resumed: a new attempt.
     retry: BTreeSet<String>,
+    /// The run's health guard, told when a node in flight is down again after its wait-ready.
+    guard: Option<Arc<crate::health::Guard>>,
 }
 
 impl std::ops::Deref for KubeSteps {
@@ -300,7 +302,14 @@ impl KubeSteps {
             ctx,
             ready_before: Default::default(),
             retry: Default::default(),
+            guard: None,
         }
+    }
+
+    /// The health guard of the run (see [`Self::held_down`]).
+    pub fn watched_by(mut self, guard: Arc<crate::health::Guard>) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// Resuming a run: these nodes' commands failed before, so theirs is a new attempt (see
@@ -423,8 +432,10 @@ impl KubeSteps {
                         job.node
                     )));
                 }
-                Ok(Err(e)) => {
-                    return Err(StepError::new(format!("watching node {}: {e}", job.node)));
+                // A watch error (an API blip): watch again, within the same deadline.
+                Ok(Err(_)) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
                 Err(_) => {
                     let node = self.get(&job.node).await?;
@@ -446,9 +457,8 @@ impl KubeSteps {
             .await
             {
                 Err(_) => return Ok(node),
-                Ok(Err(e)) => {
-                    return Err(StepError::new(format!("watching node {}: {e}", job.node)));
-                }
+                // A watch error: check again from the top (is it still up?).
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_secs(1)).await,
                 Ok(Ok(_)) => self.sink.emit(RunEvent::Warning {
                     node: Some(job.node.clone()),
                     message: format!(
@@ -497,13 +507,27 @@ impl KubeSteps {
     }
 
     /// Resolves when the node turns NotReady or reboots (its boot ID changes from `boot`).
-    async fn went_down(&self, node: &str, boot: &str) -> Result<(), StepError> {
-        await_condition(self.nodes(), node, |n: Option<&Node>| {
-            n.is_none_or(|n| !is_ready(n) || boot_id(n) != boot)
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| StepError::new(format!("watching node {node}: {e}")))
+    /// A watch error (an API blip) is retried: settle goes on meanwhile, bounded by its own
+    /// timeout.
+    async fn went_down(&self, node: &str, boot: &str) {
+        loop {
+            let down = await_condition(self.nodes(), node, |n: Option<&Node>| {
+                n.is_none_or(|n| !is_ready(n) || boot_id(n) != boot)
+            })
+            .await;
+            if down.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// While a node in flight is down again after its wait-ready, the health monitor treats it
+    /// as down for its upgrade (exempt, its pods' restarts absorbed), as during wait-ready.
+    fn held_down(&self, node: &str, down: bool, step: Step) {
+        if let Some(g) = &self.guard {
+            g.set_step(node, Some(if down { Step::WaitReady } else { step }));
+        }
     }
 
     /// Node facts passed to the remote command as environment variables.
@@ -535,6 +559,18 @@ impl NodeSteps for KubeSteps {
             CordonOwner::Nobody => {
                 annotations.insert(PRECORDONED.into(), serde_json::Value::Null);
                 json!({"spec": {"unschedulable": true}, "metadata": {"annotations": annotations}})
+            }
+            // Another run stopped in the middle of its command (it crashed, or lost the lock
+            // while the command ran): that command may still be running on the node. Never
+            // start a second one beside it.
+            CordonOwner::Rollgate(run)
+                if run != self.run_id && annotation(&node, STEP) == Some(Step::Command.name()) =>
+            {
+                return Err(StepError::new(format!(
+                    "node is in the middle of rollgate run {run}'s remote command (annotation {STEP}=command): \
+                     that command may still be running on the node; finish that run with `rollgate resume {run}` \
+                     (it attaches to the command), then start this one again"
+                )));
             }
             CordonOwner::Rollgate(run) => {
                 if run != self.run_id {
@@ -586,7 +622,7 @@ impl NodeSteps for KubeSteps {
         let node = self.mark_step(&job.node, Step::Command).await?;
         // The boot ID before the command (kept when a resumed run comes back to this step), so
         // wait-ready can tell a reboot.
-        if annotation(&node, BOOT_ID).is_none() {
+        if annotation(&node, BOOT_ID).is_none() || self.retry.contains(&job.node) {
             self.patch(
                 &job.node,
                 json!({"metadata": {"annotations": {BOOT_ID: boot_id(&node)}}}),
@@ -638,7 +674,8 @@ impl NodeSteps for KubeSteps {
             remote::Ended::Rebooted => Err(StepError::new(format!(
                 "node {} rebooted while its command ran, before the command recorded an exit status \
                  (output in {record}/output on the node); if the command reboots the node, set \
-                 `reboot = true` under [ready] in the playbook",
+                 `reboot = true` under [ready] in the playbook and start a new run (resume keeps \
+                 the playbook the run started with)",
                 job.node
             ))),
         }
@@ -663,7 +700,9 @@ impl NodeSteps for KubeSteps {
     }
 
     async fn uncordon(&self, job: &NodeJob) -> Result<(), StepError> {
-        let node = self.ensure_up(job, "before uncordoning it").await?;
+        let node = self
+            .ensure_up(job, Step::Uncordon, "before uncordoning it")
+            .await?;
         let precordoned = annotation(&node, PRECORDONED).is_some();
         let clear = json!({CORDONED_BY: null, STEP: null, REASON: null, FAILED_STEP: null, PRECORDONED: null, BOOT_ID: null, LAST_RUN: format!("{} {}", self.run_id, now())});
         let owner = cordon_owner(&node);
@@ -692,12 +731,12 @@ impl NodeSteps for KubeSteps {
         // The node is not done while it is down: if it turns NotReady or reboots during the
         // settle or soak, wait for it (within the ready timeout) and settle again.
         for _ in 0..=MAX_SETTLE_RESTARTS {
-            let node = self.ensure_up(job, "before settling").await?;
+            let node = self.ensure_up(job, Step::Settle, "before settling").await?;
             let boot = boot_id(&node);
             tokio::select! {
                 settled = self.settle_workloads(job, drained) => return settled,
-                down = self.went_down(&job.node, &boot) => {
-                    down?;
+                () = self.went_down(&job.node, &boot) => {
+                    self.held_down(&job.node, true, Step::Settle);
                     self.sink.emit(RunEvent::Warning {
                         node: Some(job.node.clone()),
                         message: "node turned NotReady or rebooted during settle: not done; waiting for it to be Ready again, then settling again".into(),
@@ -722,11 +761,13 @@ const MAX_SETTLE_RESTARTS: usize = 3;
 
 impl KubeSteps {
     /// The node, once it is Ready: a node found NotReady is waited for (and the operator told).
-    async fn ensure_up(&self, job: &NodeJob, when: &str) -> Result<Node, StepError> {
+    async fn ensure_up(&self, job: &NodeJob, step: Step, when: &str) -> Result<Node, StepError> {
         let node = self.get(&job.node).await?;
         if is_ready(&node) {
+            self.held_down(&job.node, false, step);
             return Ok(node);
         }
+        self.held_down(&job.node, true, step);
         self.sink.emit(RunEvent::Warning {
             node: Some(job.node.clone()),
             message: format!(
@@ -735,7 +776,9 @@ impl KubeSteps {
             ),
         });
         let deadline = tokio::time::Instant::now() + self.playbook.ready.timeout;
-        self.wait_up(job, None, deadline, when).await
+        let node = self.wait_up(job, None, deadline, when).await?;
+        self.held_down(&job.node, false, step);
+        Ok(node)
     }
 
     async fn settle_workloads(

@@ -360,3 +360,72 @@ async fn an_undeclared_reboot_right_after_the_command_is_waited_for_and_said() {
         "{states:?}"
     );
 }
+
+#[tokio::test]
+async fn a_new_run_never_starts_a_second_command_beside_another_runs_command_in_flight() {
+    let suite = unique("twice");
+    let (_nodes, names) = TestNodes::numbered(&suite, 1);
+    let ns = TestNamespace::new("twice");
+    let dir = tempfile::tempdir().unwrap();
+    let count = dir.path().join("count");
+    let pb = playbook(
+        dir.path(),
+        &suite,
+        &ns.0,
+        &format!("[command]\nrun = '{}'\n", chef_like(&count)),
+    );
+    // Run 1 dies in the middle of its command (as a runner that crashed or lost its lock).
+    let mut first = rollgate(dir.path());
+    first
+        .args(["--log-format", "json", "run", "--yes"])
+        .arg(&pb)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut first = first.spawn().unwrap();
+    let (node, state) = (names[0].clone(), dir.path().to_owned());
+    // The command really runs on the node: its output is in its record.
+    eventually("run 1's command to start", MINUTE, || {
+        let (node, state) = (node.clone(), state.clone());
+        async move {
+            std::fs::read_to_string(state.join("runs/latest")).is_ok_and(|run| {
+                std::fs::read_to_string(format!("/var/tmp/rollgate-{}-{node}/output", run.trim()))
+                    .is_ok_and(|o| o.contains("resource 1"))
+            })
+        }
+    })
+    .await;
+    first.kill().unwrap();
+    let _ = first.wait();
+    let first_run = std::fs::read_to_string(dir.path().join("runs/latest")).unwrap();
+    // Run 2 (its own lock, as after the first one's lease expired) over the same node.
+    let other = tempfile::tempdir().unwrap();
+    let mut second = rollgate(other.path());
+    second
+        .args(["--log-format", "json", "run", "--yes"])
+        .arg(&pb);
+    let (code, _, stderr) = run_rollgate(second, 2 * MINUTE);
+    assert_eq!(code, 4, "{stderr}");
+    let events = events(&stderr);
+    let reason = named(&events, "node-failed")[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains(first_run.trim()) && reason.contains("rollgate resume"),
+        "{reason}"
+    );
+    // Run 1's command ran to its end on the node, once; resuming run 1 finishes the node.
+    let status = format!("/var/tmp/rollgate-{}-{}/status", first_run.trim(), names[0]);
+    eventually("run 1's command to finish", MINUTE, || {
+        let status = status.clone();
+        async move { std::fs::read_to_string(&status).is_ok_and(|s| s.trim() == "0") }
+    })
+    .await;
+    let mut resume = rollgate(dir.path());
+    resume.args(["--log-format", "json", "resume"]);
+    let (code, _, stderr) = run_rollgate(resume, 2 * MINUTE);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(runs_on(&count, &names[0]), 1, "one command ran on the node");
+    assert!(!unschedulable(&names[0]));
+}

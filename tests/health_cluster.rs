@@ -383,8 +383,14 @@ async fn a_ping_gate_pauses_when_a_pod_stops_answering_and_rollgate_resume_conti
         }
     };
     eventually("the run to pause", MINUTE, paused).await;
-    // Paused: the node in flight finished, no new node starts.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Paused: the node in flight finishes (its wait-ready included), no new node starts.
+    let w1 = workers[0].clone();
+    eventually("the node in flight to finish", MINUTE, || {
+        let w1 = w1.clone();
+        async move { !annotation(&w1, "rollgate.dev/last-run").is_empty() }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         !unschedulable(&workers[1])
             && annotation(&workers[1], "rollgate.dev/cordoned-by").is_empty(),

@@ -45,11 +45,13 @@ async fn nodes_have_addresses_pod_cidrs_and_their_own_sshd_with_strict_host_keys
     .await;
     let n = node(&client, &name).await;
     let spec = n.spec.clone().unwrap();
-    let n_index = ip.rsplit('.').next().unwrap();
-    assert_eq!(
-        spec.pod_cidr.as_deref(),
-        Some(format!("127.2.{n_index}.0/24").as_str())
-    );
+    // 127.0.1.N -> 127.2.N.0/24; past the first 254 nodes 127.0.B.N -> 127.(8+B).N.0/24.
+    let octets: Vec<u32> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+    let want = match octets[2] {
+        1 => format!("127.2.{}.0/24", octets[3]),
+        block => format!("127.{}.{}.0/24", 8 + block, octets[3]),
+    };
+    assert_eq!(spec.pod_cidr.as_deref(), Some(want.as_str()));
     assert_eq!(spec.taints.unwrap()[0].key, "dedicated");
     assert_eq!(rollgate::cluster::kubelet_version(&n), "v1.35.4");
     assert_eq!(

@@ -583,7 +583,8 @@ async fn run_with(
             run_id: run_id.clone(),
             sink: sink.clone(),
         })
-        .retrying(resume.as_ref().map(|r| r.retry.clone()).unwrap_or_default());
+        .retrying(resume.as_ref().map(|r| r.retry.clone()).unwrap_or_default())
+        .watched_by(Arc::clone(&guard));
         let hint = format!(
             "Continue with `rollgate resume {run_id}` from another shell{}, or stop with Ctrl-C.",
             if interactive {

@@ -315,6 +315,7 @@ impl<S: NodeSteps> Engine<S> {
                             }
                             if health.has_changed().unwrap_or(false)
                                 || schedule.has_changed().unwrap_or(false)
+                                || lock_lost.has_changed().unwrap_or(false)
                             {
                                 continue 'wave;
                             }
@@ -608,8 +609,10 @@ async fn upgrade_node<S: NodeSteps>(
                 step,
             });
             if announced.is_err() {
+                // Stopped where it is (possibly down, cordoned): like a failed node, it must not
+                // trip the gates for what the stop left.
                 if let Some(g) = &guard {
-                    g.set_step(&job.node, None);
+                    g.node_failed(&job.node);
                 }
                 return (job.node, Err(NodeStop::Unrecorded(step)));
             }
@@ -699,7 +702,13 @@ async fn fail_node<S: NodeSteps>(
         reason: err.0.clone(),
     });
     if let Some(g) = guard {
-        g.node_failed(&job.node);
+        if leaves_node_cordoned(step) {
+            g.node_failed(&job.node);
+        } else {
+            // Failed before its cordon or after its uncordon: the node takes pods, so it and
+            // its pods are watched like any other.
+            g.set_step(&job.node, None);
+        }
     }
 }
 

@@ -77,6 +77,13 @@ pub enum RemoteError {
         rebooted: bool,
         tail: Vec<String>,
     },
+    #[error("lost the SSH session to {destination} and could not attach again within {waited:?}: the command may still run or have ended on the node; its record is {record} (`rollgate resume` attaches to it){}", tail_text(.tail))]
+    Unreachable {
+        destination: String,
+        record: String,
+        waited: Duration,
+        tail: Vec<String>,
+    },
     #[error("the remote command was killed after its {timeout:?} timeout on {destination}{}", tail_text(.tail))]
     Timeout {
         destination: String,
@@ -294,7 +301,17 @@ async fn one_session(
     let mut cmd = tokio::process::Command::new("ssh");
     cmd.arg("-S")
         .arg(session.control_socket())
-        .args(["-o", "BatchMode=yes", "-T", "-p", "9", "none", "--"])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ControlMaster=no",
+            "-T",
+            "-p",
+            "9",
+            "none",
+            "--",
+        ])
         .arg(line.join(" "))
         .process_group(0)
         .kill_on_drop(true)
@@ -306,13 +323,7 @@ async fn one_session(
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Stream, String)>();
     let pump = |stream: Stream, reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>| {
-        let tx = tx.clone();
-        async move {
-            let mut lines = BufReader::new(reader).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = tx.send((stream, line));
-            }
-        }
+        forward_lines(stream, reader, tx.clone())
     };
     let out_task = tokio::spawn(pump(Stream::Stdout, Box::new(stdout)));
     let err_task = tokio::spawn(pump(Stream::Stderr, Box::new(stderr)));
@@ -373,6 +384,28 @@ async fn one_session(
     })
 }
 
+/// Sends each line the reader gives, to its end. Bytes, not UTF-8 lines: output in another
+/// encoding is passed on lossily and must not stop the reading (ssh would then block, and the
+/// session with it).
+async fn forward_lines(
+    stream: Stream,
+    reader: impl tokio::io::AsyncRead + Unpin,
+    tx: tokio::sync::mpsc::UnboundedSender<(Stream, String)>,
+) {
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                let _ = tx.send((stream, line.trim_end_matches(['\n', '\r']).to_owned()));
+            }
+        }
+    }
+}
+
 /// What the node's record says about this run's command (one SSH session, starts nothing).
 pub async fn probe(
     ssh: &SshConfig,
@@ -423,15 +456,21 @@ pub async fn run(
             Ok(session) => {
                 let this = if started { Mode::Start } else { mode };
                 let words = remote_words(inv, this, seen);
-                let end = one_session(
-                    &session,
-                    &words,
-                    &mut on_event,
-                    &mut tail,
-                    &mut seen,
-                    &mut started,
+                // Bounded: a session that never ends (a hung connection) is given up at the
+                // point where the command's own timeout has long killed it.
+                let end = tokio::time::timeout_at(
+                    give_up.into(),
+                    one_session(
+                        &session,
+                        &words,
+                        &mut on_event,
+                        &mut tail,
+                        &mut seen,
+                        &mut started,
+                    ),
                 )
-                .await;
+                .await
+                .unwrap_or_else(|_| Ok(SessionEnd::Disconnected("no end in sight".into())));
                 let _ = session.close().await;
                 end
             }
@@ -479,9 +518,10 @@ pub async fn run(
             Ok(SessionEnd::Disconnected(why)) | Err(why) => why,
         };
         if Instant::now() >= give_up {
-            return Err(RemoteError::Timeout {
+            return Err(RemoteError::Unreachable {
                 destination,
-                timeout: inv.timeout,
+                record: inv.record.to_owned(),
+                waited: inv.timeout + REATTACH_GRACE,
                 tail,
             });
         }
@@ -622,6 +662,48 @@ mod tests {
         assert!(err.contains("ROLLGATE:started"), "{err}");
         assert_eq!(std::fs::read_to_string(&count).unwrap(), "run\nrun\n");
         assert!(tmp.path().join("record.attempt-1/status").exists());
+        // A success is never run again, not even by a restart: it is attached to.
+        let ok = tmp.path().join("ok");
+        let run = format!("echo run >> {}", count.display());
+        assert!(
+            wrapper("start", &ok, &run)
+                .1
+                .contains("ROLLGATE:end exit 0")
+        );
+        let (_, err) = wrapper("restart", &ok, &run);
+        assert!(err.contains("ROLLGATE:attached"), "{err}");
+        assert!(err.trim_end().ends_with("ROLLGATE:end exit 0"), "{err}");
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "run\nrun\nrun\n");
+    }
+
+    #[test]
+    fn a_record_that_is_a_link_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("status"), "0\n").unwrap();
+        let dir = tmp.path().join("record");
+        std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+        for mode in ["start", "restart", "probe"] {
+            let (out, err) = wrapper(mode, &dir, "echo must not run");
+            assert_eq!(out, "", "{mode}");
+            assert!(
+                err.contains("ROLLGATE:error") && err.contains("refusing"),
+                "{mode}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn output_in_another_encoding_is_read_to_the_end() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let bytes: &[u8] = b"caf\xe9\r\nafter\n";
+        forward_lines(Stream::Stdout, bytes, tx).await;
+        let mut lines = Vec::new();
+        while let Ok((_, line)) = rx.try_recv() {
+            lines.push(line);
+        }
+        assert_eq!(lines, ["caf\u{fffd}", "after"]);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 #   `timeout -s KILL SECONDS`, its output appended to DIR/output and its exit status written
 #   to DIR/status; then streams DIR/output (from line SKIP+1) until it ends. If DIR exists the
 #   command was started before: attach to it instead (never start it twice).
-# restart: a new attempt after a failure: a record of a command that ended is moved aside to
-#   DIR.attempt-N, then as start (a command still running is attached to, never doubled).
+# restart: a new attempt after a failure: a record of a command that ended without success is
+#   moved aside to DIR.attempt-N, then as start (a command still running, or one that exited 0,
+#   is attached to: never doubled).
 # probe: says what DIR records: no-record, running, exit N, rebooted (no status, the node
 #   booted since), lost (no status, the process is gone).
 # Control lines go to stderr as `ROLLGATE:...`; the command's output goes to stdout.
@@ -14,7 +15,8 @@ mode=$1; d=$2; secs=$3; run=$4; skip=$5
 say() { printf 'ROLLGATE:%s\n' "$*" >&2; }
 boot_id() { cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown; }
 running() {
-  [ -s "$d/pid" ] && [ "$(cat "$d/boot" 2>/dev/null)" = "$(boot_id)" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null
+  [ ! -e "$d/status" ] && [ -s "$d/pid" ] && [ "$(cat "$d/boot" 2>/dev/null)" = "$(boot_id)" ] \
+    && kill -0 "$(cat "$d/pid")" 2>/dev/null
 }
 state() {
   if [ ! -d "$d" ]; then echo no-record
@@ -37,8 +39,13 @@ timeout -s KILL "$2" sh -c "$3" >> "$1/output" 2>&1 < /dev/null
 echo $? > "$1/status.new" && mv "$1/status.new" "$1/status"' rollgate-command "$d" "$secs" "$run" > /dev/null 2>&1 < /dev/null &
   say "started $d"
 }
+# A record somebody else made (another user, or a link) is never trusted or written into.
+if [ -e "$d" ] || [ -L "$d" ]; then
+  if [ -L "$d" ] || [ ! -O "$d" ]; then say "error $d exists but is not this user's directory: refusing it"; exit 1; fi
+fi
 if [ "$mode" = probe ]; then say "state $(state)"; exit 0; fi
-if [ "$mode" = restart ] && [ -d "$d" ] && ! running; then
+# A new attempt moves aside a record that ended without success (a success is attached to).
+if [ "$mode" = restart ] && [ -d "$d" ] && ! running && [ "$(cat "$d/status" 2>/dev/null)" != 0 ]; then
   n=1
   while [ -e "$d.attempt-$n" ]; do n=$((n + 1)); done
   mv "$d" "$d.attempt-$n" && say "archived $d.attempt-$n"
