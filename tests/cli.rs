@@ -198,3 +198,18 @@ fn every_exit_code_is_listed_alike_in_the_readme_and_in_help() {
         }
     }
 }
+
+#[test]
+fn check_shows_sudo_and_an_expected_reboot() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let (code, stdout, stderr) = rollgate(&[
+        "check",
+        &format!("{root}/playbooks/os-update-zone-by-zone.toml"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("as root through sudo -n"), "{stdout}");
+    assert!(
+        stdout.contains("stable for 5s, the command reboots the node"),
+        "{stdout}"
+    );
+}

@@ -97,19 +97,30 @@ pub fn summary(path: &Path, pb: &Playbook) -> String {
     let c = &pb.command;
     let _ = writeln!(
         s,
-        "  command: {:?} (timeout {}, {})",
+        "  command: {:?} (timeout {}, {}{})",
         c.run,
         d(c.timeout),
         if c.safe_to_rerun {
             "safe to rerun"
         } else {
             "not safe to rerun"
+        },
+        if c.sudo {
+            ", as root through sudo -n"
+        } else {
+            ""
         }
     );
     let _ = writeln!(
         s,
-        "  ready: timeout {}; settle: timeout {}, soak {}",
+        "  ready: timeout {}, stable for {}{}; settle: timeout {}, soak {}",
         d(pb.ready.timeout),
+        d(pb.ready.stable_for),
+        if pb.ready.reboot {
+            ", the command reboots the node (new boot ID awaited)"
+        } else {
+            ""
+        },
         d(pb.settle.timeout),
         d(pb.settle.soak)
     );
