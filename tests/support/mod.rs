@@ -187,6 +187,21 @@ impl Drop for TestNodes {
                 .args(["testenv", "node", "rm", name])
                 .output();
         }
+        // The remote commands' records these nodes left on the (shared, local) "node" disk:
+        // /var/tmp/rollgate-RUN-NODE and its .attempt-N siblings.
+        let Ok(entries) = std::fs::read_dir("/var/tmp") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let ours = file.starts_with("rollgate-")
+                && self.names.iter().any(|n| {
+                    file.ends_with(&format!("-{n}")) || file.contains(&format!("-{n}.attempt-"))
+                });
+            if ours {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 
