@@ -10,14 +10,6 @@ use support::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn upgrade_script() -> String {
-    env()
-        .state_dir
-        .join("bin/kwok-node-upgrade")
-        .display()
-        .to_string()
-}
-
 /// Runs `rollgate ARGS --log-format json` and returns (exit code, events, stderr).
 fn rollgate_json(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, Vec<Value>, String) {
     let mut cmd = rollgate(dir);

@@ -11,14 +11,6 @@ use support::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn upgrade_script() -> String {
-    env()
-        .state_dir
-        .join("bin/kwok-node-upgrade")
-        .display()
-        .to_string()
-}
-
 /// A playbook over the suite's nodes, one at a time, the monitor watching them and `ns`.
 fn playbook(dir: &Path, suite: &str, ns: &str, rest: &str) -> std::path::PathBuf {
     write_playbook(

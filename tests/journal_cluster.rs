@@ -15,14 +15,6 @@ use support::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn upgrade_script() -> String {
-    env()
-        .state_dir
-        .join("bin/kwok-node-upgrade")
-        .display()
-        .to_string()
-}
-
 /// The monitor on (every default signal), watching only this test's namespace and nodes.
 fn monitor_scope(suite: &str, ns: &str) -> String {
     format!("[monitor]\nnamespaces = [\"{ns}\"]\nnode-selector = \"rollgate.test/suite={suite}\"\n")

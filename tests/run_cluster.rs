@@ -9,14 +9,6 @@ use support::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn upgrade_script() -> String {
-    env()
-        .state_dir
-        .join("bin/kwok-node-upgrade")
-        .display()
-        .to_string()
-}
-
 /// Runs `rollgate run PLAYBOOK --yes --log-format json` and returns (exit code, events, stderr).
 fn run(dir: &Path, playbook: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
     let mut cmd = rollgate(dir);

@@ -670,3 +670,12 @@ impl Terminal {
 
 /// A non-root user on the test nodes with passwordless sudo (made by `cargo xtask testenv install`).
 pub const SUDO_USER: &str = "rollgate-sudo";
+
+/// The test environment's fake config-management run (`xtask/assets/kwok-node-upgrade.sh`).
+pub fn upgrade_script() -> String {
+    env()
+        .state_dir
+        .join("bin/kwok-node-upgrade")
+        .display()
+        .to_string()
+}
