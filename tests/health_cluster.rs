@@ -926,40 +926,12 @@ async fn an_incoming_webhook_gets_the_same_messages_without_threads_and_its_url_
 
 #[tokio::test]
 async fn rollgate_monitor_at_a_terminal_shows_a_live_table_of_unhealthy_pods() {
-    use std::os::unix::process::CommandExt;
     let w = watched_pod("montty");
     let (ns, dir, pb) = (&w.ns, &w.dir, &w.playbook);
-    // A real pseudo-terminal (util-linux `script`), so rollgate draws its table.
+    // A real pseudo-terminal, so rollgate draws its table.
     let mut inner = rollgate(dir.path());
     inner.args(["monitor"]).arg(pb);
-    let line: Vec<String> = std::iter::once(inner.get_program())
-        .chain(inner.get_args())
-        .map(|a| format!("'{}'", a.to_string_lossy()))
-        .collect();
-    let mut cmd = Command::new("script");
-    cmd.args(["-qfec", &line.join(" "), "/dev/null"])
-        .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0);
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = std::sync::Arc::clone(&screen);
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let mut stdout = stdout;
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    let terminal = Terminal::start(&inner);
     tokio::time::sleep(Duration::from_secs(2)).await;
     kubectl_ok(&[
         "-n",
@@ -972,20 +944,19 @@ async fn rollgate_monitor_at_a_terminal_shows_a_live_table_of_unhealthy_pods() {
     let object = format!("{}/web", ns.0);
     let deadline = std::time::Instant::now() + MINUTE;
     let shown = loop {
-        let text = screen.lock().unwrap().clone();
         // The last frame (each redraw clears the screen first).
-        let frame = text.rsplit("\x1b[2J").next().unwrap_or("").to_owned();
+        let frame = terminal
+            .screen()
+            .rsplit("\x1b[2J")
+            .next()
+            .unwrap_or("")
+            .to_owned();
         if frame.contains(&object) || std::time::Instant::now() > deadline {
             break frame;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    // script's process group; rollgate, in script's new session, gets SIGHUP when the
-    // terminal goes away.
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", child.id())])
-        .status();
-    let _ = child.wait();
+    terminal.close();
     assert!(shown.contains("rollgate monitor"), "{shown}");
     assert!(shown.contains("unhealthy since start (1)"), "{shown}");
     let row = shown

@@ -586,8 +586,12 @@ impl Terminal {
             .chain(inner.get_args())
             .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', r"'\''")))
             .collect();
+        // script(1) runs the line through $SHELL; `exec` makes rollgate the shell's
+        // replacement whatever the shell is, so the exit code seen is rollgate's own (dash,
+        // waiting on a child, dies of the same SIGINT and reports 130 instead).
         let mut cmd = Command::new("script");
-        cmd.args(["-qfec", &line.join(" "), "/dev/null"])
+        cmd.args(["-qfec", &format!("exec {}", line.join(" ")), "/dev/null"])
+            .env("SHELL", "/bin/sh")
             .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -643,6 +647,15 @@ impl Terminal {
     pub fn ctrl_c(&mut self) {
         self.stdin.write_all(b"\x03").unwrap();
         self.stdin.flush().unwrap();
+    }
+
+    /// Closes the terminal: kills script's process group; rollgate, in script's new session,
+    /// gets SIGHUP when the terminal goes away.
+    pub fn close(mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
     }
 
     /// Waits for rollgate to exit: (exit code, screen). Kills it after `timeout`.
