@@ -9,8 +9,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use rollgate::engine::EventSink;
 use rollgate::playbook::{DrainOptions, PdbTimeoutPolicy};
+use rollgate::vocab::EventSink;
 use std::time::{Duration, Instant};
 use support::*;
 

@@ -19,10 +19,11 @@
 
 use crate::config::{AddressSource, Config};
 use crate::drain::{self, DrainReport};
-use crate::engine::{EventSink, NodeJob, NodeSteps, RunEvent, Step, StepError};
+use crate::engine::{NodeJob, NodeSteps, StepError};
 use crate::plan::NodeFacts;
 use crate::playbook::Playbook;
 use crate::remote;
+use crate::vocab::{EventSink, RunEvent, Step};
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -33,16 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const CORDONED_BY: &str = "rollgate.dev/cordoned-by";
-pub const PRECORDONED: &str = "rollgate.dev/precordoned";
-pub const STEP: &str = "rollgate.dev/step";
-pub const REASON: &str = "rollgate.dev/reason";
-pub const FAILED_STEP: &str = "rollgate.dev/failed-step";
-pub const LAST_RUN: &str = "rollgate.dev/last-run";
-/// The node's boot ID when its command started (a changed boot ID means it rebooted since).
-pub const BOOT_ID: &str = "rollgate.dev/boot-id";
-/// The field manager of rollgate's node patches (see `metadata.managedFields`).
-pub const FIELD_MANAGER: &str = "rollgate";
+pub use crate::vocab::node_marks::*;
 
 /// The field manager that last set the node's `spec.unschedulable` (None when nobody owns it).
 pub fn unschedulable_set_by(node: &Node) -> Option<&str> {
@@ -88,14 +80,6 @@ pub fn cordon_owner(node: &Node) -> CordonOwner {
         (_, Some(manager)) => CordonOwner::Other(manager.to_owned()),
         (_, None) => CordonOwner::Other("an unknown field manager".into()),
     }
-}
-
-/// The commands that give a node back by hand: uncordon it and clear rollgate's annotations
-/// (a bare `kubectl uncordon` leaves them, and the record of a failure with them).
-pub fn hand_back_command(node: &str) -> String {
-    format!(
-        "kubectl uncordon {node} && kubectl annotate node {node} {CORDONED_BY}- {PRECORDONED}- {STEP}- {REASON}- {FAILED_STEP}- {BOOT_ID}-"
-    )
 }
 
 /// Two clients on one connection config: `api` with kube's default retries, `drain` without

@@ -4,7 +4,7 @@
 //! `ROLLGATE_FAILPOINT=panic-after:STEP` makes that node's task panic there instead (a stand-in
 //! for a bug). Unset in normal runs; a malformed value is ignored with a warning.
 
-use crate::engine::Step;
+use crate::vocab::Step;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -7,16 +7,8 @@
 //! - Signals without a gate in the playbook get a default one: pods, nodes and probes abort,
 //!   pings pause.
 
-use crate::playbook::{Decision, Gate, Signal};
-use serde::Serialize;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "result", content = "evidence", rename_all = "kebab-case")]
-pub enum Outcome {
-    Pass,
-    Fail(String),
-    Inconclusive(String),
-}
+use crate::playbook::{Gate, Signal};
+use crate::vocab::{Decision, ProbeOutcome};
 
 pub fn default_gate(signal: &Signal) -> Gate {
     Gate {
@@ -58,13 +50,13 @@ impl GateTracker {
     }
 
     /// Records a result; returns the decision when a limit is reached (then counting starts over).
-    pub fn record(&mut self, outcome: &Outcome) -> Option<Decision> {
+    pub fn record(&mut self, outcome: &ProbeOutcome) -> Option<Decision> {
         match outcome {
-            Outcome::Pass => {
+            ProbeOutcome::Pass => {
                 self.inconclusive_in_a_row = 0;
                 None
             }
-            Outcome::Fail(_) => {
+            ProbeOutcome::Fail(_) => {
                 self.inconclusive_in_a_row = 0;
                 self.failures += 1;
                 (self.failures >= self.gate.failure_limit).then(|| {
@@ -72,7 +64,7 @@ impl GateTracker {
                     self.gate.on_fail
                 })
             }
-            Outcome::Inconclusive(_) => {
+            ProbeOutcome::Inconclusive(_) => {
                 self.inconclusive_in_a_row += 1;
                 (self.inconclusive_in_a_row >= self.gate.consecutive_errors).then(|| {
                     self.inconclusive_in_a_row = 0;
@@ -115,14 +107,14 @@ mod tests {
 
     #[test]
     fn decisions_follow_failure_limit_and_consecutive_errors() {
-        let fail = Outcome::Fail("x".into());
-        let inc = Outcome::Inconclusive("prometheus unreachable".into());
-        type Case<'a> = (Gate, Vec<&'a Outcome>, Vec<Option<Decision>>);
+        let fail = ProbeOutcome::Fail("x".into());
+        let inc = ProbeOutcome::Inconclusive("prometheus unreachable".into());
+        type Case<'a> = (Gate, Vec<&'a ProbeOutcome>, Vec<Option<Decision>>);
         let cases: Vec<Case> = vec![
             (gate(1, 3), vec![&fail], vec![Some(Decision::Abort)]),
             (
                 gate(2, 3),
-                vec![&fail, &Outcome::Pass, &fail],
+                vec![&fail, &ProbeOutcome::Pass, &fail],
                 vec![None, None, Some(Decision::Abort)],
             ),
             (
@@ -132,7 +124,7 @@ mod tests {
             ),
             (
                 gate(1, 2),
-                vec![&inc, &Outcome::Pass, &inc],
+                vec![&inc, &ProbeOutcome::Pass, &inc],
                 vec![None, None, None],
             ),
         ];

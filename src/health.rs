@@ -2,11 +2,10 @@
 //! result goes through [`Guard::report`], which applies the gates and moves the run between
 //! running, paused and aborted. The engine watches the state; abort always wins over pause.
 
-use crate::engine::{EventSink, RunEvent, Step};
-use crate::gate::{GateTracker, Outcome, signal_name, trackers_for};
+use crate::gate::{GateTracker, signal_name, trackers_for};
 use crate::playbook::{Decision, Playbook, ProbeWhen, Signal};
-use crate::probe::{ProbeContext, ProbeRunner, when_name};
-use serde::Serialize;
+use crate::probe::{ProbeContext, ProbeRunner};
+use crate::vocab::{EventSink, GateDecision, ProbeOutcome, RunEvent, Step, when_name};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,16 +14,6 @@ use tokio::sync::watch;
 
 /// The `signal` of a pause the operator asked for (`rollgate pause`).
 pub const OPERATOR: &str = "operator";
-
-/// A gate's decision with what led to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GateDecision {
-    pub decision: Decision,
-    pub signal: String,
-    pub evidence: String,
-    /// Nodes in flight when it was decided, with their step.
-    pub in_flight: Vec<(String, Step)>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthState {
@@ -141,7 +130,7 @@ impl Guard {
     }
 
     /// Feeds a signal's result through its gates; returns the decision taken, if any.
-    pub fn report(&self, signal: &Signal, outcome: Outcome) -> Option<Decision> {
+    pub fn report(&self, signal: &Signal, outcome: ProbeOutcome) -> Option<Decision> {
         let name = signal_name(signal);
         let decision = {
             let mut trackers = self.trackers.lock().expect("lock");
@@ -153,9 +142,9 @@ impl Guard {
         };
         let decision = decision?;
         let evidence = match &outcome {
-            Outcome::Fail(e) => e.clone(),
-            Outcome::Inconclusive(e) => format!("inconclusive: {e}"),
-            Outcome::Pass => String::new(),
+            ProbeOutcome::Fail(e) => e.clone(),
+            ProbeOutcome::Inconclusive(e) => format!("inconclusive: {e}"),
+            ProbeOutcome::Pass => String::new(),
         };
         let in_flight: Vec<(String, Step)> = self
             .in_flight
@@ -270,7 +259,7 @@ impl Guard {
         when: ProbeWhen,
         node: Option<&str>,
         phase: Option<&str>,
-    ) -> Outcome {
+    ) -> ProbeOutcome {
         let ctx = ProbeContext {
             when,
             node: node.map(str::to_owned),

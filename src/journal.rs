@@ -1,12 +1,13 @@
 //! The run journal: `STATE_DIR/runs/RUN_ID/journal.jsonl`, append-only, one JSON object per line,
 //! each line one write, fsynced before the step it announces runs. The first line describes the
 //! run (playbook, plan order); then every decision and step transition, written before it takes
-//! effect (see [`crate::engine::EventSink`]). A record that cannot be written and synced stops
+//! effect (see [`crate::vocab::EventSink`]). A record that cannot be written and synced stops
 //! the run: nothing is done that the journal does not record first. [`Records`] is the one
 //! reader of its text: a torn line (a crash, a full disk) is skipped wherever it is and its
 //! place reported, by [`RunStatus`] (`rollgate status`), [`resume_points`] and the run report.
 
-use crate::engine::{RunEvent, Stamped};
+pub use crate::vocab::JournalError;
+use crate::vocab::{Recorder, RunEvent, Stamped};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -51,14 +52,6 @@ pub struct Journal {
     /// The first record that could not be written and synced. Sticky: once set, nothing more
     /// is written (a later record after a gap would lie about what happened).
     failed: tokio::sync::watch::Sender<Option<JournalError>>,
-}
-
-/// A record that could not be written and synced: the run stops before the step it announces.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("cannot write the run journal {}: {reason}", path.display())]
-pub struct JournalError {
-    pub path: PathBuf,
-    pub reason: String,
 }
 
 /// Whether an event belongs in the journal (decisions and transitions, not output lines).
@@ -196,6 +189,18 @@ impl Journal {
     #[cfg(test)]
     pub(crate) fn write_to(&self, file: File) {
         *self.file.lock().expect("lock") = file;
+    }
+}
+
+impl Recorder for Journal {
+    fn record(&self, event: &Stamped) -> Result<(), JournalError> {
+        Journal::record(self, event)
+    }
+    fn failure(&self) -> Option<JournalError> {
+        Journal::failure(self)
+    }
+    fn watch_failure(&self) -> tokio::sync::watch::Receiver<Option<JournalError>> {
+        Journal::watch_failure(self)
     }
 }
 
@@ -379,7 +384,7 @@ pub struct ResumePoints {
     /// Finished nodes: skipped.
     pub done: std::collections::BTreeSet<String>,
     /// Nodes that had started: the step they start from now.
-    pub from: std::collections::HashMap<String, crate::engine::Step>,
+    pub from: std::collections::HashMap<String, crate::vocab::Step>,
     /// Nodes whose remote command may have started (they start from the command step, which
     /// reattaches to it): resume checks each node's record of it first.
     pub uncertain: std::collections::BTreeSet<String>,
@@ -401,7 +406,7 @@ pub struct ResumePoints {
 /// see [`crate::remote`]), unless it is listed in `command_done` (the operator's word that it
 /// finished); later steps restart where they stopped.
 pub fn resume_points(path: &Path, command_done: &[String]) -> Result<ResumePoints, String> {
-    use crate::engine::Step;
+    use crate::vocab::Step;
     let journal =
         Records::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let header = journal
@@ -508,7 +513,7 @@ pub fn reconcile_with_nodes(
     records: &[NodeRecord],
     command_done: &[String],
 ) -> Result<(), String> {
-    use crate::engine::Step;
+    use crate::vocab::Step;
     let index = |s: Step| Step::ALL.iter().position(|x| *x == s).expect("a step");
     for r in records {
         if points.done.contains(&r.node) {
@@ -859,7 +864,7 @@ pub async fn status_from_cluster(client: &kube::Client, run_id: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Step;
+    use crate::vocab::Step;
 
     #[test]
     fn status_is_rebuilt_from_the_journal_even_after_a_torn_last_line() {
@@ -900,7 +905,7 @@ mod tests {
             },
             RunEvent::CommandOutput {
                 node: "b".into(),
-                stream: crate::engine::Stream::Stdout,
+                stream: crate::vocab::Stream::Stdout,
                 line: "not journaled".into(),
             },
         ] {

@@ -41,6 +41,7 @@ pub mod probe;
 pub mod remote;
 pub mod report;
 pub mod selector;
+pub mod vocab;
 pub mod window;
 
 /// Prefix of the annotations rollgate writes on nodes.

@@ -1,13 +1,13 @@
 //! User-defined end-to-end probes: a local `command` (e.g. create a VM and delete it), an `http`
 //! check, a Kubernetes `job`, a `prometheus` query or "no firing alerts matching". Each attempt
 //! is bounded by the probe's timeout and retried `retries` times; the result is a gate
-//! [`Outcome`]: pass, fail (with evidence), or inconclusive (the probe could not run).
+//! [`ProbeOutcome`]: pass, fail (with evidence), or inconclusive (the probe could not run).
 //!
 //! Relative paths in a probe (a command's program, a job manifest) are resolved against the
 //! playbook's directory.
 
-use crate::gate::Outcome;
 use crate::playbook::{Probe, ProbeKind, ProbeWhen};
+use crate::vocab::{ProbeOutcome, when_name};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::await_condition;
@@ -24,17 +24,6 @@ pub struct ProbeContext {
     pub node: Option<String>,
     pub phase: Option<String>,
     pub run_id: String,
-}
-
-pub fn when_name(w: ProbeWhen) -> &'static str {
-    match w {
-        ProbeWhen::BeforeRun => "before-run",
-        ProbeWhen::AfterDrain => "after-drain",
-        ProbeWhen::AfterCommand => "after-command",
-        ProbeWhen::AfterUncordon => "after-uncordon",
-        ProbeWhen::AfterWave => "after-wave",
-        ProbeWhen::Periodic => "periodic",
-    }
 }
 
 pub struct ProbeRunner {
@@ -83,8 +72,8 @@ impl ProbeRunner {
     }
 
     /// Runs the probe with its retries; the last attempt's result counts.
-    pub async fn run(&self, probe: &Probe, ctx: &ProbeContext) -> Outcome {
-        let mut outcome = Outcome::Inconclusive("not run".into());
+    pub async fn run(&self, probe: &Probe, ctx: &ProbeContext) -> ProbeOutcome {
+        let mut outcome = ProbeOutcome::Inconclusive("not run".into());
         for attempt in 0..=probe.retries {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -100,24 +89,24 @@ impl ProbeRunner {
                 // Prometheus is the instrument, not the thing measured: a hung Prometheus makes
                 // the probe inconclusive, as a refused connection does (not a failure).
                 Err(_) if matches!(probe.kind, ProbeKind::Prometheus { .. }) => {
-                    Outcome::Inconclusive(format!(
+                    ProbeOutcome::Inconclusive(format!(
                         "Prometheus did not answer within {}",
                         humantime::format_duration(probe.timeout)
                     ))
                 }
-                Err(_) => Outcome::Fail(format!(
+                Err(_) => ProbeOutcome::Fail(format!(
                     "timed out after {}",
                     humantime::format_duration(probe.timeout)
                 )),
             };
-            if outcome == Outcome::Pass {
+            if outcome == ProbeOutcome::Pass {
                 break;
             }
         }
         outcome
     }
 
-    async fn attempt(&self, probe: &Probe, ctx: &ProbeContext) -> Outcome {
+    async fn attempt(&self, probe: &Probe, ctx: &ProbeContext) -> ProbeOutcome {
         match &probe.kind {
             ProbeKind::Command { argv } => self.command(argv, ctx).await,
             ProbeKind::Http {
@@ -136,7 +125,7 @@ impl ProbeRunner {
             } => match (query, alerts_matching) {
                 (Some(q), _) => self.prometheus_query(q, *min, *max).await,
                 (None, Some(pattern)) => self.prometheus_alerts(pattern).await,
-                (None, None) => Outcome::Inconclusive("prometheus probe without query".into()),
+                (None, None) => ProbeOutcome::Inconclusive("prometheus probe without query".into()),
             },
             ProbeKind::Job {
                 manifest,
@@ -145,9 +134,9 @@ impl ProbeRunner {
         }
     }
 
-    async fn command(&self, argv: &[String], ctx: &ProbeContext) -> Outcome {
+    async fn command(&self, argv: &[String], ctx: &ProbeContext) -> ProbeOutcome {
         let Some(program) = argv.first() else {
-            return Outcome::Inconclusive("empty command".into());
+            return ProbeOutcome::Inconclusive("empty command".into());
         };
         let mut cmd = tokio::process::Command::new(self.resolve(program));
         cmd.args(&argv[1..])
@@ -164,7 +153,7 @@ impl ProbeRunner {
             cmd.env("ROLLGATE_PHASE", p);
         }
         match cmd.output().await {
-            Err(e) => Outcome::Inconclusive(format!("cannot run {program}: {e}")),
+            Err(e) => ProbeOutcome::Inconclusive(format!("cannot run {program}: {e}")),
             Ok(out) => {
                 let text = format!(
                     "{}\n{}",
@@ -172,9 +161,9 @@ impl ProbeRunner {
                     String::from_utf8_lossy(&out.stderr)
                 );
                 if out.status.success() {
-                    Outcome::Pass
+                    ProbeOutcome::Pass
                 } else {
-                    Outcome::Fail(format!(
+                    ProbeOutcome::Fail(format!(
                         "{program} exited with {}: {}",
                         out.status
                             .code()
@@ -187,24 +176,24 @@ impl ProbeRunner {
         }
     }
 
-    async fn http(&self, url: &str, expect: u16, body_contains: Option<&str>) -> Outcome {
+    async fn http(&self, url: &str, expect: u16, body_contains: Option<&str>) -> ProbeOutcome {
         match self.http.get(url).send().await {
-            Err(e) => Outcome::Fail(format!("GET {url}: {e}")),
+            Err(e) => ProbeOutcome::Fail(format!("GET {url}: {e}")),
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let body = resp.text().await.unwrap_or_default();
                 if status != expect {
-                    return Outcome::Fail(format!(
+                    return ProbeOutcome::Fail(format!(
                         "GET {url}: status {status}, expected {expect}: {}",
                         tail(&body)
                     ));
                 }
                 match body_contains {
-                    Some(needle) if !body.contains(needle) => Outcome::Fail(format!(
+                    Some(needle) if !body.contains(needle) => ProbeOutcome::Fail(format!(
                         "GET {url}: body does not contain {needle:?}: {}",
                         tail(&body)
                     )),
-                    _ => Outcome::Pass,
+                    _ => ProbeOutcome::Pass,
                 }
             }
         }
@@ -236,13 +225,18 @@ impl ProbeRunner {
         Ok(v)
     }
 
-    async fn prometheus_query(&self, query: &str, min: Option<f64>, max: Option<f64>) -> Outcome {
+    async fn prometheus_query(
+        &self,
+        query: &str,
+        min: Option<f64>,
+        max: Option<f64>,
+    ) -> ProbeOutcome {
         let v = match self
             .prometheus_get("/api/v1/query", &[("query", query)])
             .await
         {
             Ok(v) => v,
-            Err(e) => return Outcome::Inconclusive(e),
+            Err(e) => return ProbeOutcome::Inconclusive(e),
         };
         let series = v["data"]["result"].as_array().cloned().unwrap_or_default();
         let bounded = min.is_some() || max.is_some();
@@ -259,9 +253,9 @@ impl ProbeRunner {
             })
             .collect();
         if bad.is_empty() {
-            Outcome::Pass
+            ProbeOutcome::Pass
         } else {
-            Outcome::Fail(format!(
+            ProbeOutcome::Fail(format!(
                 "query {query:?} returned {}: {}",
                 if bounded {
                     "values out of bounds"
@@ -273,14 +267,14 @@ impl ProbeRunner {
         }
     }
 
-    async fn prometheus_alerts(&self, pattern: &str) -> Outcome {
+    async fn prometheus_alerts(&self, pattern: &str) -> ProbeOutcome {
         let re = match regex::Regex::new(pattern) {
             Ok(re) => re,
-            Err(e) => return Outcome::Inconclusive(format!("alert pattern {pattern:?}: {e}")),
+            Err(e) => return ProbeOutcome::Inconclusive(format!("alert pattern {pattern:?}: {e}")),
         };
         let v = match self.prometheus_get("/api/v1/alerts", &[]).await {
             Ok(v) => v,
-            Err(e) => return Outcome::Inconclusive(e),
+            Err(e) => return ProbeOutcome::Inconclusive(e),
         };
         let firing: Vec<String> = v["data"]["alerts"]
             .as_array()
@@ -291,9 +285,9 @@ impl ProbeRunner {
             .filter(|name| re.is_match(name))
             .collect();
         if firing.is_empty() {
-            Outcome::Pass
+            ProbeOutcome::Pass
         } else {
-            Outcome::Fail(format!("firing alerts: {}", firing.join(", ")))
+            ProbeOutcome::Fail(format!("firing alerts: {}", firing.join(", ")))
         }
     }
 
@@ -303,21 +297,23 @@ impl ProbeRunner {
         namespace: &str,
         ctx: &ProbeContext,
         timeout: Duration,
-    ) -> Outcome {
+    ) -> ProbeOutcome {
         let Some(client) = &self.kube else {
-            return Outcome::Inconclusive("no cluster connection".into());
+            return ProbeOutcome::Inconclusive("no cluster connection".into());
         };
         // A manifest is a file, always beside the playbook when relative (unlike a program,
         // which a bare name finds on PATH).
         let path = self.base_dir.join(manifest);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) => return Outcome::Inconclusive(format!("cannot read {}: {e}", path.display())),
+            Err(e) => {
+                return ProbeOutcome::Inconclusive(format!("cannot read {}: {e}", path.display()));
+            }
         };
         let mut job: Job = match serde_yaml::from_str(&text) {
             Ok(j) => j,
             Err(e) => {
-                return Outcome::Inconclusive(format!(
+                return ProbeOutcome::Inconclusive(format!(
                     "{} is not a Job manifest: {e}",
                     path.display()
                 ));
@@ -338,7 +334,9 @@ impl ProbeRunner {
         let api: Api<Job> = Api::namespaced(client.clone(), namespace);
         let created = match api.create(&PostParams::default(), &job).await {
             Ok(j) => j,
-            Err(e) => return Outcome::Inconclusive(format!("cannot create the probe Job: {e}")),
+            Err(e) => {
+                return ProbeOutcome::Inconclusive(format!("cannot create the probe Job: {e}"));
+            }
         };
         let name = created.metadata.name.clone().unwrap_or_default();
         let finished = |j: Option<&Job>| {
@@ -356,7 +354,7 @@ impl ProbeRunner {
         )
         .await
         {
-            Err(_) => Outcome::Fail(format!(
+            Err(_) => ProbeOutcome::Fail(format!(
                 "Job {namespace}/{name} did not finish within {}",
                 humantime::format_duration(timeout)
             )),
@@ -366,17 +364,21 @@ impl ProbeRunner {
                     .iter()
                     .find(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"))
                 {
-                    Some(c) if c.type_ == "Complete" => Outcome::Pass,
-                    Some(c) => Outcome::Fail(format!(
+                    Some(c) if c.type_ == "Complete" => ProbeOutcome::Pass,
+                    Some(c) => ProbeOutcome::Fail(format!(
                         "Job {namespace}/{name} failed: {} {}",
                         c.reason.as_deref().unwrap_or(""),
                         c.message.as_deref().unwrap_or("")
                     )),
-                    None => Outcome::Inconclusive("Job finished without a condition".into()),
+                    None => ProbeOutcome::Inconclusive("Job finished without a condition".into()),
                 }
             }
-            Ok(Ok(None)) => Outcome::Inconclusive(format!("Job {namespace}/{name} was deleted")),
-            Ok(Err(e)) => Outcome::Inconclusive(format!("watching Job {namespace}/{name}: {e}")),
+            Ok(Ok(None)) => {
+                ProbeOutcome::Inconclusive(format!("Job {namespace}/{name} was deleted"))
+            }
+            Ok(Err(e)) => {
+                ProbeOutcome::Inconclusive(format!("watching Job {namespace}/{name}: {e}"))
+            }
         };
         // Nothing half-done left behind: the Job and its pods go.
         let _ = api.delete(&name, &DeleteParams::background()).await;
@@ -427,13 +429,16 @@ mod tests {
             alerts_matching: None,
         });
         assert!(
-            matches!(runner.run(&prometheus, &ctx()).await, Outcome::Inconclusive(e) if e.contains("did not answer")),
+            matches!(runner.run(&prometheus, &ctx()).await, ProbeOutcome::Inconclusive(e) if e.contains("did not answer")),
         );
         let http = probe(ProbeKind::Http {
             url: format!("{url}/health"),
             expect_status: 200,
             body_contains: None,
         });
-        assert!(matches!(runner.run(&http, &ctx()).await, Outcome::Fail(_)));
+        assert!(matches!(
+            runner.run(&http, &ctx()).await,
+            ProbeOutcome::Fail(_)
+        ));
     }
 }

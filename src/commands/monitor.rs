@@ -5,14 +5,14 @@ use super::plan::connect_failure;
 use super::{Failure, load_config, load_playbook};
 use crate::cli::{GlobalArgs, OutputFormat};
 use crate::cluster;
-use crate::engine::{EventSink, RunEvent, Stamped};
 use crate::exit;
-use crate::gate::Outcome;
 use crate::health::Guard;
 use crate::monitor;
 use crate::playbook::{self, Playbook};
 use crate::probe::ProbeRunner;
 use crate::report::{self, Consumer};
+use crate::vocab::ProbeOutcome;
+use crate::vocab::{EventSink, RunEvent, Stamped};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -82,9 +82,9 @@ impl Consumer for std::sync::Arc<std::sync::Mutex<LiveTable>> {
             }
             RunEvent::ProbeResult { probe, outcome, .. } => {
                 let r = match outcome {
-                    Outcome::Pass => "pass".to_owned(),
-                    Outcome::Fail(e) => format!("FAIL: {e}"),
-                    Outcome::Inconclusive(e) => format!("inconclusive: {e}"),
+                    ProbeOutcome::Pass => "pass".to_owned(),
+                    ProbeOutcome::Fail(e) => format!("FAIL: {e}"),
+                    ProbeOutcome::Inconclusive(e) => format!("inconclusive: {e}"),
                 };
                 t.probes.insert(probe.clone(), r);
             }

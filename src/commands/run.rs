@@ -7,13 +7,14 @@ use super::{Failure, load_config, load_playbook, load_playbook_with};
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::cluster::{self, DryRunSteps, KubeSteps, StepContext};
 use crate::config::{Config, LogFormat};
-use crate::engine::{Confirm, Engine, EventSink, Outcome, RunSummary, StopReason, StopRequest};
+use crate::engine::{Confirm, Engine, RunSummary, StopRequest};
 use crate::exit;
 use crate::health::{Guard, HealthState};
 use crate::monitor;
 use crate::playbook::{Playbook, ProbeWhen, Signal};
 use crate::probe::ProbeRunner;
 use crate::report::{self, Consumer, slack};
+use crate::vocab::{EventSink, Outcome, StopReason};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -224,7 +225,7 @@ async fn release(lock: Option<crate::lock::HeldLock>) {
 /// crashed run): `status` and `report` show why, `resume` refuses it.
 fn refuse(sink: &EventSink, message: &str) {
     let reason = message.strip_prefix("error: ").unwrap_or(message);
-    sink.emit(crate::engine::RunEvent::RunRefused {
+    sink.emit(crate::vocab::RunEvent::RunRefused {
         reason: reason.lines().next().unwrap_or(reason).to_owned(),
     });
 }
@@ -461,7 +462,7 @@ async fn run_with(
     }
     let reporting = tokio::spawn(report::dispatch(rx, consumers));
     if let Some(d) = new_deadline {
-        sink.emit(crate::engine::RunEvent::DeadlineSet {
+        sink.emit(crate::vocab::RunEvent::DeadlineSet {
             deadline: d.to_string(),
         });
     }
@@ -476,7 +477,7 @@ async fn run_with(
             if let Ok(why) = lost.wait_for(Option::is_some).await
                 && let Some(why) = why.clone()
             {
-                sink.emit(crate::engine::RunEvent::Warning {
+                sink.emit(crate::vocab::RunEvent::Warning {
                     node: None,
                     message: format!(
                         "lost the cluster lock {lease}: {why}: starting no new node; nodes in flight stop at their next safe point"
@@ -660,7 +661,7 @@ async fn run_with(
                 "  {node}: stopped during {}",
                 step.map(|s| s.name()).unwrap_or("?")
             );
-            if *step == Some(crate::engine::Step::Command) {
+            if *step == Some(crate::vocab::Step::Command) {
                 let record = crate::remote::record_dir(&run_id, node);
                 eprintln!(
                     "    its command goes on running on the node: output in {record}/output, exit status in {record}/status (once it ends); `rollgate resume` reattaches to it"
@@ -670,7 +671,7 @@ async fn run_with(
         eprintln!(
             "  after fixing the cause, `rollgate resume {run_id}` retries them and uncordons them when done; \
              to give a node back by hand instead: {}",
-            crate::cluster::hand_back_command("NODE")
+            crate::vocab::node_marks::hand_back_command("NODE")
         );
     }
     if summary.outcome == Outcome::Stopped(StopReason::LockLost) {

@@ -12,7 +12,7 @@
 //! A 409 on the pod's UID precondition means this pod (this UID) is gone and another one took its
 //! name: nothing to evict and no deletion to wait for.
 
-use crate::engine::events::RetryCause;
+use crate::vocab::RetryCause;
 use kube::core::Status;
 use std::time::Duration;
 

@@ -18,9 +18,9 @@
 pub mod eviction;
 pub mod filter;
 
-use crate::engine::events::RetryCause;
-use crate::engine::{EventSink, RunEvent};
 use crate::playbook::{DrainOptions, PdbTimeoutPolicy};
+use crate::vocab::RetryCause;
+use crate::vocab::{EventSink, RunEvent};
 use eviction::Answer;
 use filter::PodAction;
 use futures::StreamExt;

@@ -8,9 +8,7 @@
 //! Side effects live behind [`NodeSteps`]: [`crate::cluster::KubeSteps`] for real runs,
 //! [`crate::cluster::DryRunSteps`] for `--dry-run`, fakes in this module's tests.
 
-pub mod events;
-
-pub use events::{EventSink, Outcome, RunEvent, Stamped, Step, StopReason, Stream};
+use crate::vocab::{EventSink, Outcome, RunEvent, Step, StopReason};
 
 use crate::drain::DrainReport;
 use crate::health::{Guard, HealthState};

@@ -16,16 +16,17 @@ pub mod icmp;
 pub mod pods;
 pub mod watch;
 
-use crate::engine::{EventSink, RunEvent};
-use crate::gate::Outcome;
 use crate::health::Guard;
 use crate::playbook::{MonitorOptions, PingOptions, ProbeWhen, Signal};
+use crate::vocab::ProbeOutcome;
+use crate::vocab::Problem;
+use crate::vocab::{EventSink, RunEvent};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
-use pods::{Baseline, Problem, Thresholds};
+use pods::{Baseline, Thresholds};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,7 +182,7 @@ pub async fn start(
         );
         tasks.push(tokio::spawn(async move {
             let mut baseline = baseline;
-            let mut reported: BTreeSet<(String, pods::ProblemKind)> = BTreeSet::new();
+            let mut reported: BTreeSet<(String, crate::vocab::ProblemKind)> = BTreeSet::new();
             let (mut pods_sight, mut nodes_sight) = (Sight::default(), Sight::default());
             let mut tick = tokio::time::interval(EVALUATE_EVERY);
             loop {
@@ -195,12 +196,15 @@ pub async fn start(
                     match sight.step(lost, opts.blind_after, resumes) {
                         Action::Evaluate { restored } => {
                             if restored {
-                                guard.report(&signal, Outcome::Pass);
+                                guard.report(&signal, ProbeOutcome::Pass);
                             }
                             true
                         }
                         Action::Inconclusive(why) => {
-                            if guard.report(&signal, Outcome::Inconclusive(why)).is_some() {
+                            if guard
+                                .report(&signal, ProbeOutcome::Inconclusive(why))
+                                .is_some()
+                            {
                                 sight.decided(resumes);
                             }
                             false
@@ -259,17 +263,17 @@ pub async fn start(
                 }
                 let (node_problems, pod_problems): (Vec<&&Problem>, Vec<&&Problem>) = fresh
                     .iter()
-                    .partition(|p| p.kind == pods::ProblemKind::NodeNotReady);
+                    .partition(|p| p.kind == crate::vocab::ProblemKind::NodeNotReady);
                 if !pod_problems.is_empty() {
-                    guard.report(&Signal::Pods, Outcome::Fail(evidence(&pod_problems)));
+                    guard.report(&Signal::Pods, ProbeOutcome::Fail(evidence(&pod_problems)));
                 }
                 if !node_problems.is_empty() {
-                    guard.report(&Signal::Nodes, Outcome::Fail(evidence(&node_problems)));
+                    guard.report(&Signal::Nodes, ProbeOutcome::Fail(evidence(&node_problems)));
                 }
                 // A problem that went away may be reported again if it comes back. What a blind
                 // signal reported stays reported until it sees again.
                 reported.retain(|(_, kind)| {
-                    let is_node = *kind == pods::ProblemKind::NodeNotReady;
+                    let is_node = *kind == crate::vocab::ProblemKind::NodeNotReady;
                     (is_node && !see_nodes) || (!is_node && !see_pods)
                 });
                 reported.extend(problems.iter().map(|p| (p.object.clone(), p.kind)));
@@ -340,7 +344,7 @@ async fn ping_loop(
         .await
         .unwrap_or(Ok(false))
     {
-        guard.report(&Signal::Pings, Outcome::Inconclusive(format!("cannot send ICMP pings here ({e}): set monitor.ping.port for TCP, or allow unprivileged ICMP (net.ipv4.ping_group_range)")));
+        guard.report(&Signal::Pings, ProbeOutcome::Inconclusive(format!("cannot send ICMP pings here ({e}): set monitor.ping.port for TCP, or allow unprivileged ICMP (net.ipv4.ping_group_range)")));
     }
     loop {
         tick.tick().await;
@@ -411,7 +415,7 @@ async fn ping_loop(
                     problem: Problem {
                         object: pod.clone(),
                         node: None,
-                        kind: pods::ProblemKind::Unreachable,
+                        kind: crate::vocab::ProblemKind::Unreachable,
                         detail: format!("{target} does not answer"),
                     },
                 });
@@ -419,10 +423,10 @@ async fn ping_loop(
         }
         if unreachable.is_empty() {
             if misses.values().all(|m| *m == 0) {
-                guard.report(&Signal::Pings, Outcome::Pass);
+                guard.report(&Signal::Pings, ProbeOutcome::Pass);
             }
         } else {
-            guard.report(&Signal::Pings, Outcome::Fail(unreachable.join("; ")));
+            guard.report(&Signal::Pings, ProbeOutcome::Fail(unreachable.join("; ")));
         }
     }
 }

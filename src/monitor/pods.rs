@@ -2,8 +2,8 @@
 //! new or worse than at the baseline taken when the run started (what was already broken is
 //! reported, not held against the rollout).
 
+use crate::vocab::{Problem, ProblemKind};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -16,28 +16,6 @@ const WAITING_ERRORS: &[&str] = &[
     "InvalidImageName",
     "RunContainerError",
 ];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProblemKind {
-    CrashLoop,
-    WaitingError,
-    RestartsRising,
-    NotReady,
-    Pending,
-    NodeNotReady,
-    Unreachable,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    /// `namespace/name` for pods, the node name for nodes.
-    pub object: String,
-    pub node: Option<String>,
-    pub kind: ProblemKind,
-    /// The evidence: status reason and message, restart counts, for how long.
-    pub detail: String,
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {

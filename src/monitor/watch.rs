@@ -13,7 +13,7 @@
 //! `consecutive-errors` and `on-inconclusive`, default pause, apply) until a gate decides, and
 //! again after the operator resumes; once the watch is back it is judged on the fresh list.
 
-use crate::engine::{EventSink, RunEvent};
+use crate::vocab::{EventSink, RunEvent};
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::reflector::store::Writer;
@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 /// The default of `monitor.blind-after`: how long a watch may stay lost before the signals that
 /// depend on it turn inconclusive.
-pub const DEFAULT_BLIND_AFTER: Duration = Duration::from_secs(30);
+pub use crate::playbook::DEFAULT_BLIND_AFTER;
 
 /// The server-side timeout of each watch call: a watch is renewed (and its permission checked
 /// again) at least this often, so a revoked permission is noticed within it.

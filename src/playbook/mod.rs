@@ -10,6 +10,11 @@ mod raw;
 pub use raw::{load, parse};
 
 use crate::selector::Selector;
+pub use crate::vocab::{Decision, ProbeWhen};
+
+/// How long the monitor may be blind (a watch lost) before its signals count as inconclusive
+/// (`monitor.blind-after`).
+pub const DEFAULT_BLIND_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -157,16 +162,6 @@ pub enum ProbeKind {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeWhen {
-    BeforeRun,
-    AfterDrain,
-    AfterCommand,
-    AfterUncordon,
-    AfterWave,
-    Periodic,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
     /// Pod health from the monitor (crash loops, restarts, not Ready, Pending).
@@ -176,14 +171,6 @@ pub enum Signal {
     /// Nodes other than the ones being upgraded turning NotReady.
     Nodes,
     Probe(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Decision {
-    Abort,
-    Pause,
-    Warn,
 }
 
 #[derive(Debug, Clone)]

@@ -914,7 +914,7 @@ impl Validator<'_> {
             ),
             blind_after: self.duration(
                 raw.blind_after,
-                crate::monitor::watch::DEFAULT_BLIND_AFTER,
+                super::DEFAULT_BLIND_AFTER,
                 Duration::from_secs(1),
                 MAX_WAIT,
             ),

@@ -20,7 +20,7 @@
 //! - Needs on the node: a POSIX `sh`, `setsid`, `timeout` and GNU `tail` (`--pid`).
 
 use crate::config::{KnownHostsPolicy, SshConfig};
-use crate::engine::Stream;
+use crate::vocab::Stream;
 use openssh::{KnownHosts, SessionBuilder};
 use std::collections::BTreeMap;
 use std::process::Stdio;

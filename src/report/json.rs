@@ -2,7 +2,7 @@
 //! event name and fields, node and step where they apply.
 
 use super::Consumer;
-use crate::engine::Stamped;
+use crate::vocab::Stamped;
 use std::io::Write;
 
 pub struct JsonLines {

@@ -3,8 +3,7 @@
 //! prefix, seconds, `_total` counters. Every series carries the run id.
 
 use super::Consumer;
-use crate::engine::{Outcome, RunEvent, Stamped};
-use crate::gate;
+use crate::vocab::{Outcome, RunEvent, Stamped};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -268,9 +267,9 @@ impl Metrics {
                 ..
             } => {
                 let result = match outcome {
-                    gate::Outcome::Pass => "pass",
-                    gate::Outcome::Fail(_) => "fail",
-                    gate::Outcome::Inconclusive(_) => "inconclusive",
+                    crate::vocab::ProbeOutcome::Pass => "pass",
+                    crate::vocab::ProbeOutcome::Fail(_) => "fail",
+                    crate::vocab::ProbeOutcome::Inconclusive(_) => "inconclusive",
                 };
                 self.probe_results
                     .with_label_values(&[probe.as_str(), result])
@@ -301,7 +300,7 @@ impl Metrics {
             RunEvent::WindowOpened => self.set_state("running"),
             RunEvent::RunFinished { outcome, .. } => self.set_state(match outcome {
                 Outcome::Succeeded | Outcome::SucceededWithFailures => "finished",
-                Outcome::Stopped(crate::engine::StopReason::GateAbort) => "aborted",
+                Outcome::Stopped(crate::vocab::StopReason::GateAbort) => "aborted",
                 Outcome::Stopped(_) => "stopped",
             }),
             _ => {}

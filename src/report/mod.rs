@@ -1,4 +1,4 @@
-//! Consumers of the engine's [`RunEvent`](crate::engine::RunEvent)s: live terminal progress, JSON lines, per-node log
+//! Consumers of the engine's [`RunEvent`](crate::vocab::RunEvent)s: live terminal progress, JSON lines, per-node log
 //! files, Slack; and the run report, rebuilt from the journal afterwards ([`run_report`]).
 //! [`dispatch`] feeds every event to every consumer until the engine's sink closes.
 
@@ -9,7 +9,7 @@ pub mod run_report;
 pub mod slack;
 pub mod terminal;
 
-use crate::engine::Stamped;
+use crate::vocab::Stamped;
 use tokio::sync::mpsc;
 
 /// Something that turns events into output.

@@ -3,7 +3,7 @@
 //! to them (the operator may be reading them to decide `--command-done`), after a marker line.
 
 use super::Consumer;
-use crate::engine::{RunEvent, Stamped, Stream};
+use crate::vocab::{RunEvent, Stamped, Stream};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -13,9 +13,9 @@
 //! server and which would bring a second HTTP stack.
 
 use super::{Consumer, short_duration};
-use crate::engine::{Outcome, RunEvent, Stamped, StopReason};
-use crate::health::GateDecision;
 use crate::playbook::Decision;
+use crate::vocab::GateDecision;
+use crate::vocab::{Outcome, RunEvent, Stamped, StopReason};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -154,7 +154,7 @@ impl Texts {
             Decision::Abort => format!(
                 "Nodes in flight stopped at their next safe point and stay cordoned with the reason in `rollgate.dev/reason`. Next: fix the cause, then `rollgate resume {}` retries them and uncordons them when done; to give a node back by hand instead: `{}`.",
                 self.run_id,
-                crate::cluster::hand_back_command("NODE")
+                crate::vocab::node_marks::hand_back_command("NODE")
             ),
             Decision::Pause => format!(
                 "No new node starts. Next: check the cause, then `rollgate resume {}` to continue, or stop the run with Ctrl-C.",
@@ -201,7 +201,7 @@ impl Texts {
                     Message::Reply(format!(
                         "node `{node}` FAILED at {step}: {reason}\nIt stays cordoned (`rollgate.dev/reason` on the node). After fixing the cause, `rollgate resume {}` retries it; to give it back by hand instead: `{}`.",
                         self.run_id,
-                        crate::cluster::hand_back_command(node)
+                        crate::vocab::node_marks::hand_back_command(node)
                     )),
                     Message::UpdateRoot(self.header("running")),
                 ]
@@ -491,7 +491,7 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Step;
+    use crate::vocab::Step;
 
     #[test]
     fn the_final_message_sums_up_the_run_names_the_slowest_node_and_links_the_report() {

@@ -3,10 +3,9 @@
 //! retries as they happen. Without a terminal, the same information as plain lines.
 
 use super::{Consumer, short_duration};
-use crate::engine::events::RetryCause;
-use crate::engine::{Outcome, RunEvent, Stamped, StopReason};
-use crate::gate;
-use crate::health::GateDecision;
+use crate::vocab::GateDecision;
+use crate::vocab::RetryCause;
+use crate::vocab::{Outcome, RunEvent, Stamped, StopReason};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -245,9 +244,9 @@ impl Consumer for Terminal {
                     .map(|n| format!(" on {n}"))
                     .unwrap_or_default();
                 let result = match outcome {
-                    gate::Outcome::Pass => "passed".to_owned(),
-                    gate::Outcome::Fail(e) => format!("FAILED: {e}"),
-                    gate::Outcome::Inconclusive(e) => format!("inconclusive: {e}"),
+                    crate::vocab::ProbeOutcome::Pass => "passed".to_owned(),
+                    crate::vocab::ProbeOutcome::Fail(e) => format!("FAILED: {e}"),
+                    crate::vocab::ProbeOutcome::Inconclusive(e) => format!("inconclusive: {e}"),
                 };
                 self.println(format!(
                     "   probe {probe} ({when}{on}) {result} in {}",

@@ -3,8 +3,8 @@
 //! [`step_color`]), no script, nothing fetched. Everything taken from the journal is escaped.
 
 use super::{NodeState, RunReport, SpanEnd};
-use crate::engine::Step;
 use crate::report::short_duration;
+use crate::vocab::Step;
 use std::fmt::Write;
 
 /// The colour of a step's bars (and its legend swatch), as RGB.

@@ -10,7 +10,7 @@
 pub mod html;
 pub mod markdown;
 
-use crate::engine::Step;
+use crate::vocab::Step;
 use jiff::Timestamp;
 use std::path::{Path, PathBuf};
 

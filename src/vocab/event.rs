@@ -1,53 +1,14 @@
-//! What the engine reports: typed events, timestamped, sent over a channel. The engine never
-//! prints; terminal progress, JSON logs and per-node logs are consumers of these events.
+//! What a run reports: typed events, timestamped. Written to the journal and read back from it
+//! (Serialize and Deserialize), so a renamed event or field is a compile error, not a silently
+//! broken status, resume or report.
 
-use serde::Serialize;
+use super::{GateDecision, ProbeOutcome, Problem, Step};
+use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
-use tokio::sync::mpsc;
-
-/// The steps of one node's upgrade, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Step {
-    Cordon,
-    Drain,
-    Command,
-    WaitReady,
-    Uncordon,
-    Settle,
-}
-
-impl Step {
-    pub const ALL: [Step; 6] = [
-        Step::Cordon,
-        Step::Drain,
-        Step::Command,
-        Step::WaitReady,
-        Step::Uncordon,
-        Step::Settle,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Step::Cordon => "cordon",
-            Step::Drain => "drain",
-            Step::Command => "command",
-            Step::WaitReady => "wait-ready",
-            Step::Uncordon => "uncordon",
-            Step::Settle => "settle",
-        }
-    }
-}
-
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Why an eviction is tried again, other than a PodDisruptionBudget block
-/// ([`RunEvent::EvictionBlocked`]). See [`crate::drain::eviction`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// ([`RunEvent::EvictionBlocked`]). See `drain::eviction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RetryCause {
     /// 409 on a PodDisruptionBudget: other evictions (or the disruption controller) updated its
@@ -75,7 +36,7 @@ impl RetryCause {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stream {
     Stdout,
@@ -83,7 +44,7 @@ pub enum Stream {
 }
 
 /// Why a run stops early. Ordered: when several apply, the most severe (greatest) wins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StopReason {
     /// The maintenance window closed and the window says `outside = "exit"`: resumable.
@@ -106,7 +67,7 @@ pub enum StopReason {
     JournalUnwritable,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Succeeded,
@@ -115,7 +76,7 @@ pub enum Outcome {
     Stopped(StopReason),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum RunEvent {
     RunStarted {
@@ -215,15 +176,15 @@ pub enum RunEvent {
         probe: String,
         when: String,
         node: Option<String>,
-        outcome: crate::gate::Outcome,
+        outcome: ProbeOutcome,
         elapsed_ms: u64,
     },
     GateDecision {
-        decision: crate::health::GateDecision,
+        decision: GateDecision,
     },
     /// A gate paused the run: no new node starts until the operator resumes it.
     Paused {
-        decision: crate::health::GateDecision,
+        decision: GateDecision,
         resume_hint: String,
     },
     Resumed,
@@ -240,7 +201,7 @@ pub enum RunEvent {
     },
     /// The monitor saw a new problem (a pod crash-looping, a node NotReady, a pod unreachable).
     Problem {
-        problem: crate::monitor::pods::Problem,
+        problem: Problem,
     },
     /// The run did not start (a gate failed before it, the monitor could not start, ...):
     /// nothing was changed. Its journal ends here; it cannot be resumed.
@@ -292,7 +253,7 @@ impl RunEvent {
 }
 
 /// An event with the time it happened.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stamped {
     #[serde(with = "humantime_serde_compat")]
     pub at: SystemTime,
@@ -301,76 +262,13 @@ pub struct Stamped {
 }
 
 mod humantime_serde_compat {
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::SystemTime;
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_rfc3339_millis(*t))
     }
-}
-
-/// The sending side, cloned into every task that reports.
-#[derive(Clone)]
-pub struct EventSink {
-    tx: mpsc::UnboundedSender<Stamped>,
-    journal: Option<std::sync::Arc<crate::journal::Journal>>,
-}
-
-impl EventSink {
-    pub fn channel() -> (Self, mpsc::UnboundedReceiver<Stamped>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx, journal: None }, rx)
-    }
-
-    /// Decisions and step transitions are also appended to this journal, synchronously, before
-    /// `emit` returns, so they are on disk before the step they announce takes effect.
-    pub fn with_journal(mut self, journal: std::sync::Arc<crate::journal::Journal>) -> Self {
-        self.journal = Some(journal);
-        self
-    }
-
-    /// Reports the event (to the consumers even when the journal cannot take it: it happened).
-    /// A journal failure is not returned here: it stops the run before the next step (see
-    /// [`EventSink::emit_durable`]) and through [`EventSink::journal_failed`].
-    pub fn emit(&self, event: RunEvent) {
-        let stamped = Stamped {
-            at: SystemTime::now(),
-            event,
-        };
-        if let Some(j) = &self.journal {
-            let _ = j.record(&stamped);
-        }
-        // A closed receiver means reporting has shut down; the run itself goes on.
-        let _ = self.tx.send(stamped);
-    }
-
-    /// Reports an event that announces a step: Ok only once it is in the journal (or there is
-    /// none). On Err the step must not run; the event is not reported either (it did not happen).
-    pub fn emit_durable(&self, event: RunEvent) -> Result<(), crate::journal::JournalError> {
-        let stamped = Stamped {
-            at: SystemTime::now(),
-            event,
-        };
-        if let Some(j) = &self.journal {
-            j.record(&stamped)?;
-        }
-        // A closed receiver means reporting has shut down; the run itself goes on.
-        let _ = self.tx.send(stamped);
-        Ok(())
-    }
-
-    /// Why the journal stopped taking records, if it did.
-    pub fn journal_failure(&self) -> Option<crate::journal::JournalError> {
-        self.journal.as_ref().and_then(|j| j.failure())
-    }
-
-    /// Resolves once the journal stops taking records (never without a journal).
-    pub async fn journal_failed(&self) {
-        if let Some(j) = &self.journal {
-            let mut rx = j.watch_failure();
-            if rx.wait_for(Option::is_some).await.is_ok() {
-                return;
-            }
-        }
-        std::future::pending().await
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
     }
 }
