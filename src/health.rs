@@ -117,7 +117,7 @@ impl Guard {
             .lock()
             .expect("lock")
             .iter()
-            .filter(|(_, step)| takes_node_down(**step))
+            .filter(|(_, step)| step.traits().takes_node_down)
             .map(|(node, _)| node.clone())
             .collect();
         exempt.extend(self.failed.lock().expect("lock").iter().cloned());
@@ -296,15 +296,6 @@ impl Guard {
     pub fn probe_runner(&self) -> Option<Arc<ProbeRunner>> {
         self.probes.as_ref().map(|(_, r)| Arc::clone(r))
     }
-}
-
-/// The steps during which a node is down for its upgrade, so its pods and its readiness are
-/// not held against the run.
-fn takes_node_down(step: Step) -> bool {
-    matches!(
-        step,
-        Step::Cordon | Step::Drain | Step::Command | Step::WaitReady
-    )
 }
 
 fn severity(d: Decision) -> u8 {

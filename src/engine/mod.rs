@@ -435,7 +435,7 @@ impl<S: NodeSteps> Engine<S> {
                                 }
                                 Err(NodeStop::Failed(step, err)) => {
                                     phase_failures += 1;
-                                    if leaves_node_cordoned(step) {
+                                    if step.traits().leaves_node_cordoned {
                                         cordoned_failures += 1;
                                     }
                                     failed.push((node, step, err.0));
@@ -646,13 +646,7 @@ async fn upgrade_node<S: NodeSteps>(
                     detail: detail.clone(),
                 });
                 crate::failpoint::after_step(step).await;
-                let moment = match step {
-                    Step::Drain => Some(ProbeWhen::AfterDrain),
-                    Step::Command => Some(ProbeWhen::AfterCommand),
-                    Step::Uncordon => Some(ProbeWhen::AfterUncordon),
-                    _ => None,
-                };
-                if let (Some(g), Some(when)) = (&guard, moment) {
+                if let (Some(g), Some(when)) = (&guard, step.traits().probes_after) {
                     g.run_probes(when, Some(&job.node), Some(&job.phase)).await;
                 }
             }
@@ -700,7 +694,7 @@ async fn fail_node<S: NodeSteps>(
         reason: err.0.clone(),
     });
     if let Some(g) = guard {
-        if leaves_node_cordoned(step) {
+        if step.traits().leaves_node_cordoned {
             g.node_failed(&job.node);
         } else {
             // Failed before its cordon or after its uncordon: the node takes pods, so it and
@@ -708,15 +702,6 @@ async fn fail_node<S: NodeSteps>(
             g.set_step(&job.node, None);
         }
     }
-}
-
-/// Whether a node that failed at `step` is left cordoned (out of service): from the drain on,
-/// until the uncordon succeeded. A failed cordon, or a stop before it, leaves it schedulable.
-fn leaves_node_cordoned(step: Step) -> bool {
-    matches!(
-        step,
-        Step::Drain | Step::Command | Step::WaitReady | Step::Uncordon
-    )
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {

@@ -13,4 +13,4 @@ pub use health::{
     Decision, GateDecision, ProbeOutcome, ProbeWhen, Problem, ProblemKind, when_name,
 };
 pub use sink::{EventSink, JournalError, Recorder};
-pub use step::Step;
+pub use step::{ResumeFrom, Step, StepTraits};
