@@ -18,6 +18,7 @@
 //! timeout and said on the node's events.
 
 use crate::config::{AddressSource, Config};
+use crate::drain::filter::{PodAction, classify_pods};
 use crate::drain::{self, DrainReport};
 use crate::engine::{NodeJob, NodeSteps, StepError};
 use crate::plan::NodeFacts;
@@ -912,30 +913,22 @@ impl NodeSteps for DryRunSteps {
             .await
             .map_err(|e| StepError::new(e.to_string()))?;
         let mut report = DrainReport::default();
-        for pod in &pods {
-            match drain::filter::classify(pod, &self.playbook.drain) {
-                drain::filter::PodAction::Evict | drain::filter::PodAction::EvictUnmanaged => {
-                    self.say(
-                        job,
-                        format!("POST eviction (policy/v1) for pod {}", drain::pod_key(pod)),
-                    );
+        for c in classify_pods(&pods, &self.playbook.drain) {
+            let key = c.key();
+            match c.action {
+                PodAction::Evict | PodAction::EvictUnmanaged => {
+                    self.say(job, format!("POST eviction (policy/v1) for pod {key}"));
                     report.evicted.push(drain::EvictedPod {
-                        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-                        name: pod.metadata.name.clone().unwrap_or_default(),
+                        namespace: c.pod.metadata.namespace.clone().unwrap_or_default(),
+                        name: c.pod.metadata.name.clone().unwrap_or_default(),
                         owner: None,
                     });
                 }
-                drain::filter::PodAction::WaitOnly => self.say(
+                PodAction::WaitOnly => self.say(job, format!("wait for terminating pod {key}")),
+                PodAction::Skip(r) => report.skipped.push((key, r)),
+                PodAction::Refuse(r) => self.say(
                     job,
-                    format!("wait for terminating pod {}", drain::pod_key(pod)),
-                ),
-                drain::filter::PodAction::Skip(r) => report.skipped.push((drain::pod_key(pod), r)),
-                drain::filter::PodAction::Refuse(r) => self.say(
-                    job,
-                    format!(
-                        "REFUSE: pod {} {r} (a real run fails this node here)",
-                        drain::pod_key(pod)
-                    ),
+                    format!("REFUSE: pod {key} {r} (a real run fails this node here)"),
                 ),
             }
         }

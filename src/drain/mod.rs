@@ -1,6 +1,6 @@
 //! Draining a node with kubectl-drain semantics through the policy/v1 Eviction API.
 //!
-//! - Pods are chosen by [`filter::classify`]; any refused pod fails the drain before anything
+//! - Pods are chosen by [`filter::classify_pods`]; any refused pod fails the drain before anything
 //!   is evicted (as kubectl does).
 //! - Evictions run concurrently, at most `eviction-concurrency` at once. The client used here
 //!   has kube's built-in retry off ([`crate::cluster::Clients::drain`]): this loop owns retries.
@@ -15,8 +15,12 @@
 //!   `on-pdb-timeout = "disable-eviction"` the pods a budget blocks are deleted instead (bounded
 //!   by their grace period).
 
+pub mod budget;
 pub mod eviction;
 pub mod filter;
+
+pub use budget::label_selector_matches;
+pub use filter::{controller_of, pod_key};
 
 use crate::playbook::{DrainOptions, PdbTimeoutPolicy};
 use crate::vocab::RetryCause;
@@ -170,35 +174,12 @@ pub async fn pods_on_node(
     Ok(list
         .items
         .into_iter()
-        .filter(|p| {
-            let labels: BTreeMap<String, String> = p.metadata.labels.clone().unwrap_or_default();
-            opts.pod_selector
-                .as_ref()
-                .is_none_or(|s| s.matches(&labels))
-        })
+        .filter(|p| filter::selected(p, opts))
         .collect())
-}
-
-pub fn pod_key(p: &Pod) -> String {
-    format!(
-        "{}/{}",
-        p.metadata.namespace.as_deref().unwrap_or(""),
-        p.metadata.name.as_deref().unwrap_or("")
-    )
 }
 
 fn uid_of(p: &Pod) -> String {
     p.metadata.uid.clone().unwrap_or_else(|| pod_key(p))
-}
-
-/// The pod's controller: (kind, name).
-pub fn controller_of(p: &Pod) -> Option<(String, String)> {
-    p.metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))
-        .map(|r| (r.kind.clone(), r.name.clone()))
 }
 
 /// One node's drain: what every pod task shares.
@@ -230,29 +211,30 @@ pub async fn drain(
     let mut refused = Vec::new();
     let mut to_evict = Vec::new();
     let mut to_wait = Vec::new();
-    for pod in pods {
-        match filter::classify(&pod, opts) {
-            PodAction::Evict => to_evict.push(pod),
+    for c in filter::classify_pods(&pods, opts) {
+        let pod = c.pod;
+        match c.action {
+            PodAction::Evict => to_evict.push(pod.clone()),
             PodAction::EvictUnmanaged => {
                 sink.emit(RunEvent::Warning {
                     node: Some(node.into()),
                     message: format!(
                         "evicting unmanaged pod {} (force): it will not come back",
-                        pod_key(&pod)
+                        pod_key(pod)
                     ),
                 });
-                to_evict.push(pod);
+                to_evict.push(pod.clone());
             }
-            PodAction::WaitOnly => to_wait.push(pod),
+            PodAction::WaitOnly => to_wait.push(pod.clone()),
             PodAction::Skip(reason) => {
                 sink.emit(RunEvent::PodSkipped {
                     node: node.into(),
-                    pod: pod_key(&pod),
+                    pod: pod_key(pod),
                     reason: reason.clone(),
                 });
-                report.skipped.push((pod_key(&pod), reason));
+                report.skipped.push((pod_key(pod), reason));
             }
-            PodAction::Refuse(reason) => refused.push((pod_key(&pod), reason)),
+            PodAction::Refuse(reason) => refused.push((pod_key(pod), reason)),
         }
     }
     if !refused.is_empty() {
@@ -601,30 +583,6 @@ fn transient(e: &wait::Error) -> bool {
         _ => return false,
     };
     code == 429 || code >= 500
-}
-
-/// Whether a Kubernetes LabelSelector (matchLabels + matchExpressions) matches these labels.
-pub fn label_selector_matches(
-    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let labels_ok = sel
-        .match_labels
-        .as_ref()
-        .is_none_or(|ml| ml.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    let exprs_ok = sel.match_expressions.as_ref().is_none_or(|es| {
-        es.iter().all(|e| {
-            let values = e.values.clone().unwrap_or_default();
-            match e.operator.as_str() {
-                "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
-                "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
-                "Exists" => labels.contains_key(&e.key),
-                "DoesNotExist" => !labels.contains_key(&e.key),
-                _ => false,
-            }
-        })
-    });
-    labels_ok && exprs_ok
 }
 
 #[cfg(test)]
