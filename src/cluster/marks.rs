@@ -19,7 +19,7 @@ pub fn unschedulable_set_by(node: &Node) -> Option<&str> {
         .and_then(|m| m.manager.as_deref())
 }
 
-/// Whose cordon a node carries, as [`KubeSteps::cordon`] and [`KubeSteps::uncordon`] decide it.
+/// Whose cordon a node carries, as the cordon and uncordon steps of [`super::KubeSteps`] decide it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CordonOwner {
     /// Not cordoned.

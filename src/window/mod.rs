@@ -5,6 +5,9 @@
 //!
 //! Time is injectable: with `ROLLGATE_CLOCK_FILE` set, "now" is the RFC 3339 timestamp in that
 //! file (re-read every check), so tests can open and close windows at will.
+//!
+//! Inside: `days` (day names, times of day, time zones), `cron` (five-field cron), `raw` (the
+//! `[window]` table as written and its validation).
 
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
