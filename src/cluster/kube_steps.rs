@@ -58,7 +58,7 @@ impl KubeSteps {
         }
     }
 
-    /// The health guard of the run (see [`Self::held_down`]).
+    /// The health guard of the run, told when a node in flight is down again after its wait-ready.
     pub fn watched_by(mut self, guard: Arc<crate::health::Guard>) -> Self {
         self.guard = Some(guard);
         self
