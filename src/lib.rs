@@ -26,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod diagnostics;
 pub mod drain;
+pub mod driver;
 pub mod engine;
 pub mod exit;
 pub mod failpoint;

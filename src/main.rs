@@ -38,17 +38,19 @@ fn main() -> ExitCode {
                 commands::plan::run(&cli.global, playbook, *output).await
             }
             Command::Run(args) => commands::run::run(&cli.global, args).await,
-            Command::Runs { output } => commands::run::runs(&cli.global, *output).await,
+            Command::Runs { output } => commands::status::runs(&cli.global, *output).await,
             Command::Status { run, output } => {
-                commands::run::status(&cli.global, run.as_deref(), *output).await
+                commands::status::status(&cli.global, run.as_deref(), *output).await
             }
             Command::Resume {
                 run,
                 command_done,
                 schedule,
-            } => commands::run::resume(&cli.global, run.as_deref(), command_done, schedule).await,
+            } => {
+                commands::resume::resume(&cli.global, run.as_deref(), command_done, schedule).await
+            }
             Command::Pause { run, reason } => {
-                commands::run::pause(&cli.global, run.as_deref(), reason.as_deref()).await
+                commands::pause::pause(&cli.global, run.as_deref(), reason.as_deref()).await
             }
             Command::Report { run, out, output } => {
                 commands::report::run(&cli.global, run.as_deref(), out.as_deref(), *output).await

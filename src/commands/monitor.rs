@@ -143,7 +143,7 @@ pub async fn run(
     let guard = Guard::new(
         Arc::clone(&playbook),
         Some(runner),
-        &super::run::signals(&playbook),
+        &crate::driver::signals(&playbook),
         sink.clone(),
         "monitor",
     );

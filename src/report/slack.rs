@@ -25,6 +25,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPTS: u32 = 3;
 const RETRY_TICK: Duration = Duration::from_secs(5);
 const FINAL_FLUSH: Duration = Duration::from_secs(30);
+/// How long the delivery task may take once the run is over: the final flush's deadline plus
+/// the requests in flight when it passes. The run's teardown waits this long at most.
+pub const FLUSH_WITHIN: Duration =
+    Duration::from_secs(FINAL_FLUSH.as_secs() + 2 * REQUEST_TIMEOUT.as_secs());
 
 #[derive(Clone)]
 pub enum SlackTarget {

@@ -219,6 +219,10 @@ pub enum RunEvent {
         watch: String,
         lost_ms: u64,
     },
+    /// The run report's files were written (after the run finished; not in the journal).
+    ReportWritten {
+        paths: Vec<std::path::PathBuf>,
+    },
     RunFinished {
         outcome: Outcome,
         done: usize,
