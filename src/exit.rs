@@ -46,6 +46,18 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// The cluster could not be reached or refused a read (exit 3), with where to look.
+    pub fn cluster(e: impl std::fmt::Display) -> Self {
+        Failure::new(
+            CLUSTER,
+            format!(
+                "error: {e}\n  hint: check --kubeconfig / --context, or `kubectl get nodes` with the same settings"
+            ),
+        )
+    }
+}
+
 impl From<crate::diagnostics::SourceErrors> for Failure {
     fn from(e: crate::diagnostics::SourceErrors) -> Self {
         Failure::new(BAD_INPUT, e.to_string())

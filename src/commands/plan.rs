@@ -52,12 +52,7 @@ pub struct WindowPreview {
 }
 
 pub fn connect_failure(e: impl std::fmt::Display) -> Failure {
-    Failure::new(
-        exit::CLUSTER,
-        format!(
-            "error: {e}\n  hint: check --kubeconfig / --context, or `kubectl get nodes` with the same settings"
-        ),
-    )
+    Failure::cluster(e)
 }
 
 /// Builds the plan and the per-node preview (shared by `plan` and `run`).

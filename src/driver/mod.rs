@@ -393,7 +393,7 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         )
         .await;
         let refused = match &started {
-            Err(e) => Some(crate::commands::plan::connect_failure(e)),
+            Err(e) => Some(Failure::cluster(e)),
             Ok(_) => {
                 guard.run_probes(ProbeWhen::BeforeRun, None, None).await;
                 match guard.state() {
