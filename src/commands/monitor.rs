@@ -2,9 +2,10 @@
 //! and periodic probes — as a table refreshed in place, or a stream of JSON events.
 
 use super::plan::connect_failure;
-use super::{Failure, load_config, load_playbook};
-use crate::cli::{GlobalArgs, OutputFormat};
+use super::{Failure, load_playbook};
+use crate::cli::OutputFormat;
 use crate::cluster;
+use crate::config::Config;
 use crate::exit;
 use crate::health::Guard;
 use crate::monitor;
@@ -109,11 +110,10 @@ impl Consumer for std::sync::Arc<std::sync::Mutex<LiveTable>> {
 }
 
 pub async fn run(
-    global: &GlobalArgs,
+    config: Config,
     playbook_path: Option<&Path>,
     output: OutputFormat,
 ) -> Result<u8, Failure> {
-    let config = load_config(global)?;
     let playbook = Arc::new(match playbook_path {
         Some(p) => load_playbook(p)?,
         None => default_playbook(),

@@ -1,8 +1,8 @@
 //! `rollgate pause`: asks the live run on this machine to start no new node.
 
+use super::Failure;
 use super::status::resolve_run;
-use super::{Failure, load_config};
-use crate::cli::GlobalArgs;
+use crate::config::Config;
 use crate::driver::control::wait_for_answer;
 use crate::driver::operator::user_at_host;
 use crate::driver::state_dir::RunsDir;
@@ -10,12 +10,7 @@ use crate::exit;
 
 /// `rollgate pause [RUN]`: the live run starts no new node (nodes in flight finish) until
 /// `rollgate resume`. Recorded as a pause decision by `operator`, with the reason.
-pub async fn pause(
-    global: &GlobalArgs,
-    run: Option<&str>,
-    reason: Option<&str>,
-) -> Result<u8, Failure> {
-    let config = load_config(global)?;
+pub async fn pause(config: Config, run: Option<&str>, reason: Option<&str>) -> Result<u8, Failure> {
     let runs = RunsDir::new(&config.state_dir);
     let run_id = resolve_run(&runs, run)?;
     let dir = runs.run(&run_id);

@@ -1,9 +1,10 @@
 //! `rollgate report [RUN]`: the run report (HTML with a timeline, Markdown summary) rebuilt from
 //! the run's journal, written into the run's directory or `--out`; prints the paths written.
 
+use super::Failure;
 use super::status::resolve_run;
-use super::{Failure, load_config};
-use crate::cli::{GlobalArgs, ReportFormat};
+use crate::cli::ReportFormat;
+use crate::config::Config;
 use crate::driver::state_dir::RunsDir;
 use crate::exit;
 use crate::report::run_report::{self, Formats, RunReport};
@@ -22,12 +23,11 @@ fn known_runs(runs: &RunsDir) -> Vec<String> {
 }
 
 pub async fn run(
-    global: &GlobalArgs,
+    config: Config,
     run: Option<&str>,
     out: Option<&Path>,
     output: ReportFormat,
 ) -> Result<u8, Failure> {
-    let config = load_config(global)?;
     let runs = RunsDir::new(&config.state_dir);
     let run_id = resolve_run(&runs, run)?;
     let run_dir = runs.run(&run_id);

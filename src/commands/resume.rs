@@ -5,9 +5,9 @@
 use super::plan::connect_failure;
 use super::run::plan_and_run;
 use super::status::{fetch_run_from_cluster, resolve_run};
-use super::{Failure, load_config, load_playbook};
-use crate::cli::GlobalArgs;
+use super::{Failure, load_playbook};
 use crate::cluster;
+use crate::config::Config;
 use crate::driver::control::wait_for_answer;
 use crate::driver::state_dir::RunsDir;
 use crate::driver::{LockRequest, RunOptions};
@@ -103,12 +103,12 @@ fn resume_playbook(original: &std::path::Path, copy: &std::path::Path) -> PathBu
 /// `rollgate resume [RUN]`: continues a run. A live run that a gate paused is told to go on;
 /// a run whose process is gone (crashed, killed, stopped) continues from its journal.
 pub async fn resume(
-    global: &GlobalArgs,
+    config: Config,
     run: Option<&str>,
     command_done: &[String],
     schedule: &crate::cli::ScheduleArgs,
 ) -> Result<u8, Failure> {
-    let config = Arc::new(load_config(global)?);
+    let config = Arc::new(config);
     let runs = RunsDir::new(&config.state_dir);
     let run_id = resolve_run(&runs, run)?;
     let dir = runs.run(&run_id);

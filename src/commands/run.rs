@@ -2,8 +2,8 @@
 //! [`crate::driver`], its end printed. `rollgate resume` ([`super::resume`]) ends here too.
 
 use super::plan::{build, connect_failure, render_table};
-use super::{Failure, load_config, load_playbook_with};
-use crate::cli::{GlobalArgs, RunArgs};
+use super::{Failure, load_playbook_with};
+use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::driver::operator::{Interaction, ask};
 use crate::driver::{self, LockRequest, RunEnd, RunOptions, RunRequest};
@@ -13,8 +13,8 @@ use crate::vocab::{Outcome, RunEvent, Stamped, Step, StopReason};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub async fn run(global: &GlobalArgs, args: &RunArgs) -> Result<u8, Failure> {
-    let config = Arc::new(load_config(global)?);
+pub async fn run(config: Config, args: &RunArgs) -> Result<u8, Failure> {
+    let config = Arc::new(config);
     let options = RunOptions {
         dry_run: args.dry_run,
         confirm_each_node: args.step,

@@ -1,9 +1,8 @@
 //! `rollgate runs` and `rollgate status`: what the journals (here, or their copies in the
 //! cluster) say about runs.
 
+use super::Failure;
 use super::plan::connect_failure;
-use super::{Failure, load_config};
-use crate::cli::GlobalArgs;
 use crate::cluster;
 use crate::config::Config;
 use crate::driver::state_dir::{RunIdError, RunsDir};
@@ -24,7 +23,7 @@ pub(super) fn resolve_run(runs: &RunsDir, run: Option<&str>) -> Result<String, F
 
 /// `rollgate runs`: the runs this machine has (state directory) and those copied into the
 /// cluster (from any machine), newest first: id, state, playbook, progress, where.
-pub async fn runs(global: &GlobalArgs, output: crate::cli::OutputFormat) -> Result<u8, Failure> {
+pub async fn runs(config: Config, output: crate::cli::OutputFormat) -> Result<u8, Failure> {
     #[derive(serde::Serialize)]
     struct Row {
         run_id: String,
@@ -36,7 +35,6 @@ pub async fn runs(global: &GlobalArgs, output: crate::cli::OutputFormat) -> Resu
         local: bool,
         cluster: bool,
     }
-    let config = load_config(global)?;
     let mut rows: std::collections::BTreeMap<String, Row> = Default::default();
     let row = |id: &str, s: &crate::journal::RunStatus| Row {
         run_id: id.to_owned(),
@@ -105,11 +103,10 @@ pub async fn runs(global: &GlobalArgs, output: crate::cli::OutputFormat) -> Resu
 
 /// `rollgate status [RUN]`: each node's state, step, since when and last error, from the journal.
 pub async fn status(
-    global: &GlobalArgs,
+    config: Config,
     run: Option<&str>,
     output: crate::cli::OutputFormat,
 ) -> Result<u8, Failure> {
-    let config = load_config(global)?;
     let runs = RunsDir::new(&config.state_dir);
     let run_id = resolve_run(&runs, run)?;
     let path = runs.run(&run_id).journal();
