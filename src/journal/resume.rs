@@ -1,6 +1,6 @@
 //! Where a stopped or crashed run picks up again: from the [`RunHistory`], moved forward by what
 //! the nodes' own annotations prove. The rule for a node stopped inside a step is written once,
-//! in [`pick_up`], from the step table (`Step::traits().resume_from`).
+//! in `pick_up`, from the step table (`Step::traits().resume_from`).
 
 use super::{NodeState, RunHistory, SpanEnd};
 use crate::vocab::{ResumeFrom, Step};
