@@ -11,9 +11,10 @@ use crate::engine::{Confirm, Engine, RunSummary, StopRequest};
 use crate::exit;
 use crate::health::{Guard, HealthState};
 use crate::monitor;
+use crate::notify;
 use crate::playbook::{Playbook, ProbeWhen, Signal};
 use crate::probe::ProbeRunner;
-use crate::report::{self, Consumer, slack};
+use crate::report::{self, Consumer};
 use crate::vocab::{EventSink, Outcome, StopReason};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -118,44 +119,6 @@ pub fn exit_code(summary: &RunSummary) -> u8 {
     }
 }
 
-/// The Slack target from the config, reading the secret from the environment variable it names.
-pub fn slack_target(config: &Config) -> Result<Option<slack::SlackTarget>, Failure> {
-    let Some(s) = &config.slack else {
-        return Ok(None);
-    };
-    let read = |var: &str| {
-        std::env::var(var).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
-            Failure::new(exit::BAD_INPUT, format!("error: the config names environment variable {var} for Slack, but it is not set\n  hint: export {var}=... or remove the [slack] table"))
-        })
-    };
-    if let Some(var) = &s.token_env {
-        let api_url = if s.api_url.ends_with('/') {
-            s.api_url.clone()
-        } else {
-            format!("{}/", s.api_url)
-        };
-        return Ok(Some(slack::SlackTarget::Bot {
-            api_url,
-            token: read(var)?,
-            channel: s.channel.clone(),
-        }));
-    }
-    if let Some(var) = &s.webhook_url_env {
-        return Ok(Some(slack::SlackTarget::Webhook { url: read(var)? }));
-    }
-    Ok(None)
-}
-
-/// Where the final Slack message points for the run report: under `slack.report-url` when the
-/// config has one (the operator publishes the runs directory there), else the local path.
-fn report_link(config: &Config, run_dir: &std::path::Path, run_id: &str) -> String {
-    let file = report::run_report::HTML_FILE;
-    match config.slack.as_ref().and_then(|s| s.report_url.as_deref()) {
-        Some(base) => format!("{}/{run_id}/{file}", base.trim_end_matches('/')),
-        None => run_dir.join(file).display().to_string(),
-    }
-}
-
 /// Signals this playbook's monitor produces.
 pub fn signals(playbook: &Playbook) -> Vec<Signal> {
     let mut s = vec![Signal::Pods, Signal::Nodes];
@@ -242,7 +205,8 @@ async fn run_with(
 ) -> Result<u8, Failure> {
     let config = Arc::new(load_config(global)?);
     let playbook = Arc::new(load_playbook_with(&args.playbook, &config)?);
-    let slack_target = slack_target(&config)?;
+    let notify_targets =
+        notify::resolve(&config).map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))?;
     let tty = std::io::stderr().is_terminal();
     // No terminal, or asked for: JSON lines and no prompts.
     let json = config.log_format.map_or(!tty, |f| f == LogFormat::Json);
@@ -447,19 +411,17 @@ async fn run_with(
             None
         }
     };
-    let mut slack_task = None;
-    if let Some(target) = slack_target.filter(|_| playbook.notify.slack && !args.dry_run) {
-        let (consumer, task) = slack::Slack::start(
-            target,
-            &run_id,
-            &playbook.name,
-            playbook.notify.mention.clone(),
-            metrics.lock().expect("lock").slack_failures(),
-            Some(report_link(&config, &run_dir, &run_id)),
-        );
-        consumers.push(Box::new(consumer));
-        slack_task = Some(task);
-    }
+    let mut notifier = notify::start(
+        &notify_targets,
+        &notify::RunInfo {
+            run_id: &run_id,
+            playbook: &playbook,
+            report_file: &run_dir.join(report::run_report::HTML_FILE),
+            dry_run: args.dry_run,
+        },
+        metrics.lock().expect("lock").slack_failures(),
+    );
+    consumers.push(notifier.consumer());
     let reporting = tokio::spawn(report::dispatch(rx, consumers));
     if let Some(d) = new_deadline {
         sink.emit(crate::vocab::RunEvent::DeadlineSet {
@@ -562,9 +524,7 @@ async fn run_with(
             drop(guard);
             release(lock).await;
             let _ = reporting.await;
-            if let Some(t) = slack_task {
-                let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
-            }
+            notifier.finish().await;
             return Err(Failure::new(exit::GATE_ABORT, message));
         }
         // The run starts: `pause` and `resume` without a run id find it from now on.
@@ -641,10 +601,8 @@ async fn run_with(
     }
     release(lock).await;
     let _ = reporting.await;
-    if let Some(t) = slack_task {
-        let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
-    }
-    // After Slack's last flush, so its delivery failures are in the figures.
+    notifier.finish().await;
+    // After the notifications' last flush, so their delivery failures are in the figures.
     if let Some(url) = args.pushgateway.as_ref().or(config.pushgateway.as_ref())
         && !args.dry_run
         && let Err(e) = report::metrics::push(url, &args.lock_name, &metrics).await
