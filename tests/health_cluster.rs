@@ -496,7 +496,7 @@ async fn slack_failures_and_timeouts_do_not_block_the_run_and_missed_messages_ar
     let warnings: Vec<Value> = stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["level"] == "warn" && e["target"] == "rollgate::report::slack")
+        .filter(|e| e["level"] == "warn" && e["target"] == "rollgate::notify")
         .collect();
     assert!(!warnings.is_empty(), "{stderr}");
     assert!(
