@@ -11,7 +11,6 @@ use crate::engine::{Confirm, Engine, RunSummary, StopRequest};
 use crate::exit;
 use crate::health::{Guard, HealthState};
 use crate::monitor;
-use crate::playbook::{Playbook, ProbeWhen, Signal};
 use crate::probe::ProbeRunner;
 use crate::report::{self, Consumer, slack};
 use crate::vocab::{EventSink, Outcome, StopReason};
@@ -154,15 +153,6 @@ fn report_link(config: &Config, run_dir: &std::path::Path, run_id: &str) -> Stri
         Some(base) => format!("{}/{run_id}/{file}", base.trim_end_matches('/')),
         None => run_dir.join(file).display().to_string(),
     }
-}
-
-/// Signals this playbook's monitor produces.
-pub fn signals(playbook: &Playbook) -> Vec<Signal> {
-    let mut s = vec![Signal::Pods, Signal::Nodes];
-    if playbook.monitor.ping.is_some() {
-        s.push(Signal::Pings);
-    }
-    s
 }
 
 /// Lets `rollgate pause` and `rollgate resume` (another shell) pause this run and continue it.
@@ -524,13 +514,7 @@ async fn run_with(
             config.prometheus_url.clone(),
             playbook_origin,
         ));
-        let guard = Guard::new(
-            Arc::clone(&playbook),
-            Some(runner),
-            &signals(&playbook),
-            sink.clone(),
-            &run_id,
-        );
+        let guard = Guard::for_playbook(&playbook, Some(runner), sink.clone(), &run_id);
         let monitor = match monitor::start(
             clients.api.clone(),
             playbook.monitor.clone(),
@@ -550,8 +534,7 @@ async fn run_with(
                 return Err(failure);
             }
         };
-        guard.run_probes(ProbeWhen::BeforeRun, None, None).await;
-        if let HealthState::Aborted(d) | HealthState::Paused(d) = guard.state() {
+        if let Err(d) = guard.before_run().await {
             let message = format!(
                 "error: refusing to start: gate {} failed before the run: {}\n  nothing was changed; fix the cause and run again",
                 d.signal, d.evidence
