@@ -19,12 +19,12 @@ use crate::cluster::{Clients, DryRunSteps, KubeSteps, StepContext};
 use crate::config::Config;
 use crate::engine::{Confirm, Engine, RunSummary, StopRequest};
 use crate::exit::{self, Failure};
-use crate::health::{Guard, HealthState};
+use crate::health::Guard;
 use crate::journal::{Journal, ResumePoints};
 use crate::lock::HeldLock;
 use crate::notify;
 use crate::plan::Plan;
-use crate::playbook::{Playbook, ProbeWhen, Signal};
+use crate::playbook::Playbook;
 use crate::probe::ProbeRunner;
 use crate::report::{self, Consumer};
 use crate::vocab::{EventSink, JournalError, RunEvent};
@@ -105,15 +105,6 @@ impl RunEnd {
             exit::for_outcome(self.summary.outcome)
         }
     }
-}
-
-/// Signals this playbook's monitor produces.
-pub fn signals(playbook: &Playbook) -> Vec<Signal> {
-    let mut s = vec![Signal::Pods, Signal::Nodes];
-    if playbook.monitor.ping.is_some() {
-        s.push(Signal::Pings);
-    }
-    s
 }
 
 /// Marks the journal of a run that never started (so no header-only journal looks like a
@@ -343,13 +334,7 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
             config.prometheus_url.clone(),
             &probe_base,
         ));
-        let guard = Guard::new(
-            Arc::clone(&playbook),
-            Some(runner),
-            &signals(&playbook),
-            sink.clone(),
-            &run_id,
-        );
+        let guard = Guard::for_playbook(&playbook, Some(runner), sink.clone(), &run_id);
         let started = crate::monitor::start(
             context.clients.api.clone(),
             playbook.monitor.clone(),
@@ -359,19 +344,15 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         .await;
         let refused = match &started {
             Err(e) => Some(Failure::cluster(e)),
-            Ok(_) => {
-                guard.run_probes(ProbeWhen::BeforeRun, None, None).await;
-                match guard.state() {
-                    HealthState::Aborted(d) | HealthState::Paused(d) => Some(Failure::new(
-                        exit::GATE_ABORT,
-                        format!(
-                            "error: refusing to start: gate {} failed before the run: {}\n  nothing was changed; fix the cause and run again",
-                            d.signal, d.evidence
-                        ),
-                    )),
-                    HealthState::Running => None,
-                }
-            }
+            Ok(_) => guard.before_run().await.err().map(|d| {
+                Failure::new(
+                    exit::GATE_ABORT,
+                    format!(
+                        "error: refusing to start: gate {} failed before the run: {}\n  nothing was changed; fix the cause and run again",
+                        d.signal, d.evidence
+                    ),
+                )
+            }),
         };
         if let Some(failure) = refused {
             refuse(&sink, &failure.message);
