@@ -30,6 +30,56 @@ pub const RESUMABLE: u8 = 8;
 /// their next safe point and stay cordoned. `rollgate resume` continues once the lock is free.
 pub const LOCK_LOST: u8 = 10;
 
+/// A command or run that could not do its job: the message for stderr and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl Failure {
+    /// The cluster could not be reached or refused a read (exit 3), with where to look.
+    pub fn cluster(e: impl std::fmt::Display) -> Self {
+        Failure::new(
+            CLUSTER,
+            format!(
+                "error: {e}\n  hint: check --kubeconfig / --context, or `kubectl get nodes` with the same settings"
+            ),
+        )
+    }
+}
+
+impl From<crate::diagnostics::SourceErrors> for Failure {
+    fn from(e: crate::diagnostics::SourceErrors) -> Self {
+        Failure::new(BAD_INPUT, e.to_string())
+    }
+}
+
+/// The exit code of a run that ended with `outcome`.
+pub fn for_outcome(outcome: crate::vocab::Outcome) -> u8 {
+    use crate::vocab::{Outcome, StopReason};
+    match outcome {
+        Outcome::Succeeded | Outcome::SucceededWithFailures => OK,
+        Outcome::Stopped(StopReason::NodeFailures) => NODE_FAILED,
+        Outcome::Stopped(StopReason::GateAbort) => GATE_ABORT,
+        Outcome::Stopped(StopReason::OperatorGraceful | StopReason::OperatorImmediate) => {
+            INTERRUPTED
+        }
+        Outcome::Stopped(StopReason::OutsideWindow | StopReason::Deadline) => RESUMABLE,
+        Outcome::Stopped(StopReason::JournalUnwritable) => JOURNAL_UNWRITABLE,
+        Outcome::Stopped(StopReason::LockLost) => LOCK_LOST,
+    }
+}
+
 /// The exit codes as `--help` lists them (a macro so clap's `after_help` can `concat!` it).
 #[macro_export]
 macro_rules! exit_codes_help {

@@ -13,13 +13,12 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // As for the run's events: the flag, else the config's `log.format` (a config that does
     // not load is reported by the command itself), else JSON when stderr is not a terminal.
-    let json_logs = commands::load_config(&cli.global)
-        .ok()
-        .and_then(|c| c.log_format)
-        .map_or_else(
-            || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            |f| f == rollgate::config::LogFormat::Json,
-        );
+    // The config is loaded once, here; a command that needs it reports why it did not load.
+    let loaded = commands::load_config(&cli.global);
+    let json_logs = loaded.as_ref().ok().and_then(|c| c.log_format).map_or_else(
+        || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        |f| f == rollgate::config::LogFormat::Json,
+    );
     rollgate::logging::init(json_logs);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -32,29 +31,30 @@ fn main() -> ExitCode {
         }
     };
     let result: Result<u8, Failure> = runtime.block_on(async {
+        let config = || loaded;
         match &cli.command {
-            Command::Check { playbook } => commands::check::run(&cli.global, playbook),
+            Command::Check { playbook } => commands::check::run(config()?, playbook),
             Command::Plan { playbook, output } => {
-                commands::plan::run(&cli.global, playbook, *output).await
+                commands::plan::run(config()?, playbook, *output).await
             }
-            Command::Run(args) => commands::run::run(&cli.global, args).await,
-            Command::Runs { output } => commands::run::runs(&cli.global, *output).await,
+            Command::Run(args) => commands::run::run(config()?, args).await,
+            Command::Runs { output } => commands::status::runs(config()?, *output).await,
             Command::Status { run, output } => {
-                commands::run::status(&cli.global, run.as_deref(), *output).await
+                commands::status::status(config()?, run.as_deref(), *output).await
             }
             Command::Resume {
                 run,
                 command_done,
                 schedule,
-            } => commands::run::resume(&cli.global, run.as_deref(), command_done, schedule).await,
+            } => commands::resume::resume(config()?, run.as_deref(), command_done, schedule).await,
             Command::Pause { run, reason } => {
-                commands::run::pause(&cli.global, run.as_deref(), reason.as_deref()).await
+                commands::pause::pause(config()?, run.as_deref(), reason.as_deref()).await
             }
             Command::Report { run, out, output } => {
-                commands::report::run(&cli.global, run.as_deref(), out.as_deref(), *output).await
+                commands::report::run(config()?, run.as_deref(), out.as_deref(), *output).await
             }
             Command::Monitor { playbook, output } => {
-                commands::monitor::run(&cli.global, playbook.as_deref(), *output).await
+                commands::monitor::run(config()?, playbook.as_deref(), *output).await
             }
             Command::Completions { shell } => {
                 clap_complete::generate(

@@ -1,14 +1,13 @@
 //! `rollgate check`: offline validation of a playbook (and the config), with a one-screen summary.
 
-use super::{Failure, load_config, load_playbook_with};
-use crate::cli::GlobalArgs;
+use super::{Failure, load_playbook_with};
+use crate::config::Config;
 use crate::exit;
 use crate::playbook::{NodeSelection, Ordering, PdbTimeoutPolicy, Playbook};
 use std::fmt::Write;
 use std::path::Path;
 
-pub fn run(global: &GlobalArgs, path: &Path) -> Result<u8, Failure> {
-    let config = load_config(global)?;
+pub fn run(config: Config, path: &Path) -> Result<u8, Failure> {
     let playbook = load_playbook_with(path, &config)?;
     print!("{}", summary(path, &playbook));
     match &config.source {

@@ -2,38 +2,19 @@
 
 pub mod check;
 pub mod monitor;
+pub mod pause;
 pub mod plan;
 pub mod report;
+pub mod resume;
 pub mod run;
+pub mod status;
 
 use crate::cli::GlobalArgs;
 use crate::config::{Config, Overrides};
-use crate::diagnostics::SourceErrors;
-use crate::exit;
 use crate::playbook::{self, Playbook};
 use std::path::Path;
 
-/// A command that could not do its job: the message for stderr and the exit code.
-#[derive(Debug)]
-pub struct Failure {
-    pub code: u8,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<SourceErrors> for Failure {
-    fn from(e: SourceErrors) -> Self {
-        Failure::new(exit::BAD_INPUT, e.to_string())
-    }
-}
+pub use crate::exit::Failure;
 
 pub fn load_config(global: &GlobalArgs) -> Result<Config, Failure> {
     let overrides = Overrides {

@@ -2,9 +2,10 @@
 //! node's state and what a drain would do (evict / skip / refuse, PDBs that would block now).
 //! Reads only: nodes, pods and PodDisruptionBudgets.
 
-use super::{Failure, load_config, load_playbook_with};
-use crate::cli::{GlobalArgs, OutputFormat};
+use super::{Failure, load_playbook_with};
+use crate::cli::OutputFormat;
 use crate::cluster::{self, Clients};
+use crate::config::Config;
 use crate::drain::budget::blocking_budgets;
 use crate::drain::filter::{PodAction, classify_pods};
 use crate::exit;
@@ -52,12 +53,7 @@ pub struct WindowPreview {
 }
 
 pub fn connect_failure(e: impl std::fmt::Display) -> Failure {
-    Failure::new(
-        exit::CLUSTER,
-        format!(
-            "error: {e}\n  hint: check --kubeconfig / --context, or `kubectl get nodes` with the same settings"
-        ),
-    )
+    Failure::cluster(e)
 }
 
 /// Builds the plan and the per-node preview (shared by `plan` and `run`).
@@ -214,8 +210,7 @@ pub fn render_table(report: &PlanReport) -> String {
     s
 }
 
-pub async fn run(global: &GlobalArgs, path: &Path, output: OutputFormat) -> Result<u8, Failure> {
-    let config = load_config(global)?;
+pub async fn run(config: Config, path: &Path, output: OutputFormat) -> Result<u8, Failure> {
     let playbook = load_playbook_with(path, &config)?;
     let clients = cluster::connect(&config).await.map_err(connect_failure)?;
     let report = build(&clients, &playbook).await?;

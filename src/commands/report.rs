@@ -1,40 +1,42 @@
 //! `rollgate report [RUN]`: the run report (HTML with a timeline, Markdown summary) rebuilt from
 //! the run's journal, written into the run's directory or `--out`; prints the paths written.
 
-use super::{Failure, load_config, run::latest_run};
-use crate::cli::{GlobalArgs, ReportFormat};
+use super::Failure;
+use super::status::resolve_run;
+use crate::cli::ReportFormat;
+use crate::config::Config;
+use crate::driver::state_dir::RunsDir;
 use crate::exit;
 use crate::report::run_report::{self, Formats, RunReport};
 use std::path::Path;
 
 /// The most recent run ids in `runs` that have a journal (for a hint).
-fn known_runs(runs: &Path) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(runs)
+fn known_runs(runs: &RunsDir) -> Vec<String> {
+    let mut ids: Vec<String> = runs
+        .list()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join(crate::journal::FILE).is_file())
-        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|(_, dir)| dir.journal().is_file())
+        .map(|(id, _)| id)
         .collect();
     ids.sort();
     ids.split_off(ids.len().saturating_sub(5))
 }
 
 pub async fn run(
-    global: &GlobalArgs,
+    config: Config,
     run: Option<&str>,
     out: Option<&Path>,
     output: ReportFormat,
 ) -> Result<u8, Failure> {
-    let config = load_config(global)?;
-    let runs = config.state_dir.join("runs");
-    let run_id = latest_run(&runs, run)?;
-    let dir = runs.join(&run_id);
-    let journal = dir.join(crate::journal::FILE);
+    let runs = RunsDir::new(&config.state_dir);
+    let run_id = resolve_run(&runs, run)?;
+    let run_dir = runs.run(&run_id);
+    let dir = run_dir.path();
+    let journal = run_dir.journal();
     // Not here, but named: another machine ran it; its journal may be in the cluster copy.
     if run.is_some()
         && !journal.is_file()
-        && let Err(e) = super::run::fetch_run_from_cluster(&config, &run_id, &dir).await
+        && let Err(e) = super::status::fetch_run_from_cluster(&config, &run_id, dir).await
     {
         eprintln!("{}", e.message);
     }
@@ -49,7 +51,7 @@ pub async fn run(
             exit::BAD_INPUT,
             format!(
                 "error: no journal for run {run_id:?} in {}\n  hint: {hint}",
-                runs.display()
+                runs.path().display()
             ),
         ));
     }
@@ -70,7 +72,7 @@ pub async fn run(
         ReportFormat::Markdown => Formats::Markdown,
         ReportFormat::Both => Formats::Both,
     };
-    let written = run_report::write(&report, out.unwrap_or(&dir), formats)
+    let written = run_report::write(&report, out.unwrap_or(dir), formats)
         .map_err(|e| Failure::new(exit::INTERNAL, format!("error: {e}")))?;
     for path in written {
         println!("{}", path.display());

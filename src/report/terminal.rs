@@ -200,6 +200,14 @@ impl Consumer for Terminal {
                 self.println(format!("LEFT {node} during {step}: it stays cordoned"));
             }
             RunEvent::Stopping { reason } => self.println(stop_text(*reason).to_owned()),
+            RunEvent::ReportWritten { paths } => self.println(format!(
+                "report: {}",
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
             RunEvent::RunFinished {
                 outcome,
                 done,

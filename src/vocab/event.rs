@@ -76,7 +76,7 @@ pub enum Outcome {
     Stopped(StopReason),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum RunEvent {
     RunStarted {
@@ -219,6 +219,10 @@ pub enum RunEvent {
         watch: String,
         lost_ms: u64,
     },
+    /// The run report's files were written (after the run finished; not in the journal).
+    ReportWritten {
+        paths: Vec<std::path::PathBuf>,
+    },
     RunFinished {
         outcome: Outcome,
         done: usize,
@@ -253,7 +257,7 @@ impl RunEvent {
 }
 
 /// An event with the time it happened.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stamped {
     #[serde(with = "humantime_serde_compat")]
     pub at: SystemTime,

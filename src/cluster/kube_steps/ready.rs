@@ -143,9 +143,9 @@ impl KubeSteps {
 
     /// While a node in flight is down again after its wait-ready, the health monitor treats it
     /// as down for its upgrade (exempt, its pods' restarts absorbed), as during wait-ready.
-    pub(super) fn held_down(&self, node: &str, down: bool, step: Step) {
+    pub(super) fn held_down(&self, node: &str, down: bool, _step: Step) {
         if let Some(g) = &self.guard {
-            g.set_step(node, Some(if down { Step::WaitReady } else { step }));
+            g.held_down(node, down);
         }
     }
 

@@ -1,0 +1,168 @@
+//! The state directory's layout, owned here and nowhere else:
+//!
+//! ```text
+//! STATE_DIR/runs/
+//!   latest              id of the latest real run (what pause, resume, status, report act on)
+//!   latest-dry-run      id of the latest dry run (a dry run never moves `latest`)
+//!   RUN_ID/
+//!     journal.jsonl     the run journal (crate::journal)
+//!     playbook.toml     the playbook as the run started with it
+//!     nodes/NODE.log    per-node logs
+//!     report.html, report.md
+//!     pid               the process running it
+//!     paused            present while the run is paused
+//!     pause-request     written by `rollgate pause` (holds the reason), taken by the run
+//!     resume            written by `rollgate resume`, taken by a paused run
+//! ```
+
+use std::path::{Path, PathBuf};
+
+const LATEST_FILE: &str = "latest";
+const LATEST_DRY_RUN_FILE: &str = "latest-dry-run";
+const PID_FILE: &str = "pid";
+const PAUSED_FILE: &str = "paused";
+const PAUSE_REQUEST_FILE: &str = "pause-request";
+const RESUME_FILE: &str = "resume";
+
+/// `STATE_DIR/runs`.
+#[derive(Debug, Clone)]
+pub struct RunsDir(PathBuf);
+
+/// Not a run id: nothing that could step outside the runs directory.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RunIdError {
+    #[error("{0:?} is not a run id")]
+    Invalid(String),
+    #[error("no run found in {}", .0.display())]
+    NoLatest(PathBuf),
+}
+
+impl RunsDir {
+    pub fn new(state_dir: &Path) -> Self {
+        Self(state_dir.join("runs"))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn run(&self, run_id: &str) -> RunDir {
+        RunDir(self.0.join(run_id))
+    }
+
+    /// The run named, or the latest real run.
+    pub fn resolve(&self, run: Option<&str>) -> Result<String, RunIdError> {
+        match run {
+            Some(r)
+                if r.is_empty()
+                    || !r
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+            {
+                Err(RunIdError::Invalid(r.to_owned()))
+            }
+            Some(r) => Ok(r.to_owned()),
+            None => std::fs::read_to_string(self.0.join(LATEST_FILE))
+                .map(|s| s.trim().to_owned())
+                .map_err(|_| RunIdError::NoLatest(self.0.clone())),
+        }
+    }
+
+    /// From now on `pause`, `resume`, `status` and `report` without a run id find this run.
+    pub fn set_latest(&self, run_id: &str) {
+        let _ = std::fs::write(self.0.join(LATEST_FILE), run_id);
+    }
+
+    pub fn set_latest_dry_run(&self, run_id: &str) {
+        let _ = std::fs::write(self.0.join(LATEST_DRY_RUN_FILE), run_id);
+    }
+
+    /// The run directories here, in no particular order: (run id, directory).
+    pub fn list(&self) -> Vec<(String, RunDir)> {
+        std::fs::read_dir(&self.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    RunDir(e.path()),
+                )
+            })
+            .collect()
+    }
+}
+
+/// One run's directory.
+#[derive(Debug, Clone)]
+pub struct RunDir(PathBuf);
+
+impl RunDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.0.join(crate::journal::FILE)
+    }
+
+    pub fn playbook_copy(&self) -> PathBuf {
+        self.0.join(crate::journal::PLAYBOOK_COPY)
+    }
+
+    pub fn node_logs(&self) -> PathBuf {
+        self.0.join("nodes")
+    }
+
+    /// Records that this process runs the run.
+    pub fn write_pid(&self) {
+        let _ = std::fs::write(self.0.join(PID_FILE), std::process::id().to_string());
+    }
+
+    /// Whether the process that ran the run is still alive (a rollgate process with its pid).
+    pub fn process_alive(&self) -> bool {
+        let Some(pid) = std::fs::read_to_string(self.0.join(PID_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            return false;
+        };
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("rollgate"))
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.0.join(PAUSED_FILE).exists()
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        let path = self.0.join(PAUSED_FILE);
+        let _ = if paused {
+            std::fs::write(path, "")
+        } else {
+            std::fs::remove_file(path)
+        };
+    }
+
+    pub fn request_pause(&self, reason: &str) -> std::io::Result<()> {
+        std::fs::write(self.0.join(PAUSE_REQUEST_FILE), reason)
+    }
+
+    /// Takes a pending pause request: its reason.
+    pub fn take_pause_request(&self) -> Option<String> {
+        let path = self.0.join(PAUSE_REQUEST_FILE);
+        let reason = std::fs::read_to_string(&path).ok()?;
+        let _ = std::fs::remove_file(path);
+        Some(reason.trim().to_owned())
+    }
+
+    pub fn request_resume(&self) -> std::io::Result<()> {
+        std::fs::write(self.0.join(RESUME_FILE), "")
+    }
+
+    /// Takes a pending resume request.
+    pub fn take_resume_request(&self) -> bool {
+        std::fs::remove_file(self.0.join(RESUME_FILE)).is_ok()
+    }
+}
