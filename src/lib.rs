@@ -38,6 +38,7 @@ pub mod logging;
 pub mod monitor;
 pub mod plan;
 pub mod playbook;
+pub mod preflight;
 pub mod probe;
 pub mod remote;
 pub mod report;
