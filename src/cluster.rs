@@ -508,9 +508,9 @@ impl KubeSteps {
 
     /// While a node in flight is down again after its wait-ready, the health monitor treats it
     /// as down for its upgrade (exempt, its pods' restarts absorbed), as during wait-ready.
-    fn held_down(&self, node: &str, down: bool, step: Step) {
+    fn held_down(&self, node: &str, down: bool, _step: Step) {
         if let Some(g) = &self.guard {
-            g.set_step(node, Some(if down { Step::WaitReady } else { step }));
+            g.held_down(node, down);
         }
     }
 

@@ -1,6 +1,6 @@
-//! The config file: *where and how* (cluster context, SSH, Slack, Prometheus, metrics, state
-//! directory, logs). The playbook says what to do; this says where. Secrets are never read
-//! from the file: it names the environment variable that holds them.
+//! The config file: *where and how* (cluster context, SSH, notification targets, Prometheus,
+//! metrics, state directory, logs). The playbook says what to do; this says where. Secrets are
+//! never read from the file: it names the environment variable that holds them.
 //!
 //! Precedence for every setting: command-line flag > environment > config file > default.
 
@@ -9,6 +9,9 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
+
+mod notify;
+pub use notify::{NotifyKind, NotifyTarget, SLACK_API_URL};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KnownHostsPolicy {
@@ -67,6 +70,8 @@ pub struct Config {
     pub context: Option<String>,
     pub ssh: SshConfig,
     pub slack: Option<SlackConfig>,
+    /// `[[notify]]` entries; [`Config::notify_targets`] adds `[slack]` in front.
+    pub notify: Vec<NotifyTarget>,
     pub prometheus_url: Option<String>,
     pub metrics_listen: String,
     /// A Pushgateway that gets the run's final metrics (runs can end between two scrapes).
@@ -99,6 +104,8 @@ struct RawConfig {
     #[serde(default)]
     ssh: RawSsh,
     slack: Option<RawSlack>,
+    #[serde(default)]
+    notify: Vec<notify::RawTarget>,
     #[serde(default)]
     prometheus: RawPrometheus,
     #[serde(default)]
@@ -320,10 +327,11 @@ impl Config {
                 channel: s.channel.into_inner(),
                 token_env: s.token_env.map(|t| t.into_inner()),
                 webhook_url_env: s.webhook_url_env.map(|w| w.into_inner()),
-                api_url: s.api_url.unwrap_or_else(|| "https://slack.com/api/".into()),
+                api_url: s.api_url.unwrap_or_else(|| SLACK_API_URL.into()),
                 report_url: s.report_url,
             }
         });
+        let notify = notify::targets(raw.notify, &mut err);
         if let Some(url) = &raw.prometheus.url
             && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
         {
@@ -415,6 +423,7 @@ impl Config {
                 connect_timeout,
             },
             slack,
+            notify,
             prometheus_url: raw.prometheus.url.map(|u| u.into_inner()),
             metrics_listen,
             pushgateway,

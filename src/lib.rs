@@ -15,8 +15,10 @@
 //! - [`window`]: maintenance windows, the deadline and the clock: when nodes may start.
 //! - [`lock`], [`journal`]: one runner per cluster (a Lease); the fsynced run journal, its
 //!   cluster copy, and where a stopped or crashed run resumes.
-//! - [`report`]: consumers of those events (terminal progress, JSON lines, per-node logs, Slack,
+//! - [`report`]: consumers of those events (terminal progress, JSON lines, per-node logs,
 //!   metrics) and the run report rebuilt from the journal.
+//! - [`notify`]: notifications (what to say at each event, bounded delivery, channels: Slack
+//!   and a JSON webhook).
 //! - [`logging`], [`failpoint`]: JSON diagnostic lines with the run id; the crash-test hook.
 //! - [`commands`]: the CLI subcommands gluing it together; [`exit`] holds the exit codes.
 
@@ -36,6 +38,7 @@ pub mod journal;
 pub mod lock;
 pub mod logging;
 pub mod monitor;
+pub mod notify;
 pub mod plan;
 pub mod playbook;
 pub mod preflight;

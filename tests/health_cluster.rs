@@ -496,7 +496,7 @@ async fn slack_failures_and_timeouts_do_not_block_the_run_and_missed_messages_ar
     let warnings: Vec<Value> = stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["level"] == "warn" && e["target"] == "rollgate::report::slack")
+        .filter(|e| e["level"] == "warn" && e["target"] == "rollgate::notify")
         .collect();
     assert!(!warnings.is_empty(), "{stderr}");
     assert!(
@@ -610,12 +610,19 @@ fn watched_pod(name: &str) -> WatchedPod {
     }
 }
 
-#[tokio::test]
-async fn rollgate_monitor_streams_new_problems_as_json() {
-    let w = watched_pod("mon");
-    let (ns, dir, pb) = (&w.ns, &w.dir, &w.playbook);
+/// Runs `rollgate monitor -o json` (with `playbook`, or without one: everything watched, the
+/// default gates), makes `web` crash-loop, and returns the `problem` event for it and the gate
+/// decision that names it (if one came within a minute), and the exit code after Ctrl-C.
+async fn monitor_sees_web_crash_looping(
+    w: &WatchedPod,
+    playbook: Option<&Path>,
+) -> (Option<Value>, Option<Value>, Option<i32>) {
+    let (ns, dir) = (&w.ns, &w.dir);
     let mut cmd = rollgate(dir.path());
-    cmd.args(["monitor", "-o", "json"]).arg(pb);
+    cmd.args(["monitor", "-o", "json"]);
+    if let Some(pb) = playbook {
+        cmd.arg(pb);
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -644,13 +651,20 @@ async fn rollgate_monitor_streams_new_problems_as_json() {
             }
         }
     });
+    let object = format!("{}/web", ns.0);
     let deadline = std::time::Instant::now() + MINUTE;
-    let mut found = None;
-    while std::time::Instant::now() < deadline && found.is_none() {
+    let (mut problem, mut decision) = (None, None);
+    while std::time::Instant::now() < deadline && (problem.is_none() || decision.is_none()) {
         if let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
             let v: Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["event"] == "problem" && v["problem"]["object"] == format!("{}/web", ns.0) {
-                found = Some(v);
+            if v["event"] == "problem" && v["problem"]["object"] == object.as_str() {
+                problem = Some(v);
+            } else if v["event"] == "gate-decision"
+                && v["decision"]["evidence"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(&object))
+            {
+                decision = Some(v);
             }
         }
     }
@@ -659,9 +673,31 @@ async fn rollgate_monitor_streams_new_problems_as_json() {
         .status()
         .unwrap();
     let status = child.wait().unwrap();
+    (problem, decision, status.code())
+}
+
+#[tokio::test]
+async fn rollgate_monitor_streams_new_problems_as_json() {
+    let w = watched_pod("mon");
+    let (found, _, status) = monitor_sees_web_crash_looping(&w, Some(&w.playbook)).await;
     let found = found.expect("a problem event for the crash-looping pod");
     assert_eq!(found["problem"]["kind"], "crash-loop");
-    assert_eq!(status.code(), Some(0), "Ctrl-C ends monitor cleanly");
+    assert_eq!(status, Some(0), "Ctrl-C ends monitor cleanly");
+}
+
+#[tokio::test]
+async fn rollgate_monitor_without_a_playbook_watches_every_namespace_with_the_default_gates() {
+    let w = watched_pod("monall");
+    let (found, decision, status) = monitor_sees_web_crash_looping(&w, None).await;
+    let found = found.expect("a problem event for the crash-looping pod");
+    assert_eq!(found["problem"]["kind"], "crash-loop");
+    let decision = decision.expect("a gate decision naming the pod");
+    assert_eq!(decision["decision"]["signal"], "pods");
+    assert_eq!(
+        decision["decision"]["decision"], "abort",
+        "the default pods gate: {decision}"
+    );
+    assert_eq!(status, Some(0), "Ctrl-C ends monitor cleanly");
 }
 
 #[tokio::test]

@@ -7,9 +7,9 @@ use crate::cli::OutputFormat;
 use crate::cluster;
 use crate::config::Config;
 use crate::exit;
-use crate::health::Guard;
+use crate::health::{Guard, monitor_signals};
 use crate::monitor;
-use crate::playbook::{self, Playbook};
+use crate::playbook::MonitorOptions;
 use crate::probe::ProbeRunner;
 use crate::report::{self, Consumer};
 use crate::vocab::ProbeOutcome;
@@ -19,11 +19,6 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A playbook with defaults only: watch everything.
-fn default_playbook() -> Playbook {
-    playbook::parse(Path::new("(defaults)"), "name = \"monitor\"\n[[phase]]\nname = \"none\"\nnodes = [\"-\"]\n[command]\nrun = \"true\"\n").expect("the built-in monitor playbook is valid")
-}
 
 /// Keeps the latest state per object and redraws it.
 struct LiveTable {
@@ -114,10 +109,7 @@ pub async fn run(
     playbook_path: Option<&Path>,
     output: OutputFormat,
 ) -> Result<u8, Failure> {
-    let playbook = Arc::new(match playbook_path {
-        Some(p) => load_playbook(p)?,
-        None => default_playbook(),
-    });
+    let playbook = playbook_path.map(load_playbook).transpose()?;
     let clients = cluster::connect(&config).await.map_err(connect_failure)?;
     let (sink, rx) = EventSink::channel();
     let table = Arc::new(std::sync::Mutex::new(LiveTable {
@@ -140,16 +132,22 @@ pub async fn run(
         config.prometheus_url.clone(),
         playbook_path.unwrap_or(Path::new(".")),
     ));
-    let guard = Guard::new(
-        Arc::clone(&playbook),
-        Some(runner),
-        &crate::driver::signals(&playbook),
-        sink.clone(),
-        "monitor",
-    );
+    // Without a playbook: watch everything, with the default gates and no probes.
+    let (guard, options) = match &playbook {
+        Some(p) => (
+            Guard::for_playbook(p, Some(runner), sink.clone(), "monitor"),
+            p.monitor.clone(),
+        ),
+        None => {
+            let options = MonitorOptions::default();
+            let signals = monitor_signals(&options);
+            let guard = Guard::new(&[], &[], Some(runner), &signals, sink.clone(), "monitor");
+            (guard, options)
+        }
+    };
     let monitor = monitor::start(
         clients.api.clone(),
-        playbook.monitor.clone(),
+        options,
         Arc::clone(&guard),
         sink.clone(),
     )

@@ -52,7 +52,9 @@ pub(super) async fn plan_and_run(
     ask_first: bool,
 ) -> Result<u8, Failure> {
     let playbook = Arc::new(load_playbook_with(&playbook_file, &config)?);
-    let slack = driver::slack_target(&config)?;
+    // Secrets are read before anything changes: a missing one stops here (exit 2).
+    let notify = crate::notify::resolve(&config)
+        .map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))?;
     let interaction = Interaction::detect(config.log_format);
     let clients = crate::cluster::connect(&config)
         .await
@@ -93,7 +95,7 @@ pub(super) async fn plan_and_run(
         options,
         resume,
         interaction,
-        slack,
+        notify,
     };
     let end = driver::run(request, clients).await?;
     print_end(&end, interaction.json)

@@ -40,7 +40,11 @@ pub async fn runs(config: Config, output: crate::cli::OutputFormat) -> Result<u8
         run_id: id.to_owned(),
         state: s.state.clone(),
         playbook: s.playbook.clone(),
-        done: s.nodes.values().filter(|n| n.state == "done").count(),
+        done: s
+            .nodes
+            .values()
+            .filter(|n| n.state == crate::journal::NodeState::Done)
+            .count(),
         nodes: s.nodes.len(),
         lock: None,
         local: false,

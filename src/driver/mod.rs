@@ -19,13 +19,14 @@ use crate::cluster::{Clients, DryRunSteps, KubeSteps, StepContext};
 use crate::config::Config;
 use crate::engine::{Confirm, Engine, RunSummary, StopRequest};
 use crate::exit::{self, Failure};
-use crate::health::{Guard, HealthState};
+use crate::health::Guard;
 use crate::journal::{Journal, ResumePoints};
 use crate::lock::HeldLock;
+use crate::notify;
 use crate::plan::Plan;
-use crate::playbook::{Playbook, ProbeWhen, Signal};
+use crate::playbook::Playbook;
 use crate::probe::ProbeRunner;
-use crate::report::{self, Consumer, slack};
+use crate::report::{self, Consumer};
 use crate::vocab::{EventSink, JournalError, RunEvent};
 use cluster_lock::{acquire_lock, watch_lock};
 use operator::Interaction;
@@ -79,8 +80,9 @@ pub struct RunRequest {
     /// Continue a stopped or crashed run under its run id.
     pub resume: Option<ResumePoints>,
     pub interaction: Interaction,
-    /// Where notifications go (secrets already read from the environment).
-    pub slack: Option<slack::SlackTarget>,
+    /// Where notifications go (secrets already read from the environment, see
+    /// [`notify::resolve`]).
+    pub notify: Vec<notify::Target>,
 }
 
 /// How a run ended, for the command to print.
@@ -105,53 +107,6 @@ impl RunEnd {
     }
 }
 
-/// Signals this playbook's monitor produces.
-pub fn signals(playbook: &Playbook) -> Vec<Signal> {
-    let mut s = vec![Signal::Pods, Signal::Nodes];
-    if playbook.monitor.ping.is_some() {
-        s.push(Signal::Pings);
-    }
-    s
-}
-
-/// The Slack target from the config, reading the secret from the environment variable it names.
-pub fn slack_target(config: &Config) -> Result<Option<slack::SlackTarget>, Failure> {
-    let Some(s) = &config.slack else {
-        return Ok(None);
-    };
-    let read = |var: &str| {
-        std::env::var(var).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
-            Failure::new(exit::BAD_INPUT, format!("error: the config names environment variable {var} for Slack, but it is not set\n  hint: export {var}=... or remove the [slack] table"))
-        })
-    };
-    if let Some(var) = &s.token_env {
-        let api_url = if s.api_url.ends_with('/') {
-            s.api_url.clone()
-        } else {
-            format!("{}/", s.api_url)
-        };
-        return Ok(Some(slack::SlackTarget::Bot {
-            api_url,
-            token: read(var)?,
-            channel: s.channel.clone(),
-        }));
-    }
-    if let Some(var) = &s.webhook_url_env {
-        return Ok(Some(slack::SlackTarget::Webhook { url: read(var)? }));
-    }
-    Ok(None)
-}
-
-/// Where the final Slack message points for the run report: under `slack.report-url` when the
-/// config has one (the operator publishes the runs directory there), else the local path.
-fn report_link(config: &Config, run_dir: &RunDir, run_id: &str) -> String {
-    let file = report::run_report::HTML_FILE;
-    match config.slack.as_ref().and_then(|s| s.report_url.as_deref()) {
-        Some(base) => format!("{}/{run_id}/{file}", base.trim_end_matches('/')),
-        None => run_dir.path().join(file).display().to_string(),
-    }
-}
-
 /// Marks the journal of a run that never started (so no header-only journal looks like a
 /// crashed run): `status` and `report` show why, `resume` refuses it.
 fn refuse(sink: &EventSink, message: &str) {
@@ -166,7 +121,7 @@ fn refuse(sink: &EventSink, message: &str) {
 struct Running {
     lock: Option<HeldLock>,
     reporting: Option<tokio::task::JoinHandle<()>>,
-    slack: Option<tokio::task::JoinHandle<()>>,
+    notifier: Option<notify::Notifier>,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
     metrics: Option<Arc<std::sync::Mutex<report::metrics::Metrics>>>,
     cluster_copy: Option<crate::journal::ClusterCopy>,
@@ -174,8 +129,9 @@ struct Running {
 
 impl Running {
     /// Stops everything in order: the cluster copy's last write, the metrics endpoint, the
-    /// lock, the reporters (all events delivered), the notifications (bounded), then the final
-    /// metrics push (after the last notification, so its delivery failures are counted). The
+    /// lock, the reporters (all events delivered), the notifications (bounded by
+    /// [`notify::FINISH_BOUND`]), then the final metrics push (after the last notification, so
+    /// its delivery failures are counted). The
     /// event sink must be dropped before (the reporters end when it closes).
     async fn teardown(self, keep_runs: usize, push: Option<(&str, &str)>) {
         if let Some(copy) = self.cluster_copy {
@@ -190,8 +146,8 @@ impl Running {
         if let Some(reporting) = self.reporting {
             let _ = reporting.await;
         }
-        if let Some(slack) = self.slack {
-            let _ = tokio::time::timeout(slack::FLUSH_WITHIN, slack).await;
+        if let Some(notifier) = self.notifier {
+            notifier.finish().await;
         }
         if let (Some((url, lock_name)), Some(metrics)) = (push, &self.metrics)
             && let Err(e) = report::metrics::push(url, lock_name, metrics).await
@@ -213,7 +169,7 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         options,
         resume,
         interaction,
-        slack: slack_target,
+        notify: notify_targets,
     } = request;
     let RunOptions {
         dry_run,
@@ -326,18 +282,18 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
             None
         }
     };
-    if let Some(target) = slack_target.filter(|_| playbook.notify.slack && !dry_run) {
-        let (consumer, task) = slack::Slack::start(
-            target,
-            &run_id,
-            &playbook.name,
-            playbook.notify.mention.clone(),
-            metrics.lock().expect("lock").slack_failures(),
-            Some(report_link(&config, &run_dir, &run_id)),
-        );
-        consumers.push(Box::new(consumer));
-        running.slack = Some(task);
-    }
+    let mut notifier = notify::start(
+        &notify_targets,
+        &notify::RunInfo {
+            run_id: &run_id,
+            playbook: &playbook,
+            report_file: &run_dir.path().join(report::run_report::HTML_FILE),
+            dry_run,
+        },
+        metrics.lock().expect("lock").slack_failures(),
+    );
+    consumers.push(notifier.consumer());
+    running.notifier = Some(notifier);
     running.metrics = Some(Arc::clone(&metrics));
     running.reporting = Some(tokio::spawn(report::dispatch(rx, consumers)));
     if let Some(d) = new_deadline {
@@ -378,13 +334,7 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
             config.prometheus_url.clone(),
             &probe_base,
         ));
-        let guard = Guard::new(
-            Arc::clone(&playbook),
-            Some(runner),
-            &signals(&playbook),
-            sink.clone(),
-            &run_id,
-        );
+        let guard = Guard::for_playbook(&playbook, Some(runner), sink.clone(), &run_id);
         let started = crate::monitor::start(
             context.clients.api.clone(),
             playbook.monitor.clone(),
@@ -394,19 +344,15 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         .await;
         let refused = match &started {
             Err(e) => Some(Failure::cluster(e)),
-            Ok(_) => {
-                guard.run_probes(ProbeWhen::BeforeRun, None, None).await;
-                match guard.state() {
-                    HealthState::Aborted(d) | HealthState::Paused(d) => Some(Failure::new(
-                        exit::GATE_ABORT,
-                        format!(
-                            "error: refusing to start: gate {} failed before the run: {}\n  nothing was changed; fix the cause and run again",
-                            d.signal, d.evidence
-                        ),
-                    )),
-                    HealthState::Running => None,
-                }
-            }
+            Ok(_) => guard.before_run().await.err().map(|d| {
+                Failure::new(
+                    exit::GATE_ABORT,
+                    format!(
+                        "error: refusing to start: gate {} failed before the run: {}\n  nothing was changed; fix the cause and run again",
+                        d.signal, d.evidence
+                    ),
+                )
+            }),
         };
         if let Some(failure) = refused {
             refuse(&sink, &failure.message);

@@ -6,15 +6,18 @@
 //! requests; node tasks talk to it only through their results and the [`EventSink`].
 //!
 //! Side effects live behind [`NodeSteps`]: [`crate::cluster::KubeSteps`] for real runs,
-//! [`crate::cluster::DryRunSteps`] for `--dry-run`, fakes in this module's tests.
+//! [`crate::cluster::DryRunSteps`] for `--dry-run`, fakes in this module's tests. One node's
+//! walk through its steps is in [`node`]; the nodes in flight are kept by the [`Guard`].
+
+mod node;
 
 use crate::vocab::{EventSink, Outcome, RunEvent, Step, StopReason};
 
 use crate::drain::DrainReport;
 use crate::health::{Guard, HealthState};
 use crate::plan::Plan;
-use crate::playbook::ProbeWhen;
 use crate::window::{OutsideWindow, Schedule};
+use node::{fail_node, panic_message, upgrade_node};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -93,7 +96,9 @@ pub struct Engine<S: NodeSteps> {
     sink: EventSink,
     stop: watch::Receiver<StopRequest>,
     confirm: Option<Confirm>,
-    guard: Option<Arc<Guard>>,
+    /// The run's health (without [`Engine::with_guard`]: one that never stops the run); it
+    /// keeps the nodes in flight.
+    guard: Arc<Guard>,
     resume_hint: String,
     resume_from: HashMap<String, Step>,
     schedule: Option<(watch::Receiver<Schedule>, OutsideWindow, String)>,
@@ -114,10 +119,10 @@ impl<S: NodeSteps> Engine<S> {
     pub fn new(steps: S, sink: EventSink, stop: watch::Receiver<StopRequest>) -> Self {
         Self {
             steps: Arc::new(steps),
+            guard: Guard::unguarded(sink.clone()),
             sink,
             stop,
             confirm: None,
-            guard: None,
             resume_hint: String::new(),
             resume_from: HashMap::new(),
             schedule: None,
@@ -135,7 +140,7 @@ impl<S: NodeSteps> Engine<S> {
     /// Health gates: an abort stops the run (nodes in flight stop at their next safe point), a
     /// pause stops starting nodes until [`Guard::resume`]. `resume_hint` tells the operator how.
     pub fn with_guard(mut self, guard: Arc<Guard>, resume_hint: &str) -> Self {
-        self.guard = Some(guard);
+        self.guard = guard;
         self.resume_hint = resume_hint.to_owned();
         self
     }
@@ -194,14 +199,10 @@ impl<S: NodeSteps> Engine<S> {
         let mut abandoned = Vec::new();
         let mut unrecorded = Vec::new();
         let mut started_nodes = std::collections::HashSet::new();
-        // The step each in-flight node is in, for reporting abandoned nodes.
-        let current_step: Arc<std::sync::Mutex<HashMap<String, Step>>> = Default::default();
-        // Without a guard, a channel that never changes (its sender is kept for the whole run).
+        // Once the guard is gone, a channel that never changes (its sender is kept for the
+        // whole run).
         let (_no_guard, unguarded) = watch::channel(HealthState::Running);
-        let mut health = match &self.guard {
-            Some(g) => g.subscribe(),
-            None => unguarded.clone(),
-        };
+        let mut health = self.guard.subscribe();
         let mut paused_reported = false;
         let (_always_open, open) = watch::channel(Schedule::Open);
         let (_never_stop, never_stopped) = watch::channel(StopRequest::None);
@@ -329,8 +330,7 @@ impl<S: NodeSteps> Engine<S> {
                             Arc::clone(&self.steps),
                             job.clone(),
                             self.sink.clone(),
-                            Arc::clone(&current_step),
-                            self.guard.clone(),
+                            Arc::clone(&self.guard),
                             lock_lost.clone(),
                         ));
                         task_nodes.insert(task.id(), job);
@@ -413,7 +413,7 @@ impl<S: NodeSteps> Engine<S> {
                                     // A panicking node task is a bug: that node failed, at the
                                     // step it was in, and counts against the budget.
                                     let Some(job) = task_nodes.remove(&e.id()) else { continue };
-                                    let step = current_step.lock().expect("lock").get(&job.node).copied().unwrap_or(job.from);
+                                    let step = self.guard.step_of(&job.node).unwrap_or(job.from);
                                     let err = StepError::new(format!(
                                         "internal error in rollgate during {step} (a bug: please report it): {}",
                                         panic_message(e)
@@ -423,7 +423,7 @@ impl<S: NodeSteps> Engine<S> {
                                     (job.node, Err(NodeStop::Failed(step, err)))
                                 }
                             };
-                            current_step.lock().expect("lock").remove(&node);
+                            self.guard.collected(&node);
                             match result {
                                 Ok(()) => done.push(node),
                                 Err(NodeStop::Unrecorded(step)) => {
@@ -459,10 +459,8 @@ impl<S: NodeSteps> Engine<S> {
                                     stop_reason = Some(stop_reason.map_or(StopReason::OperatorImmediate, |r| r.max(StopReason::OperatorImmediate)));
                                     self.sink.emit(RunEvent::Stopping { reason: StopReason::OperatorImmediate });
                                     in_flight.abort_all();
-                                    let steps = current_step.lock().expect("lock").clone();
-                                    let mut names: Vec<_> = steps.into_iter().collect();
-                                    names.sort_by(|a, b| a.0.cmp(&b.0));
-                                    for (node, step) in names {
+                                    // By name: every node whose task was not collected.
+                                    for (node, step) in self.guard.tracked() {
                                         self.sink.emit(RunEvent::NodeAbandoned { node: node.clone(), step: Some(step) });
                                         abandoned.push((node, Some(step)));
                                     }
@@ -478,12 +476,8 @@ impl<S: NodeSteps> Engine<S> {
                         }
                     }
                 }
-                if stop_reason.is_none()
-                    && let Some(guard) = &self.guard
-                {
-                    guard
-                        .run_probes(ProbeWhen::AfterWave, None, Some(&phase.name))
-                        .await;
+                if stop_reason.is_none() {
+                    self.guard.after_wave(&phase.name).await;
                 }
             }
         }
@@ -513,211 +507,6 @@ impl<S: NodeSteps> Engine<S> {
             unrecorded,
         }
     }
-}
-
-fn aborted_error(guard: &Option<Arc<Guard>>, step: Step) -> Option<StepError> {
-    let d = guard.as_ref()?.aborted()?;
-    Some(StepError::new(format!(
-        "stopped before {step}: gate {} aborted the run: {}",
-        d.signal, d.evidence
-    )))
-}
-
-/// Resolves when the guard aborts the run (never without a guard).
-async fn abort_signal(guard: Option<Arc<Guard>>) -> StepError {
-    if let Some(g) = guard {
-        let mut rx = g.subscribe();
-        loop {
-            if let HealthState::Aborted(d) = &*rx.borrow_and_update() {
-                return StepError::new(format!(
-                    "gate {} aborted the run: {}",
-                    d.signal, d.evidence
-                ));
-            }
-            if rx.changed().await.is_err() {
-                break;
-            }
-        }
-    }
-    std::future::pending().await
-}
-
-/// The reason a node must stop, once the run lost the cluster lock.
-fn lock_lost_error(lock: &watch::Receiver<Option<String>>) -> Option<StepError> {
-    lock.borrow()
-        .as_ref()
-        .map(|why| StepError::new(format!("lost the cluster lock: {why}")))
-}
-
-/// Resolves when the run loses the cluster lock (never if it cannot be lost).
-async fn lock_lost_signal(mut lock: watch::Receiver<Option<String>>) -> StepError {
-    if lock.wait_for(Option::is_some).await.is_ok()
-        && let Some(e) = lock_lost_error(&lock)
-    {
-        return e;
-    }
-    std::future::pending().await
-}
-
-/// Runs a step that is safe to interrupt (drain, wait for Ready, settle) until the guard
-/// aborts or the run loses the cluster lock.
-async fn interruptible<T>(
-    guard: &Option<Arc<Guard>>,
-    lock: &watch::Receiver<Option<String>>,
-    step: Step,
-    fut: impl Future<Output = Result<T, StepError>>,
-) -> Result<T, StepError> {
-    tokio::select! {
-        r = fut => r,
-        e = abort_signal(guard.clone()) => Err(StepError::new(format!("stopped during {step}: {}", e.0))),
-        e = lock_lost_signal(lock.clone()) => Err(StepError::new(format!("stopped during {step}: {}", e.0))),
-    }
-}
-
-async fn upgrade_node<S: NodeSteps>(
-    steps: Arc<S>,
-    job: NodeJob,
-    sink: EventSink,
-    current: Arc<std::sync::Mutex<HashMap<String, Step>>>,
-    guard: Option<Arc<Guard>>,
-    lock: watch::Receiver<Option<String>>,
-) -> NodeResult {
-    let started = Instant::now();
-    sink.emit(RunEvent::NodeStarted {
-        node: job.node.clone(),
-        phase: job.phase.clone(),
-    });
-    let mut drained = DrainReport::default();
-    for step in Step::ALL.into_iter().skip_while(|s| *s != job.from) {
-        current.lock().expect("lock").insert(job.node.clone(), step);
-        if let Some(g) = &guard {
-            g.set_step(&job.node, Some(step));
-        }
-        // The lock is lost or a gate aborted the run: stop here, before the next step, and
-        // record why.
-        let stop_here = lock_lost_error(&lock)
-            .map(|e| StepError::new(format!("stopped before {step}: {}", e.0)))
-            .or_else(|| aborted_error(&guard, step));
-        let result = if let Some(err) = stop_here {
-            Err(err)
-        } else {
-            // Nothing is done that the journal does not record first.
-            let announced = sink.emit_durable(RunEvent::StepStarted {
-                node: job.node.clone(),
-                step,
-            });
-            if announced.is_err() {
-                // Stopped where it is (possibly down, cordoned): like a failed node, it must not
-                // trip the gates for what the stop left.
-                if let Some(g) = &guard {
-                    g.node_failed(&job.node);
-                }
-                return (job.node, Err(NodeStop::Unrecorded(step)));
-            }
-            let step_started = Instant::now();
-            let result = match step {
-                Step::Cordon => steps.cordon(&job).await.map(|_| None),
-                Step::Drain => interruptible(&guard, &lock, step, steps.drain(&job))
-                    .await
-                    .map(|report| {
-                        let detail = format!(
-                            "{} evicted, {} skipped",
-                            report.evicted.len(),
-                            report.skipped.len()
-                        );
-                        drained = report;
-                        Some(detail)
-                    }),
-                // Never interrupted: a half-run config-management command is worse than a finished one.
-                Step::Command => steps.run_command(&job).await.map(|_| None),
-                Step::WaitReady => interruptible(&guard, &lock, step, steps.wait_ready(&job))
-                    .await
-                    .map(Some),
-                Step::Uncordon => steps.uncordon(&job).await.map(|_| None),
-                Step::Settle => interruptible(&guard, &lock, step, steps.settle(&job, &drained))
-                    .await
-                    .map(|_| None),
-            };
-            if let Ok(detail) = &result {
-                sink.emit(RunEvent::StepFinished {
-                    node: job.node.clone(),
-                    step,
-                    elapsed_ms: elapsed_ms(step_started),
-                    detail: detail.clone(),
-                });
-                crate::failpoint::after_step(step).await;
-                if let (Some(g), Some(when)) = (&guard, step.traits().probes_after) {
-                    g.run_probes(when, Some(&job.node), Some(&job.phase)).await;
-                }
-            }
-            result
-        };
-        if let Err(err) = result {
-            let lost = lock.borrow().is_some();
-            fail_node(steps.as_ref(), &job, step, &err, &sink, &guard, lost).await;
-            return (job.node, Err(NodeStop::Failed(step, err)));
-        }
-    }
-    if let Some(g) = &guard {
-        g.set_step(&job.node, None);
-    }
-    sink.emit(RunEvent::NodeDone {
-        node: job.node.clone(),
-        elapsed_ms: elapsed_ms(started),
-    });
-    (job.node, Ok(()))
-}
-
-/// Records a node's failure: on the node (unless this run lost the cluster lock: it then writes
-/// nothing more to the cluster), as an event, and with the guard (which exempts the node from
-/// the gates from now on: the failure budget counts it).
-async fn fail_node<S: NodeSteps>(
-    steps: &S,
-    job: &NodeJob,
-    step: Step,
-    err: &StepError,
-    sink: &EventSink,
-    guard: &Option<Arc<Guard>>,
-    lock_lost: bool,
-) {
-    if lock_lost {
-        sink.emit(RunEvent::Warning {
-            node: Some(job.node.clone()),
-            message: "the failure is not recorded on the node: this run lost the cluster lock and writes nothing more to the cluster".into(),
-        });
-    } else {
-        steps.mark_failed(job, step, &err.0).await;
-    }
-    sink.emit(RunEvent::NodeFailed {
-        node: job.node.clone(),
-        step,
-        reason: err.0.clone(),
-    });
-    if let Some(g) = guard {
-        if step.traits().leaves_node_cordoned {
-            g.node_failed(&job.node);
-        } else {
-            // Failed before its cordon or after its uncordon: the node takes pods, so it and
-            // its pods are watched like any other.
-            g.set_step(&job.node, None);
-        }
-    }
-}
-
-fn panic_message(e: tokio::task::JoinError) -> String {
-    if !e.is_panic() {
-        return e.to_string();
-    }
-    let payload = e.into_panic();
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
-}
-
-fn elapsed_ms(since: Instant) -> u64 {
-    since.elapsed().as_millis() as u64
 }
 
 #[cfg(test)]

@@ -291,19 +291,16 @@ pub async fn start(
             ping_loop(ping, opts, pod_stores, guard, sink).await
         }));
     }
-    if let Some(runner) = guard.probe_runner() {
-        for probe in guard.periodic_probes() {
-            let (guard, runner) = (Arc::clone(&guard), Arc::clone(&runner));
-            let interval = probe.interval.unwrap_or(Duration::from_secs(60));
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(interval).await;
-                    guard
-                        .run_probe(&runner, &probe, ProbeWhen::Periodic, None, None)
-                        .await;
-                }
-            }));
-        }
+    for (probe, interval) in guard.periodic_probes() {
+        let guard = Arc::clone(&guard);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                guard
+                    .run_probe(&probe, ProbeWhen::Periodic, None, None)
+                    .await;
+            }
+        }));
     }
     Ok(Monitor { tasks })
 }

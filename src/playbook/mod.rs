@@ -196,6 +196,14 @@ pub struct MonitorOptions {
     pub ping: Option<PingOptions>,
 }
 
+impl Default for MonitorOptions {
+    /// What a playbook without a `[monitor]` table watches: everything, with the default
+    /// thresholds (`rollgate monitor` without a playbook).
+    fn default() -> Self {
+        raw::default_monitor()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PingOptions {
     pub selector: Selector,

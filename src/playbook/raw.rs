@@ -188,6 +188,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, SourceErrors> {
     }
 }
 
+/// The monitor options of a playbook without a `[monitor]` table.
+pub fn default_monitor() -> MonitorOptions {
+    let src = Source::new(Path::new("(defaults)"), "");
+    Validator {
+        src: &src,
+        errors: Vec::new(),
+    }
+    .monitor(RawMonitor::default())
+}
+
 struct Validator<'a> {
     src: &'a Source<'a>,
     errors: Vec<SourceError>,

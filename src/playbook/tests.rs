@@ -315,6 +315,19 @@ fn defaults_are_safe() {
 }
 
 #[test]
+fn the_default_monitor_options_are_those_of_a_playbook_without_a_monitor_table() {
+    let pb = parse(Path::new("p.toml"), &phase("")).unwrap();
+    assert_eq!(
+        format!("{:?}", MonitorOptions::default()),
+        format!("{:?}", pb.monitor)
+    );
+    assert_eq!(
+        MonitorOptions::default().not_ready_after,
+        std::time::Duration::from_secs(120)
+    );
+}
+
+#[test]
 fn shipped_playbooks_are_valid() {
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/playbooks")).unwrap() {
         let path = entry.unwrap().path();

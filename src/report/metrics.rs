@@ -3,6 +3,7 @@
 //! prefix, seconds, `_total` counters. Every series carries the run id.
 
 use super::Consumer;
+use crate::health::InFlight;
 use crate::vocab::{Outcome, RunEvent, Stamped};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -26,7 +27,8 @@ pub struct Metrics {
     run_state: GaugeVec,
     slack_failures: IntCounterVec,
     phase_of: HashMap<String, String>,
-    step_of: HashMap<String, String>,
+    /// The step each node is in, as the events tell it.
+    in_flight: InFlight,
 }
 
 fn opts(name: &str, help: &str, run_id: &str) -> Opts {
@@ -171,7 +173,7 @@ impl Metrics {
             run_state,
             slack_failures,
             phase_of: HashMap::new(),
-            step_of: HashMap::new(),
+            in_flight: InFlight::default(),
         }))
     }
 
@@ -222,9 +224,9 @@ impl Metrics {
                     .inc();
             }
             RunEvent::StepStarted { node, step } => {
-                if let Some(old) = self.step_of.insert(node.clone(), step.name().to_owned()) {
+                if let Some(old) = self.in_flight.enter(node, *step) {
                     self.node_step
-                        .with_label_values(&[node.as_str(), old.as_str()])
+                        .with_label_values(&[node.as_str(), old.name()])
                         .set(0);
                 }
                 self.node_step
@@ -254,9 +256,9 @@ impl Metrics {
                     "failed"
                 };
                 self.nodes.with_label_values(&[phase.as_str(), state]).inc();
-                if let Some(old) = self.step_of.remove(node) {
+                if let Some(old) = self.in_flight.remove(node) {
                     self.node_step
-                        .with_label_values(&[node.as_str(), old.as_str()])
+                        .with_label_values(&[node.as_str(), old.name()])
                         .set(0);
                 }
             }

@@ -1,12 +1,11 @@
 //! Consumers of the engine's [`RunEvent`](crate::vocab::RunEvent)s: live terminal progress, JSON lines, per-node log
-//! files, Slack; and the run report, rebuilt from the journal afterwards ([`run_report`]).
+//! files, metrics; and the run report, rebuilt from the journal afterwards ([`run_report`]).
 //! [`dispatch`] feeds every event to every consumer until the engine's sink closes.
 
 pub mod json;
 pub mod metrics;
 pub mod node_log;
 pub mod run_report;
-pub mod slack;
 pub mod terminal;
 
 use crate::vocab::Stamped;

@@ -76,7 +76,7 @@ pub enum Outcome {
     Stopped(StopReason),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum RunEvent {
     RunStarted {
@@ -257,7 +257,7 @@ impl RunEvent {
 }
 
 /// An event with the time it happened.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stamped {
     #[serde(with = "humantime_serde_compat")]
     pub at: SystemTime,

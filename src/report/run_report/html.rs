@@ -113,7 +113,7 @@ fn timeline(r: &RunReport, out: &mut String) {
             out,
             r##"<g class="timeline-row" data-node="{name}" data-state="{state}"><rect x="0" y="{y}" width="{WIDTH}" height="{ROW}" fill="{bg}"/><text x="{lx}" y="{ty}" text-anchor="end"><title>{name}</title>{label}</text>"##,
             name = esc(&n.name),
-            state = n.state.name(),
+            state = super::state_name(n.state),
             bg = if i % 2 == 0 { "#fafafa" } else { "#ffffff" },
             lx = LABEL - 8,
             ty = y + 15,
@@ -153,7 +153,7 @@ fn timeline(r: &RunReport, out: &mut String) {
                     .unwrap_or_default(),
             );
         }
-        if n.state == NodeState::NotStarted {
+        if n.state == NodeState::Pending {
             let _ = write!(
                 out,
                 r##"<text x="{}" y="{}" fill="#999">not started</text>"##,
@@ -284,8 +284,8 @@ pub fn render(r: &RunReport) -> String {
             "<tr><td>{}</td><td>{}</td><td class=\"state-{}\">{}</td><td>{}</td><td>{}</td><td class=\"text\">{}</td><td class=\"text\">{}</td></tr>",
             esc(&n.name),
             esc(&n.phase),
-            n.state.name().replace(' ', "-"),
-            n.state.name(),
+            super::state_name(n.state).replace(' ', "-"),
+            super::state_name(n.state),
             n.steps
                 .first()
                 .map_or("-".into(), |s| format!("+{}", short_duration(s.start_ms))),

@@ -96,7 +96,7 @@ pub fn render(r: &RunReport) -> String {
             "| {} | {} | {} | {} | {} |",
             esc(&n.name),
             esc(&n.phase),
-            n.state.name(),
+            super::state_name(n.state),
             n.duration_ms.map_or("-".into(), short_duration),
             n.failure
                 .as_ref()

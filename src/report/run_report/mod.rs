@@ -1,85 +1,35 @@
 //! The run report: what a run did, rebuilt from its journal (`STATE_DIR/runs/RUN_ID/journal.jsonl`)
 //! after the fact, for `rollgate report` and the end of `run` / `resume`.
 //!
-//! [`RunReport::from_journal`] is pure: journal text in, model out. It tolerates what real
-//! journals hold: torn lines (a crash or a full disk; skipped wherever they are, and counted), a run resumed after a
-//! crash (a second `run-started`, and steps started again: the interrupted span is closed at the
-//! last event before the restart), old headers without `started_by`. [`html`] and [`markdown`]
-//! render the model; [`write()`] puts the files in a directory.
+//! [`RunReport::from_journal`] is pure: journal text in, model out. The model is a view of the
+//! journal's one fold ([`crate::journal::RunHistory`]: node states, step spans, failures, gate
+//! decisions, waits, resumes), which tolerates torn lines, resumed runs and old headers.
+//! [`html`] and [`markdown`] render the model; [`write()`] puts the files in a directory.
 
 pub mod html;
 pub mod markdown;
 
-use crate::vocab::Step;
 use jiff::Timestamp;
 use std::path::{Path, PathBuf};
 
 pub const HTML_FILE: &str = "report.html";
 pub const MARKDOWN_FILE: &str = "report.md";
 
-/// How a node's run ended, as far as the journal tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeState {
-    Done,
-    Failed,
-    /// In flight when the run was stopped immediately.
-    Abandoned,
-    /// Started, never finished: the journal ends (a crash) or the run ended without a word on it.
-    Interrupted,
-    NotStarted,
-}
+pub use crate::journal::{Failure, NodeState, SpanEnd, StepSpan};
 
-impl NodeState {
-    pub fn name(self) -> &'static str {
-        match self {
-            NodeState::Done => "done",
-            NodeState::Failed => "failed",
-            NodeState::Abandoned => "abandoned",
-            NodeState::Interrupted => "interrupted",
-            NodeState::NotStarted => "not started",
-        }
+/// One node in the report: its history as the journal's fold tells it.
+pub type NodeReport = crate::journal::NodeHistory;
+
+/// A node's state as the report says it (after the fact: a node still in progress when the
+/// journal ends was interrupted).
+pub fn state_name(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Done => "done",
+        NodeState::Failed => "failed",
+        NodeState::Abandoned => "abandoned",
+        NodeState::InProgress => "interrupted",
+        NodeState::Pending => "not started",
     }
-}
-
-/// How one step span ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpanEnd {
-    Finished,
-    Failed,
-    /// Cut by a crash, an immediate stop, or the end of the journal.
-    Interrupted,
-}
-
-/// One step of one node, offsets in milliseconds from the run's start.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepSpan {
-    pub step: Step,
-    pub start_ms: u64,
-    pub end_ms: u64,
-    pub end: SpanEnd,
-    /// The step's own detail ("3 evicted, 1 skipped") or its failure reason.
-    pub detail: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeReport {
-    pub name: String,
-    pub phase: String,
-    pub state: NodeState,
-    pub steps: Vec<StepSpan>,
-    /// From its first step to its end (wall clock: includes a crash's gap, when the node stayed
-    /// cordoned). None when it never started or never ended.
-    pub duration_ms: Option<u64>,
-    /// The failed step and why (the latest, when resumed runs failed it more than once).
-    pub failure: Option<(Step, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    pub node: String,
-    pub step: Step,
-    pub reason: String,
-    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -164,7 +114,7 @@ impl RunReport {
         (
             n(NodeState::Done),
             n(NodeState::Failed),
-            n(NodeState::NotStarted),
+            n(NodeState::Pending),
         )
     }
 
@@ -178,173 +128,77 @@ impl RunReport {
 
     /// Builds the report from a journal's text; None when it has no header line.
     pub fn from_journal(text: &str) -> Option<Self> {
-        let journal = crate::journal::Records::parse(text);
-        let header = journal.header?;
-        let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
-        let plan = header.nodes.clone();
-        let mut b = Builder {
-            nodes: plan
-                .iter()
-                .map(|(n, p)| NodeReport {
-                    name: n.clone(),
-                    phase: p.clone(),
-                    state: NodeState::NotStarted,
-                    steps: vec![],
-                    duration_ms: None,
-                    failure: None,
-                })
-                .collect(),
-            ..Default::default()
+        Self::from_history(crate::journal::RunHistory::fold(
+            crate::journal::Records::parse(text),
+        ))
+    }
+
+    /// The report of what the journal's fold says happened; None without a header.
+    pub fn from_history(h: crate::journal::RunHistory) -> Option<Self> {
+        use crate::journal::{RunEnd, WaitCause, wire_name};
+        let header = h.header?;
+        let timestamp =
+            |t: Option<std::time::SystemTime>| t.and_then(|t| Timestamp::try_from(t).ok());
+        let outcome = match &h.last_end {
+            None => "no end recorded (crashed or still running)".to_owned(),
+            Some(RunEnd::Finished(crate::vocab::Outcome::Stopped(reason))) => {
+                format!("stopped: {}", wire_name(reason))
+            }
+            Some(RunEnd::Finished(outcome)) => wire_name(outcome).replace('-', " "),
+            Some(RunEnd::Refused(reason)) => format!("refused: {reason}"),
         };
-        let mut report = RunReport {
+        let gates = h
+            .decisions
+            .iter()
+            .map(|(ms, d)| Gate {
+                at_ms: *ms,
+                decision: wire_name(&d.decision),
+                signal: d.signal.clone(),
+                evidence: d.evidence.clone(),
+                in_flight: d
+                    .in_flight
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.name().to_owned()))
+                    .collect(),
+            })
+            .collect();
+        let waits = h
+            .waits
+            .iter()
+            .map(|w| Wait {
+                from_ms: w.from_ms,
+                to_ms: w.to_ms,
+                why: match &w.cause {
+                    WaitCause::Window { window, reopens_at } => format!(
+                        "outside the maintenance window ({window}); reopens {}",
+                        reopens_at.as_deref().unwrap_or("not within a year")
+                    ),
+                    WaitCause::Paused(d) => {
+                        format!("paused by gate {}: {}", d.signal, d.evidence)
+                    }
+                },
+            })
+            .collect();
+        Some(RunReport {
             run_id: header.run_id,
             playbook: header.playbook,
             playbook_file: header.playbook_file.display().to_string(),
             started_by: header.started_by,
             dry_run: header.dry_run,
-            started_at: None,
-            ended_at: None,
-            outcome: "no end recorded (crashed or still running)".into(),
-            resumes: 0,
-            resumed_by: vec![],
-            skipped_lines: journal.skipped,
-            plan,
-            actual: vec![],
-            nodes: vec![],
-            failures: vec![],
-            gates: vec![],
-            waits: vec![],
-            durations: Durations::default(),
-        };
-        let mut run_starts = 0usize;
-        for v in &journal.records {
-            let Some(at) = v["at"].as_str().and_then(|a| a.parse::<Timestamp>().ok()) else {
-                continue;
-            };
-            let start = *report.started_at.get_or_insert(at);
-            let ms = at.duration_since(start).as_millis().max(0) as u64;
-            let node = v["node"].as_str().unwrap_or("");
-            let step = serde_json::from_value::<Step>(v["step"].clone()).ok();
-            match v["event"].as_str().unwrap_or("") {
-                "run-started" => {
-                    run_starts += 1;
-                    if run_starts > 1 {
-                        // Resumed: what was open was cut by the crash, at the last event before it.
-                        b.close_all(b.last_ms, SpanEnd::Interrupted);
-                        report
-                            .resumed_by
-                            .push((ms, v["by"].as_str().map(str::to_owned)));
-                    }
-                }
-                "node-started" => {
-                    if !report.actual.iter().any(|n| n == node) {
-                        report.actual.push(node.to_owned());
-                    }
-                    let n = b.node(node);
-                    n.state = NodeState::Interrupted;
-                    n.failure = None;
-                    if n.phase.is_empty() {
-                        n.phase = s(&v["phase"]);
-                    }
-                }
-                "step-started" => {
-                    if let Some(step) = step {
-                        b.close_open(node, ms, SpanEnd::Interrupted, None);
-                        b.node(node).steps.push(StepSpan {
-                            step,
-                            start_ms: ms,
-                            end_ms: ms,
-                            end: SpanEnd::Interrupted,
-                            detail: None,
-                        });
-                        b.open.push(node.to_owned());
-                    }
-                }
-                "step-finished" => {
-                    b.close_open(node, ms, SpanEnd::Finished, v["detail"].as_str());
-                }
-                "node-done" => {
-                    b.close_open(node, ms, SpanEnd::Finished, None);
-                    let n = b.node(node);
-                    n.state = NodeState::Done;
-                    n.duration_ms = n.steps.first().map(|f| ms.saturating_sub(f.start_ms));
-                }
-                "node-failed" => {
-                    let reason = s(&v["reason"]);
-                    b.close_open(node, ms, SpanEnd::Failed, Some(&reason));
-                    let n = b.node(node);
-                    n.state = NodeState::Failed;
-                    n.duration_ms = n.steps.first().map(|f| ms.saturating_sub(f.start_ms));
-                    if let Some(step) = step {
-                        n.failure = Some((step, reason.clone()));
-                        report.failures.push(Failure {
-                            node: node.to_owned(),
-                            step,
-                            reason,
-                            at_ms: ms,
-                        });
-                    }
-                }
-                "node-abandoned" => {
-                    b.close_open(node, ms, SpanEnd::Interrupted, None);
-                    b.node(node).state = NodeState::Abandoned;
-                }
-                "gate-decision" => {
-                    let d = &v["decision"];
-                    report.gates.push(Gate {
-                        at_ms: ms,
-                        decision: s(&d["decision"]),
-                        signal: s(&d["signal"]),
-                        evidence: s(&d["evidence"]),
-                        in_flight: d["in_flight"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|p| (s(&p[0]), s(&p[1])))
-                            .collect(),
-                    });
-                }
-                "window-closed" => report.waits.push(Wait {
-                    from_ms: ms,
-                    to_ms: None,
-                    why: format!(
-                        "outside the maintenance window ({}); reopens {}",
-                        s(&v["window"]),
-                        v["reopens_at"].as_str().unwrap_or("not within a year")
-                    ),
-                }),
-                "paused" => report.waits.push(Wait {
-                    from_ms: ms,
-                    to_ms: None,
-                    why: format!(
-                        "paused by gate {}: {}",
-                        s(&v["decision"]["signal"]),
-                        s(&v["decision"]["evidence"])
-                    ),
-                }),
-                "window-opened" | "resumed" => {
-                    if let Some(w) = report.waits.iter_mut().rev().find(|w| w.to_ms.is_none()) {
-                        w.to_ms = Some(ms);
-                    }
-                }
-                "run-refused" => report.outcome = format!("refused: {}", s(&v["reason"])),
-                "run-finished" => {
-                    report.outcome = match &v["outcome"] {
-                        serde_json::Value::String(o) => o.replace('-', " "),
-                        other => format!("stopped: {}", s(&other["stopped"])),
-                    };
-                }
-                _ => {}
-            }
-            b.last_ms = ms;
-            report.ended_at = Some(at);
-        }
-        // What is still open ran until the journal's end.
-        b.close_all(b.last_ms, SpanEnd::Interrupted);
-        report.resumes = run_starts.saturating_sub(1);
-        report.durations = durations(&b.nodes, b.last_ms);
-        report.nodes = b.nodes;
-        Some(report)
+            started_at: timestamp(h.started_at),
+            ended_at: timestamp(h.ended_at),
+            outcome,
+            resumes: h.starts.len().saturating_sub(1),
+            resumed_by: h.starts.iter().skip(1).cloned().collect(),
+            skipped_lines: h.skipped,
+            plan: header.nodes,
+            actual: h.actual,
+            durations: durations(&h.nodes, h.last_ms),
+            nodes: h.nodes,
+            failures: h.failures,
+            gates,
+            waits,
+        })
     }
 }
 
@@ -368,53 +222,6 @@ fn durations(nodes: &[NodeReport], total_ms: u64) -> Durations {
             .then(|| done.iter().map(|(_, d)| d).sum::<u64>() / done.len() as u64),
         min: pick(|d, a| d < a),
         max: pick(|d, a| d > a),
-    }
-}
-
-#[derive(Default)]
-struct Builder {
-    nodes: Vec<NodeReport>,
-    /// Nodes with an open (last) step span.
-    open: Vec<String>,
-    last_ms: u64,
-}
-
-impl Builder {
-    fn node(&mut self, name: &str) -> &mut NodeReport {
-        let i = match self.nodes.iter().position(|n| n.name == name) {
-            Some(i) => i,
-            None => {
-                self.nodes.push(NodeReport {
-                    name: name.to_owned(),
-                    phase: String::new(),
-                    state: NodeState::NotStarted,
-                    steps: vec![],
-                    duration_ms: None,
-                    failure: None,
-                });
-                self.nodes.len() - 1
-            }
-        };
-        &mut self.nodes[i]
-    }
-
-    /// Closes the node's open step span, if it has one.
-    fn close_open(&mut self, node: &str, ms: u64, end: SpanEnd, detail: Option<&str>) {
-        let Some(i) = self.open.iter().position(|n| n == node) else {
-            return;
-        };
-        self.open.swap_remove(i);
-        if let Some(span) = self.node(node).steps.last_mut() {
-            span.end_ms = ms.max(span.start_ms);
-            span.end = end;
-            span.detail = detail.map(str::to_owned);
-        }
-    }
-
-    fn close_all(&mut self, ms: u64, end: SpanEnd) {
-        while let Some(node) = self.open.first().cloned() {
-            self.close_open(&node, ms, end, None);
-        }
     }
 }
 

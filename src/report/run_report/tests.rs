@@ -1,84 +1,149 @@
 //! The report model from synthetic journals, and both renderings of it.
 
 use super::*;
-use serde_json::{Value, json};
+use crate::journal::{Header, Journal};
+use crate::vocab::{Decision, GateDecision, Outcome, RunEvent, Stamped, Step, StopReason};
+use std::time::{Duration, UNIX_EPOCH};
 
-/// A journal: the header, then events `(seconds after 10:00:00, event)`.
-fn journal(header: Value, events: &[(f64, Value)]) -> String {
+/// A journal: the header line, then events `(seconds after 10:00:00, event)`, each line as the
+/// journal writes it.
+fn journal(header: &str, events: &[(f64, RunEvent)]) -> String {
     let mut text = format!("{header}\n");
-    for (secs, e) in events {
-        let at =
-            jiff::Timestamp::from_millisecond(1_780_000_000_000 + (secs * 1000.0) as i64).unwrap();
-        let mut e = e.clone();
-        e["at"] = json!(at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
-        text.push_str(&format!("{e}\n"));
+    for (secs, event) in events {
+        let at = UNIX_EPOCH + Duration::from_millis(1_780_000_000_000 + (secs * 1000.0) as u64);
+        let record = Stamped {
+            at,
+            event: event.clone(),
+        };
+        text.push_str(&format!("{}\n", serde_json::to_string(&record).unwrap()));
     }
     text
 }
 
-fn header() -> Value {
-    json!({"journal": 1, "run_id": "r1", "playbook": "upgrade", "playbook_file": "/pb.toml",
-           "dry_run": false, "started_by": "ops@bastion",
-           "nodes": [["a", "cp"], ["b", "workers"], ["c", "workers"]]})
+fn header() -> String {
+    serde_json::to_string(&Header {
+        journal: 1,
+        run_id: "r1".into(),
+        playbook: "upgrade".into(),
+        playbook_file: "/pb.toml".into(),
+        dry_run: false,
+        started_by: Some("ops@bastion".into()),
+        nodes: [("a", "cp"), ("b", "workers"), ("c", "workers")]
+            .map(|(n, p)| (n.to_owned(), p.to_owned()))
+            .to_vec(),
+        ..Default::default()
+    })
+    .unwrap()
 }
 
-fn step(ev: &str, node: &str, step: &str) -> Value {
-    json!({"event": ev, "node": node, "step": step})
-}
-
-fn node_steps(node: &str, from: f64) -> Vec<(f64, Value)> {
-    let mut v = vec![(
-        from,
-        json!({"event": "node-started", "node": node, "phase": "x"}),
-    )];
-    let mut t = from;
-    for s in [
-        "cordon",
-        "drain",
-        "command",
-        "wait-ready",
-        "uncordon",
-        "settle",
-    ] {
-        v.push((t, step("step-started", node, s)));
-        t += 1.0;
-        v.push((t, step("step-finished", node, s)));
+fn step(started: bool, node: &str, step: Step) -> RunEvent {
+    if started {
+        RunEvent::StepStarted {
+            node: node.into(),
+            step,
+        }
+    } else {
+        RunEvent::StepFinished {
+            node: node.into(),
+            step,
+            elapsed_ms: 1000,
+            detail: None,
+        }
     }
-    v.push((
-        t,
-        json!({"event": "node-done", "node": node, "elapsed_ms": 6000}),
-    ));
+}
+
+fn run_started(by: Option<&str>) -> RunEvent {
+    RunEvent::RunStarted {
+        run_id: "r1".into(),
+        playbook: "upgrade".into(),
+        nodes: 3,
+        dry_run: false,
+        by: by.map(str::to_owned),
+    }
+}
+
+fn node_started(node: &str, phase: &str) -> RunEvent {
+    RunEvent::NodeStarted {
+        node: node.into(),
+        phase: phase.into(),
+    }
+}
+
+fn node_done(node: &str) -> RunEvent {
+    RunEvent::NodeDone {
+        node: node.into(),
+        elapsed_ms: 6000,
+    }
+}
+
+fn run_finished(outcome: Outcome) -> RunEvent {
+    RunEvent::RunFinished {
+        outcome,
+        done: 2,
+        failed: 1,
+        not_started: 0,
+        elapsed_ms: 23000,
+    }
+}
+
+fn gate(
+    decision: Decision,
+    signal: &str,
+    evidence: &str,
+    in_flight: &[(&str, Step)],
+) -> GateDecision {
+    GateDecision {
+        decision,
+        signal: signal.into(),
+        evidence: evidence.into(),
+        in_flight: in_flight.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+    }
+}
+
+fn node_steps(node: &str, from: f64) -> Vec<(f64, RunEvent)> {
+    let mut v = vec![(from, node_started(node, "x"))];
+    let mut t = from;
+    for s in Step::ALL {
+        v.push((t, step(true, node, s)));
+        t += 1.0;
+        v.push((t, step(false, node, s)));
+    }
+    v.push((t, node_done(node)));
     v
 }
 
 fn finished_run() -> RunReport {
-    let mut events = vec![(
-        0.0,
-        json!({"event": "run-started", "run_id": "r1", "playbook": "upgrade", "nodes": 3, "dry_run": false}),
-    )];
+    let mut events = vec![(0.0, run_started(None))];
     // b starts before a: the actual order differs from the plan.
     events.extend(node_steps("b", 1.0));
     events.extend(node_steps("a", 8.0));
     events.extend([
-        (20.0, json!({"event": "node-started", "node": "c", "phase": "workers"})),
-        (20.0, step("step-started", "c", "cordon")),
-        (20.5, step("step-finished", "c", "cordon")),
-        (20.5, step("step-started", "c", "drain")),
+        (20.0, node_started("c", "workers")),
+        (20.0, step(true, "c", Step::Cordon)),
+        (20.5, step(false, "c", Step::Cordon)),
+        (20.5, step(true, "c", Step::Drain)),
         (
             22.0,
-            json!({"event": "gate-decision", "decision": {"decision": "abort", "signal": "pods",
-                   "evidence": "pod web-1 <crash-looping>", "in_flight": [["c", "drain"]]}}),
+            RunEvent::GateDecision {
+                decision: gate(
+                    Decision::Abort,
+                    "pods",
+                    "pod web-1 <crash-looping>",
+                    &[("c", Step::Drain)],
+                ),
+            },
         ),
         (
             23.0,
-            json!({"event": "node-failed", "node": "c", "step": "drain", "reason": "aborted by gate | pods"}),
+            RunEvent::NodeFailed {
+                node: "c".into(),
+                step: Step::Drain,
+                reason: "aborted by gate | pods".into(),
+            },
         ),
-        (
-            23.0,
-            json!({"event": "run-finished", "outcome": {"stopped": "gate-abort"}, "done": 2, "failed": 1, "not_started": 0, "elapsed_ms": 23000}),
-        ),
+        (23.0, run_finished(Outcome::Stopped(StopReason::GateAbort))),
     ]);
-    RunReport::from_journal(&journal(header(), &events)).unwrap()
+    RunReport::from_journal(&journal(&header(), &events)).unwrap()
 }
 
 #[test]
@@ -130,13 +195,13 @@ fn a_finished_run_gives_order_steps_states_gates_failures_and_durations() {
 
 #[test]
 fn a_torn_last_line_and_an_old_header_still_give_a_report() {
-    let old = json!({"run_id": "r0", "playbook": "p", "nodes": [["a", "w"], ["b", "w"]]});
+    let old = r#"{"run_id": "r0", "playbook": "p", "nodes": [["a", "w"], ["b", "w"]]}"#;
     let mut text = journal(
         old,
         &[
-            (0.0, json!({"event": "run-started"})),
-            (1.0, json!({"event": "node-started", "node": "a"})),
-            (1.0, step("step-started", "a", "command")),
+            (0.0, run_started(None)),
+            (1.0, node_started("a", "w")),
+            (1.0, step(true, "a", Step::Command)),
         ],
     );
     text.push_str(r#"{"event":"step-fini"#);
@@ -144,9 +209,9 @@ fn a_torn_last_line_and_an_old_header_still_give_a_report() {
     assert_eq!(r.skipped_lines, vec![5]);
     assert_eq!(r.started_by, None);
     assert!(r.outcome.starts_with("no end recorded"), "{}", r.outcome);
-    assert_eq!(r.nodes[0].state, NodeState::Interrupted);
+    assert_eq!(r.nodes[0].state, NodeState::InProgress);
     assert_eq!(r.nodes[0].steps[0].end, SpanEnd::Interrupted);
-    assert_eq!(r.nodes[1].state, NodeState::NotStarted);
+    assert_eq!(r.nodes[1].state, NodeState::Pending);
     assert_eq!(r.counts(), (0, 0, 1));
     assert!(RunReport::from_journal("").is_none());
     assert!(RunReport::from_journal("{torn").is_none());
@@ -155,29 +220,25 @@ fn a_torn_last_line_and_an_old_header_still_give_a_report() {
 #[test]
 fn a_resumed_run_cuts_the_interrupted_step_at_the_crash_and_starts_it_again() {
     let mut events = vec![
-        (0.0, json!({"event": "run-started"})),
-        (1.0, json!({"event": "node-started", "node": "a"})),
-        (1.0, step("step-started", "a", "command")),
+        (0.0, run_started(None)),
+        (1.0, node_started("a", "cp")),
+        (1.0, step(true, "a", Step::Command)),
         (
             4.0,
-            json!({"event": "gate-decision", "decision": {"decision": "warn", "signal": "pings", "evidence": "x", "in_flight": []}}),
+            RunEvent::GateDecision {
+                decision: gate(Decision::Warn, "pings", "x", &[]),
+            },
         ),
         // Crash here; resumed at 100 s.
-        (
-            100.0,
-            json!({"event": "run-started", "by": "night@bastion-2"}),
-        ),
-        (100.0, json!({"event": "node-started", "node": "a"})),
-        (100.0, step("step-started", "a", "command")),
-        (101.0, step("step-finished", "a", "command")),
-        (101.0, json!({"event": "node-done", "node": "a"})),
+        (100.0, run_started(Some("night@bastion-2"))),
+        (100.0, node_started("a", "cp")),
+        (100.0, step(true, "a", Step::Command)),
+        (101.0, step(false, "a", Step::Command)),
+        (101.0, node_done("a")),
     ];
     events.extend(node_steps("b", 102.0));
-    events.push((
-        108.0,
-        json!({"event": "run-finished", "outcome": "succeeded"}),
-    ));
-    let r = RunReport::from_journal(&journal(header(), &events)).unwrap();
+    events.push((108.0, run_finished(Outcome::Succeeded)));
+    let r = RunReport::from_journal(&journal(&header(), &events)).unwrap();
     assert_eq!(r.resumes, 1);
     assert_eq!(
         r.resumed_by,
@@ -205,7 +266,7 @@ fn a_resumed_run_cuts_the_interrupted_step_at_the_crash_and_starts_it_again() {
         ["a", "b"],
         "a restarted node keeps its first place"
     );
-    assert_eq!(r.nodes[2].state, NodeState::NotStarted);
+    assert_eq!(r.nodes[2].state, NodeState::Pending);
     assert_eq!(r.durations.min.as_ref().unwrap(), &("b".to_owned(), 6000));
     let html = html::render(&r);
     assert!(html.contains("command interrupted, command 1.0s"), "{html}");
@@ -263,7 +324,7 @@ fn write_puts_the_requested_files_in_the_directory() {
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(
         run.join(crate::journal::FILE),
-        journal(header(), &node_steps("a", 0.0)),
+        journal(&header(), &node_steps("a", 0.0)),
     )
     .unwrap();
     let out = dir.path().join("out");
@@ -289,22 +350,25 @@ fn write_puts_the_requested_files_in_the_directory() {
 
 #[test]
 fn window_waits_and_pauses_are_shown_with_their_reason_and_length() {
-    let mut events = vec![(
-        0.0,
-        json!({"event": "run-started", "run_id": "r1", "playbook": "upgrade", "nodes": 3, "dry_run": false}),
-    )];
+    let mut events = vec![(0.0, run_started(None))];
     events.extend(node_steps("a", 0.0));
     events.push((
         7.0,
-        json!({"event": "window-closed", "window": "mon-fri 01:00-05:00 UTC", "reopens_at": "2026-11-26T01:00:00Z"}),
+        RunEvent::WindowClosed {
+            window: "mon-fri 01:00-05:00 UTC".into(),
+            reopens_at: Some("2026-11-26T01:00:00Z".into()),
+        },
     ));
-    events.push((60.0, json!({"event": "window-opened"})));
+    events.push((60.0, RunEvent::WindowOpened));
     events.extend(node_steps("b", 61.0));
     events.push((
         68.0,
-        json!({"event": "paused", "decision": {"signal": "queue", "decision": "pause", "evidence": "no consumers"}, "resume_hint": ""}),
+        RunEvent::Paused {
+            decision: gate(Decision::Pause, "queue", "no consumers", &[]),
+            resume_hint: String::new(),
+        },
     ));
-    let r = RunReport::from_journal(&journal(header(), &events)).unwrap();
+    let r = RunReport::from_journal(&journal(&header(), &events)).unwrap();
     assert_eq!(r.waits.len(), 2);
     assert_eq!((r.waits[0].from_ms, r.waits[0].to_ms), (7000, Some(60000)));
     assert!(r.waits[0].why.contains("reopens 2026-11-26T01:00:00Z"));
@@ -322,4 +386,61 @@ fn window_waits_and_pauses_are_shown_with_their_reason_and_length() {
         md.contains("## Waits") && md.contains("+7.0s to +1m"),
         "{md}"
     );
+}
+
+/// Moved from the journal's tests (the journal does not depend on the report): a journal with a
+/// torn line in its middle, written and reopened by [`Journal`], reports as status and resume do.
+#[test]
+fn a_torn_line_in_the_middle_of_a_journal_is_skipped_and_its_place_reported() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(crate::journal::FILE);
+    let record = |j: &Journal, event| {
+        j.record(&Stamped {
+            at: std::time::SystemTime::now(),
+            event,
+        })
+        .unwrap()
+    };
+    let j = Journal::create(dir.path(), &serde_json::from_str(&header()).unwrap()).unwrap();
+    record(&j, node_started("a", "cp"));
+    record(&j, step(true, "a", Step::Cordon));
+    drop(j);
+    // The run dies in the middle of a record (and of a multi-byte character).
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(
+        &"{\"at\":\"2026-11-25T01:00:00Z\",\"event\":\"step-finished\",\"reason\":\"—".as_bytes()
+            [..60],
+    )
+    .unwrap();
+    drop(f);
+    let (j, torn) = Journal::open_append(dir.path()).unwrap();
+    assert_eq!(torn, Some(4));
+    record(&j, run_started(None));
+    record(&j, step(false, "a", Step::Cordon));
+    record(&j, step(true, "a", Step::Drain));
+    record(&j, node_done("b"));
+    drop(j);
+    let report = RunReport::load(&path).unwrap();
+    assert_eq!(report.skipped_lines, vec![4]);
+    assert_eq!(report.counts().0, 1);
+    assert_eq!(report.nodes[0].steps.last().unwrap().step, Step::Drain);
+    assert!(markdown::render(&report).contains("(line 4)"));
+}
+
+/// Moved from the journal's tests: a run refused before it started says so.
+#[test]
+fn a_run_refused_before_it_started_is_reported_as_refused() {
+    let events = [(
+        0.0,
+        RunEvent::RunRefused {
+            reason: "refusing to start: gate pods failed before the run".into(),
+        },
+    )];
+    let r = RunReport::from_journal(&journal(&header(), &events)).unwrap();
+    assert!(r.outcome.starts_with("refused"), "{}", r.outcome);
+    assert_eq!(r.counts(), (0, 0, 3));
 }

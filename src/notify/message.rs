@@ -1,0 +1,325 @@
+//! What to say at each run event, as plain data: no IO and nothing channel-specific. A
+//! [`Narrator`] follows one run's events and turns the few worth telling people (run started,
+//! node done or failed, gate decisions, pause and resume, the maintenance window, the end)
+//! into [`Message`]s; channels decide how to deliver them.
+
+use crate::report::short_duration;
+use crate::vocab::{Decision, GateDecision, Outcome, RunEvent, StopReason};
+
+/// Where a message goes in the run's conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The run's own message: a channel with threads makes it the thread for the replies.
+    Root,
+    /// A new text for the run's own message (channels that cannot edit skip it).
+    UpdateRoot,
+    /// A reply in the run's thread (a plain message where there are no threads).
+    Reply,
+}
+
+/// One thing to tell, with the facts behind it for receivers that read data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub place: Place,
+    /// The name of the event that caused it, as in the journal (`run-started`, `node-done`...).
+    pub event: String,
+    /// For people (Slack mrkdwn: `code`, *bold*).
+    pub text: String,
+    /// Field name and value, e.g. `("node", "n1")`, in a fixed order per event.
+    pub fields: Vec<(&'static str, String)>,
+}
+
+/// Follows one run's events and says what to post for each.
+#[derive(Debug, Clone)]
+pub struct Narrator {
+    run_id: String,
+    playbook: String,
+    /// Who to call at an abort or a pause, e.g. `<!here>` or `@oncall`.
+    mention: Option<String>,
+    /// The run report's path or URL, named in the final message.
+    report: Option<String>,
+    total: usize,
+    done: usize,
+    failed: usize,
+    /// The node that took longest, and how long.
+    slowest: Option<(String, u64)>,
+}
+
+fn decision_word(d: Decision) -> &'static str {
+    match d {
+        Decision::Abort => "ABORTED",
+        Decision::Pause => "PAUSED",
+        Decision::Warn => "warning",
+    }
+}
+
+/// The event's name as the journal spells it (the vocabulary's serde tag).
+fn event_name(event: &RunEvent) -> String {
+    serde_json::to_value(event)
+        .ok()
+        .and_then(|v| v["event"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn kebab<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl Narrator {
+    pub fn new(
+        run_id: &str,
+        playbook: &str,
+        mention: Option<String>,
+        report: Option<String>,
+    ) -> Self {
+        Self {
+            run_id: run_id.into(),
+            playbook: playbook.into(),
+            mention,
+            report,
+            total: 0,
+            done: 0,
+            failed: 0,
+            slowest: None,
+        }
+    }
+
+    fn header(&self, state: &str) -> String {
+        format!(
+            "rollgate run `{}`: *{}* ({state}) — {}/{} nodes done, {} failed",
+            self.run_id, self.playbook, self.done, self.total, self.failed
+        )
+    }
+
+    /// The run's own message (new or updated) with the progress as fields.
+    fn root(&self, place: Place, event: &str, state: &str) -> Message {
+        Message {
+            place,
+            event: event.into(),
+            text: self.header(state),
+            fields: vec![
+                ("playbook", self.playbook.clone()),
+                ("state", state.into()),
+                ("done", self.done.to_string()),
+                ("total", self.total.to_string()),
+                ("failed", self.failed.to_string()),
+            ],
+        }
+    }
+
+    fn reply(event: &str, text: String, fields: Vec<(&'static str, String)>) -> Message {
+        Message {
+            place: Place::Reply,
+            event: event.into(),
+            text,
+            fields,
+        }
+    }
+
+    fn gate(&self, d: &GateDecision) -> String {
+        let mention = match (&self.mention, d.decision) {
+            (Some(m), Decision::Abort | Decision::Pause) => format!("{m} "),
+            _ => String::new(),
+        };
+        let nodes = if d.in_flight.is_empty() {
+            "no node was in flight".to_owned()
+        } else {
+            format!("nodes in flight: {}", in_flight(d))
+        };
+        let next = match d.decision {
+            Decision::Abort => format!(
+                "Nodes in flight stopped at their next safe point and stay cordoned with the reason in `rollgate.dev/reason`. Next: fix the cause, then `rollgate resume {}` retries them and uncordons them when done; to give a node back by hand instead: `{}`.",
+                self.run_id,
+                crate::vocab::node_marks::hand_back_command("NODE")
+            ),
+            Decision::Pause => format!(
+                "No new node starts. Next: check the cause, then `rollgate resume {}` to continue, or stop the run with Ctrl-C.",
+                self.run_id
+            ),
+            Decision::Warn => "The run goes on.".to_owned(),
+        };
+        let by = if d.signal == crate::health::OPERATOR {
+            "the operator".to_owned()
+        } else {
+            format!("gate `{}`", d.signal)
+        };
+        format!(
+            "{mention}*{}* by {by}: {}\n{nodes}\n{next}",
+            decision_word(d.decision),
+            d.evidence
+        )
+    }
+
+    /// What to post for an event (nothing for most events).
+    pub fn messages(&mut self, event: &RunEvent) -> Vec<Message> {
+        let name = event_name(event);
+        let name = name.as_str();
+        match event {
+            RunEvent::RunStarted { nodes, dry_run, .. } => {
+                self.total = *nodes;
+                let state = if *dry_run { "dry run" } else { "running" };
+                vec![self.root(Place::Root, name, state)]
+            }
+            RunEvent::NodeDone { node, elapsed_ms } => {
+                self.done += 1;
+                if self.slowest.as_ref().is_none_or(|(_, ms)| elapsed_ms > ms) {
+                    self.slowest = Some((node.clone(), *elapsed_ms));
+                }
+                vec![
+                    Self::reply(
+                        name,
+                        format!("node `{node}` upgraded in {}", short_duration(*elapsed_ms)),
+                        vec![
+                            ("node", node.clone()),
+                            ("elapsed_ms", elapsed_ms.to_string()),
+                        ],
+                    ),
+                    self.root(Place::UpdateRoot, name, "running"),
+                ]
+            }
+            RunEvent::NodeFailed { node, step, reason } => {
+                self.failed += 1;
+                vec![
+                    Self::reply(
+                        name,
+                        format!(
+                            "node `{node}` FAILED at {step}: {reason}\nIt stays cordoned (`rollgate.dev/reason` on the node). After fixing the cause, `rollgate resume {}` retries it; to give it back by hand instead: `{}`.",
+                            self.run_id,
+                            crate::vocab::node_marks::hand_back_command(node)
+                        ),
+                        vec![
+                            ("node", node.clone()),
+                            ("step", step.name().into()),
+                            ("reason", reason.clone()),
+                        ],
+                    ),
+                    self.root(Place::UpdateRoot, name, "running"),
+                ]
+            }
+            RunEvent::GateDecision { decision } => vec![Self::reply(
+                name,
+                self.gate(decision),
+                vec![
+                    ("decision", kebab(&decision.decision)),
+                    ("signal", decision.signal.clone()),
+                    ("evidence", decision.evidence.clone()),
+                    ("in_flight", in_flight(decision)),
+                ],
+            )],
+            RunEvent::Paused { decision, .. } => vec![self.root(
+                Place::UpdateRoot,
+                name,
+                &format!("paused by {}", decision.signal),
+            )],
+            RunEvent::Resumed => vec![
+                Self::reply(name, "resumed by the operator".into(), vec![]),
+                self.root(Place::UpdateRoot, name, "running"),
+            ],
+            RunEvent::WindowClosed { window, reopens_at } => vec![
+                Self::reply(
+                    name,
+                    format!(
+                        "outside the maintenance window ({window}): waiting, no new node starts until {}",
+                        reopens_at
+                            .as_deref()
+                            .unwrap_or("it reopens (not within a year!)")
+                    ),
+                    vec![
+                        ("window", window.clone()),
+                        ("reopens_at", reopens_at.clone().unwrap_or_default()),
+                    ],
+                ),
+                self.root(Place::UpdateRoot, name, "waiting for the window"),
+            ],
+            RunEvent::WindowOpened => vec![
+                Self::reply(
+                    name,
+                    "the maintenance window is open: continuing".into(),
+                    vec![],
+                ),
+                self.root(Place::UpdateRoot, name, "running"),
+            ],
+            RunEvent::RunFinished {
+                outcome,
+                not_started,
+                elapsed_ms,
+                ..
+            } => {
+                let state = finished_state(*outcome);
+                let slowest = self
+                    .slowest
+                    .as_ref()
+                    .map(|(n, ms)| format!("; slowest node `{n}` ({})", short_duration(*ms)))
+                    .unwrap_or_default();
+                let report = self
+                    .report
+                    .as_ref()
+                    .map(|r| format!("\nReport: {r}"))
+                    .unwrap_or_default();
+                let mut fields = vec![
+                    ("outcome", kebab(outcome)),
+                    ("done", self.done.to_string()),
+                    ("failed", self.failed.to_string()),
+                    ("not_started", not_started.to_string()),
+                    ("elapsed_ms", elapsed_ms.to_string()),
+                ];
+                if let Some((node, ms)) = &self.slowest {
+                    fields.push(("slowest_node", node.clone()));
+                    fields.push(("slowest_ms", ms.to_string()));
+                }
+                if let Some(r) = &self.report {
+                    fields.push(("report", r.clone()));
+                }
+                vec![
+                    self.root(Place::UpdateRoot, name, state),
+                    Self::reply(
+                        name,
+                        format!(
+                            "run {state} after {}: {} done, {} failed, {not_started} not started{slowest}{report}",
+                            short_duration(*elapsed_ms),
+                            self.done,
+                            self.failed
+                        ),
+                        fields,
+                    ),
+                ]
+            }
+            _ => vec![],
+        }
+    }
+}
+
+fn in_flight(d: &GateDecision) -> String {
+    d.in_flight
+        .iter()
+        .map(|(n, s)| format!("{n} (at {s})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How a run ended, in words.
+fn finished_state(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded => "finished",
+        Outcome::SucceededWithFailures => "finished with failures",
+        Outcome::Stopped(StopReason::GateAbort) => "ABORTED by a health gate",
+        Outcome::Stopped(StopReason::NodeFailures) => "STOPPED: nodes failed",
+        Outcome::Stopped(StopReason::OutsideWindow) => {
+            "stopped at the end of the maintenance window (resumable)"
+        }
+        Outcome::Stopped(StopReason::Deadline) => "stopped at the run's deadline (resumable)",
+        Outcome::Stopped(StopReason::JournalUnwritable) => {
+            "STOPPED: the run journal cannot be written (resumable once it can)"
+        }
+        Outcome::Stopped(StopReason::LockLost) => {
+            "STOPPED: lost the cluster lock (`rollgate resume` continues)"
+        }
+        Outcome::Stopped(_) => "stopped by the operator",
+    }
+}
+
+#[cfg(test)]
+mod tests;

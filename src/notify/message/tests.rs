@@ -1,0 +1,268 @@
+use super::*;
+use crate::vocab::{Step, Stream};
+
+fn narrator(report: Option<&str>) -> Narrator {
+    Narrator::new("r1", "p", Some("<!here>".into()), report.map(str::to_owned))
+}
+
+fn started(n: &mut Narrator, nodes: usize) -> Vec<Message> {
+    n.messages(&RunEvent::RunStarted {
+        run_id: "r1".into(),
+        playbook: "p".into(),
+        nodes,
+        dry_run: false,
+        by: None,
+    })
+}
+
+fn replies(messages: &[Message]) -> Vec<&str> {
+    messages
+        .iter()
+        .filter(|m| m.place == Place::Reply)
+        .map(|m| m.text.as_str())
+        .collect()
+}
+
+fn field<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
+    m.fields
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn decided(decision: Decision) -> GateDecision {
+    GateDecision {
+        decision,
+        signal: "pods".into(),
+        evidence: "web crash-looping".into(),
+        in_flight: vec![("n2".into(), Step::Drain)],
+    }
+}
+
+fn gate(decision: Decision) -> RunEvent {
+    RunEvent::GateDecision {
+        decision: decided(decision),
+    }
+}
+
+#[test]
+fn the_final_message_sums_up_the_run_names_the_slowest_node_and_links_the_report() {
+    let mut t = narrator(Some("https://reports.example/r1/report.html"));
+    started(&mut t, 3);
+    for (node, ms) in [("a", 5_000), ("b", 65_000), ("c", 7_000)] {
+        t.messages(&RunEvent::NodeDone {
+            node: node.into(),
+            elapsed_ms: ms,
+        });
+    }
+    let last = t.messages(&RunEvent::RunFinished {
+        outcome: Outcome::Succeeded,
+        done: 3,
+        failed: 0,
+        not_started: 0,
+        elapsed_ms: 80_000,
+    });
+    assert_eq!(last[0].place, Place::UpdateRoot);
+    assert_eq!(
+        last[0].text,
+        "rollgate run `r1`: *p* (finished) — 3/3 nodes done, 0 failed"
+    );
+    assert_eq!(last[1].place, Place::Reply);
+    assert_eq!(
+        last[1].text,
+        "run finished after 1m 20s: 3 done, 0 failed, 0 not started; slowest node `b` (1m 5s)\nReport: https://reports.example/r1/report.html"
+    );
+    assert_eq!(last[1].event, "run-finished");
+    assert_eq!(
+        last[1].fields,
+        vec![
+            ("outcome", "succeeded".to_owned()),
+            ("done", "3".into()),
+            ("failed", "0".into()),
+            ("not_started", "0".into()),
+            ("elapsed_ms", "80000".into()),
+            ("slowest_node", "b".into()),
+            ("slowest_ms", "65000".into()),
+            ("report", "https://reports.example/r1/report.html".into()),
+        ]
+    );
+}
+
+#[test]
+fn failure_and_abort_advice_points_to_resume_or_the_full_hand_back_command() {
+    let mut t = narrator(None);
+    started(&mut t, 2);
+    let failed = t.messages(&RunEvent::NodeFailed {
+        node: "n1".into(),
+        step: Step::Command,
+        reason: "exit 3".into(),
+    });
+    let abort = t.messages(&gate(Decision::Abort));
+    let texts: Vec<&str> = replies(&failed)
+        .into_iter()
+        .chain(replies(&abort))
+        .collect();
+    assert_eq!(texts.len(), 2);
+    for (text, node) in texts.iter().zip(["n1", "NODE"]) {
+        assert!(text.contains("`rollgate resume r1`"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "kubectl uncordon {node} && kubectl annotate node {node} rollgate.dev/cordoned-by-"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("rerun"), "{text}");
+    }
+    assert_eq!(field(&failed[0], "step"), Some("command"));
+    assert_eq!(field(&failed[0], "reason"), Some("exit 3"));
+    assert_eq!(
+        failed[1].text,
+        "rollgate run `r1`: *p* (running) — 0/2 nodes done, 1 failed"
+    );
+    assert_eq!(field(&abort[0], "decision"), Some("abort"));
+    assert_eq!(field(&abort[0], "in_flight"), Some("n2 (at drain)"));
+}
+
+#[test]
+fn the_run_message_opens_the_thread_and_each_node_updates_it_after_its_reply() {
+    let mut t = narrator(None);
+    let first = started(&mut t, 2);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].place, Place::Root);
+    assert_eq!(first[0].event, "run-started");
+    assert_eq!(
+        first[0].text,
+        "rollgate run `r1`: *p* (running) — 0/2 nodes done, 0 failed"
+    );
+    let done = t.messages(&RunEvent::NodeDone {
+        node: "n1".into(),
+        elapsed_ms: 1_500,
+    });
+    let places: Vec<Place> = done.iter().map(|m| m.place).collect();
+    assert_eq!(places, [Place::Reply, Place::UpdateRoot]);
+    assert_eq!(done[0].text, "node `n1` upgraded in 1.5s");
+    assert_eq!(done[0].event, "node-done");
+    assert_eq!(field(&done[0], "node"), Some("n1"));
+    assert_eq!(field(&done[1], "done"), Some("1"));
+    assert_eq!(field(&done[1], "total"), Some("2"));
+    assert_eq!(field(&done[1], "state"), Some("running"));
+}
+
+#[test]
+fn only_an_abort_or_a_pause_calls_the_mention() {
+    let mut t = narrator(None);
+    for (decision, called) in [
+        (Decision::Abort, true),
+        (Decision::Pause, true),
+        (Decision::Warn, false),
+    ] {
+        let m = t.messages(&gate(decision));
+        assert_eq!(m[0].text.starts_with("<!here> "), called, "{}", m[0].text);
+    }
+    let by_operator = t.messages(&RunEvent::GateDecision {
+        decision: GateDecision {
+            decision: Decision::Pause,
+            signal: crate::health::OPERATOR.into(),
+            evidence: "paused for lunch".into(),
+            in_flight: vec![],
+        },
+    });
+    assert!(
+        by_operator[0]
+            .text
+            .contains("*PAUSED* by the operator: paused for lunch\nno node was in flight"),
+        "{}",
+        by_operator[0].text
+    );
+}
+
+#[test]
+fn pause_resume_and_the_window_update_the_run_message_state() {
+    let mut t = narrator(None);
+    started(&mut t, 1);
+    let paused = t.messages(&RunEvent::Paused {
+        decision: decided(Decision::Pause),
+        resume_hint: "rollgate resume r1".into(),
+    });
+    assert_eq!(paused.len(), 1);
+    assert_eq!(paused[0].place, Place::UpdateRoot);
+    assert_eq!(field(&paused[0], "state"), Some("paused by pods"));
+    let resumed = t.messages(&RunEvent::Resumed);
+    assert_eq!(replies(&resumed), ["resumed by the operator"]);
+    assert_eq!(field(&resumed[1], "state"), Some("running"));
+    let closed = t.messages(&RunEvent::WindowClosed {
+        window: "01:00-05:00 UTC".into(),
+        reopens_at: None,
+    });
+    assert_eq!(
+        replies(&closed),
+        [
+            "outside the maintenance window (01:00-05:00 UTC): waiting, no new node starts until it reopens (not within a year!)"
+        ]
+    );
+    assert_eq!(field(&closed[1], "state"), Some("waiting for the window"));
+    let opened = t.messages(&RunEvent::WindowOpened);
+    assert_eq!(
+        replies(&opened),
+        ["the maintenance window is open: continuing"]
+    );
+}
+
+#[test]
+fn every_way_a_run_ends_has_its_own_words() {
+    let reasons = [
+        StopReason::GateAbort,
+        StopReason::NodeFailures,
+        StopReason::OutsideWindow,
+        StopReason::Deadline,
+        StopReason::JournalUnwritable,
+        StopReason::LockLost,
+        StopReason::OperatorGraceful,
+    ];
+    let mut outcomes = vec![Outcome::Succeeded, Outcome::SucceededWithFailures];
+    outcomes.extend(reasons.map(Outcome::Stopped));
+    let mut seen = std::collections::HashSet::new();
+    for outcome in outcomes {
+        let mut t = narrator(None);
+        let m = t.messages(&RunEvent::RunFinished {
+            outcome,
+            done: 0,
+            failed: 0,
+            not_started: 1,
+            elapsed_ms: 500,
+        });
+        let state = field(&m[0], "state").unwrap().to_owned();
+        assert!(
+            m[1].text.starts_with(&format!("run {state} after 500ms: ")),
+            "{}",
+            m[1].text
+        );
+        assert!(seen.insert(state), "{outcome:?} shares its words");
+    }
+    assert_eq!(
+        finished_state(Outcome::Stopped(StopReason::OperatorImmediate)),
+        "stopped by the operator"
+    );
+}
+
+#[test]
+fn events_without_news_for_people_say_nothing() {
+    let mut t = narrator(None);
+    for event in [
+        RunEvent::StepStarted {
+            node: "n1".into(),
+            step: Step::Drain,
+        },
+        RunEvent::CommandOutput {
+            node: "n1".into(),
+            stream: Stream::Stdout,
+            line: "upgrading".into(),
+        },
+        RunEvent::NodeStarted {
+            node: "n1".into(),
+            phase: "all".into(),
+        },
+    ] {
+        assert!(t.messages(&event).is_empty(), "{event:?}");
+    }
+}
