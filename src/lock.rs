@@ -480,20 +480,34 @@ fn holder_of(lease: &Lease) -> Option<&str> {
         .and_then(|s| s.holder_identity.as_deref())
 }
 
+/// Why one renewal did not renew.
+#[derive(Debug, thiserror::Error)]
+enum RenewError {
+    /// The lease is not ours any more: the lock is lost.
+    #[error("{0}")]
+    Lost(LockLost),
+    /// The request failed: a later attempt may still renew within the renew deadline.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// One renewal: the lease must still be ours; its renewTime moves forward.
 async fn renew_once<S: LeaseStore>(
     store: &S,
     holder: &str,
     clock: &crate::window::Clock,
     last: &mut Lease,
-) -> Result<(), Result<LockLost, String>> {
-    let current = store.get().await.map_err(|e| Err(e.to_string()))?;
-    let Some(mut lease) = current else {
-        return Err(Ok(LockLost::Deleted));
+) -> Result<(), RenewError> {
+    let Some(mut lease) = store.get().await? else {
+        return Err(RenewError::Lost(LockLost::Deleted));
     };
     match holder_of(&lease) {
         Some(h) if h == holder => {}
-        other => return Err(Ok(LockLost::TakenBy(other.unwrap_or("nobody").to_owned()))),
+        other => {
+            return Err(RenewError::Lost(LockLost::TakenBy(
+                other.unwrap_or("nobody").to_owned(),
+            )));
+        }
     }
     let previous = last.spec.as_ref().and_then(|s| s.renew_time.clone());
     let current_renew = lease.spec.as_ref().and_then(|s| s.renew_time.clone());
@@ -501,7 +515,7 @@ async fn renew_once<S: LeaseStore>(
     if let Some(spec) = lease.spec.as_mut() {
         spec.renew_time = Some(later(clock.now(), floor.as_ref()));
     }
-    *last = store.replace(lease).await.map_err(|e| Err(e.to_string()))?;
+    *last = store.replace(lease).await?;
     Ok(())
 }
 
@@ -543,8 +557,8 @@ async fn keep_renewed<S: LeaseStore>(
                         renewed_at = started;
                         last_error = None;
                     }
-                    Ok(Err(Ok(why))) => break why,
-                    Ok(Err(Err(e))) => last_error = Some(e),
+                    Ok(Err(RenewError::Lost(why))) => break why,
+                    Ok(Err(RenewError::Store(e))) => last_error = Some(e.to_string()),
                     Err(_) => last_error = Some(format!("no answer within {:?}", limit - started)),
                 }
                 next_try = started + timing.retry;

@@ -6,8 +6,8 @@ use super::{Failure, load_playbook_with};
 use crate::cli::OutputFormat;
 use crate::cluster::{self, Clients};
 use crate::config::Config;
-use crate::drain::filter::{PodAction, classify};
-use crate::drain::{label_selector_matches, pod_key};
+use crate::drain::budget::blocking_budgets;
+use crate::drain::filter::{PodAction, classify_pods};
 use crate::exit;
 use crate::plan::{self, NodeFacts, Plan};
 use crate::playbook::Playbook;
@@ -91,49 +91,18 @@ pub async fn build(clients: &Clients, playbook: &Playbook) -> Result<PlanReport,
             refuse: vec![],
             blocking_pdbs: vec![],
         };
-        for pod in by_node.get(name).map(Vec::as_slice).unwrap_or_default() {
-            let labels = pod.metadata.labels.clone().unwrap_or_default();
-            if playbook
-                .drain
-                .pod_selector
-                .as_ref()
-                .is_some_and(|s| !s.matches(&labels))
-            {
-                continue;
-            }
-            match classify(pod, &playbook.drain) {
+        let pods = by_node.get(name).map(Vec::as_slice).unwrap_or_default();
+        let classified = classify_pods(pods.iter().copied(), &playbook.drain);
+        for c in &classified {
+            match &c.action {
                 PodAction::Evict | PodAction::EvictUnmanaged | PodAction::WaitOnly => {
-                    preview.evict.push(pod_key(pod));
-                    for pdb in &pdbs {
-                        let same_ns = pdb.metadata.namespace == pod.metadata.namespace;
-                        let allowed = pdb
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.disruptions_allowed)
-                            .unwrap_or(0);
-                        let covers = pdb
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.selector.as_ref())
-                            .is_some_and(|sel| label_selector_matches(sel, &labels));
-                        let key = format!(
-                            "{}/{}",
-                            pdb.metadata.namespace.as_deref().unwrap_or(""),
-                            pdb.metadata.name.as_deref().unwrap_or("")
-                        );
-                        if same_ns
-                            && covers
-                            && allowed == 0
-                            && !preview.blocking_pdbs.contains(&key)
-                        {
-                            preview.blocking_pdbs.push(key);
-                        }
-                    }
+                    preview.evict.push(c.key())
                 }
-                PodAction::Skip(r) => preview.skip.push((pod_key(pod), r)),
-                PodAction::Refuse(r) => preview.refuse.push((pod_key(pod), r)),
+                PodAction::Skip(r) => preview.skip.push((c.key(), r.clone())),
+                PodAction::Refuse(r) => preview.refuse.push((c.key(), r.clone())),
             }
         }
+        preview.blocking_pdbs = blocking_budgets(&classified, &pdbs);
         previews.insert(name.to_owned(), preview);
     }
     let (worst, least) = plan::estimate(playbook, &plan);

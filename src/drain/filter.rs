@@ -1,5 +1,6 @@
 //! Which pods a drain evicts, skips or refuses to touch: kubectl drain's filters, in its order
-//! (k8s.io/kubectl/pkg/drain/filters.go), as one pure function.
+//! (k8s.io/kubectl/pkg/drain/filters.go), as pure functions. The one classification that the
+//! drain ([`crate::drain::drain`]), the dry run and `rollgate plan` use.
 //!
 //! 1. already terminating: wait for it, do not evict again;
 //! 2. DaemonSet-managed: skipped with `ignore-daemonsets`, else refused;
@@ -7,7 +8,8 @@
 //! 4. emptyDir data: refused unless `delete-emptydir-data` (finished pods are fine);
 //! 5. no controller: refused unless `force` (finished pods are fine).
 //!
-//! Pods not matching the drain's `pod-selector` are not considered at all.
+//! Pods not matching the drain's `pod-selector` are not considered at all ([`selected`],
+//! [`classify_pods`]).
 
 use crate::playbook::DrainOptions;
 use k8s_openapi::api::core::v1::Pod;
@@ -25,6 +27,70 @@ pub enum PodAction {
     Refuse(String),
 }
 
+impl PodAction {
+    /// Whether a drain waits for this pod to leave the node (evicted, or already terminating).
+    pub fn drains(&self) -> bool {
+        matches!(self, Self::Evict | Self::EvictUnmanaged | Self::WaitOnly)
+    }
+}
+
+/// One pod a drain considers, and what the drain does with it (with the reason).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified<'a> {
+    pub pod: &'a Pod,
+    pub action: PodAction,
+}
+
+impl Classified<'_> {
+    /// `namespace/name`
+    pub fn key(&self) -> String {
+        pod_key(self.pod)
+    }
+}
+
+/// What a drain does with each of these pods (a node's), in their order; pods the drain's
+/// `pod-selector` does not select are left out.
+pub fn classify_pods<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    opts: &DrainOptions,
+) -> Vec<Classified<'a>> {
+    pods.into_iter()
+        .filter(|pod| selected(pod, opts))
+        .map(|pod| Classified {
+            pod,
+            action: classify(pod, opts),
+        })
+        .collect()
+}
+
+/// Whether the drain's `pod-selector` selects this pod (every pod without one).
+pub fn selected(pod: &Pod, opts: &DrainOptions) -> bool {
+    opts.pod_selector.as_ref().is_none_or(|s| {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        s.matches(&labels)
+    })
+}
+
+/// `namespace/name`
+pub fn pod_key(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or(""),
+        p.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// The pod's controller: (kind, name).
+pub fn controller_of(p: &Pod) -> Option<(String, String)> {
+    p.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| (r.kind.clone(), r.name.clone()))
+}
+
+/// What a drain does with one pod (the pod selector aside: see [`classify_pods`]).
 pub fn classify(pod: &Pod, opts: &DrainOptions) -> PodAction {
     let meta = &pod.metadata;
     if meta.deletion_timestamp.is_some() {
@@ -197,6 +263,63 @@ mod tests {
         for (name, pod, opts, check) in cases {
             let action = classify(&pod, &opts);
             assert!(check(&action), "{name}: got {action:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_is_classified_pod_by_pod_in_order_leaving_out_pods_the_selector_does_not_select() {
+        let labelled = |name: &str, owner: Option<&str>, app: &str| {
+            let mut p = pod(owner);
+            p.metadata.name = Some(name.into());
+            p.metadata.namespace = Some("shop".into());
+            p.metadata.labels = Some([("app".to_string(), app.to_string())].into());
+            p
+        };
+        let pods = vec![
+            labelled("web-1", Some("ReplicaSet"), "web"),
+            labelled("agent-1", Some("DaemonSet"), "web"),
+            labelled("db-1", Some("StatefulSet"), "db"),
+            labelled("bare", None, "web"),
+        ];
+        let only_web = DrainOptions {
+            pod_selector: Some(crate::selector::Selector::parse("app=web").unwrap()),
+            ..opts()
+        };
+        let got: Vec<(String, PodAction)> = classify_pods(&pods, &only_web)
+            .into_iter()
+            .map(|c| (c.key(), c.action))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("shop/web-1".to_string(), PodAction::Evict),
+                ("shop/agent-1".to_string(), PodAction::Skip("DaemonSet-managed (owner)".into())),
+                ("shop/bare".to_string(), PodAction::Refuse("not managed by a controller: it would not come back (set force = true to evict it anyway)".into())),
+            ]
+        );
+        assert_eq!(
+            classify_pods(&pods, &opts()).len(),
+            4,
+            "no selector: every pod"
+        );
+        assert_eq!(
+            controller_of(&pods[2]),
+            Some(("StatefulSet".into(), "owner".into()))
+        );
+        assert_eq!(controller_of(&pods[3]), None);
+    }
+
+    #[test]
+    fn a_drain_waits_for_evicted_and_terminating_pods_only() {
+        let cases = [
+            (PodAction::Evict, true),
+            (PodAction::EvictUnmanaged, true),
+            (PodAction::WaitOnly, true),
+            (PodAction::Skip("x".into()), false),
+            (PodAction::Refuse("x".into()), false),
+        ];
+        for (action, drains) in cases {
+            assert_eq!(action.drains(), drains, "{action:?}");
         }
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Side effects live behind [`NodeSteps`]: [`crate::cluster::KubeSteps`] for real runs,
 //! [`crate::cluster::DryRunSteps`] for `--dry-run`, fakes in this module's tests. One node's
-//! walk through its steps is in [`node`]; the nodes in flight are kept by the [`Guard`].
+//! walk through its steps is in `engine::node`; the nodes in flight are kept by the [`Guard`].
 
 mod node;
 

@@ -13,7 +13,7 @@
 //! `Debug` output, logs or errors.
 //!
 //! To add a channel: a file here implementing [`Channel`], a variant of
-//! [`NotifyKind`](crate::config::NotifyKind) with its keys in `config/notify.rs`, and its arms
+//! [`NotifyKind`] with its keys in `config/notify.rs`, and its arms
 //! in [`resolve`] and [`start`].
 
 pub mod delivery;
