@@ -48,6 +48,9 @@ pub struct Plan {
     pub phases: Vec<PhasePlan>,
     /// Nodes of the cluster that no phase selects (they are not upgraded).
     pub unselected: Vec<String>,
+    /// Selected nodes already at the target kubelet version, left out (`skip-upgraded`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -85,6 +88,7 @@ pub fn resolve(playbook: &Playbook, nodes: &[NodeFacts]) -> Result<Plan, PlanErr
     let mut owner: HashMap<String, String> = HashMap::new();
     let mut phases = Vec::new();
     let mut warnings = Vec::new();
+    let mut skipped = Vec::new();
     for phase in &playbook.phases {
         let mut selected: Vec<&NodeFacts> = match &phase.selection {
             NodeSelection::Names(names) => {
@@ -120,6 +124,15 @@ pub fn resolve(playbook: &Playbook, nodes: &[NodeFacts]) -> Result<Plan, PlanErr
         }
         if selected.is_empty() {
             warnings.push(format!("phase {:?} matches no node", phase.name));
+        }
+        if playbook.skip_upgraded
+            && let Some(target) = &playbook.target_kubelet_version
+        {
+            let (at_target, rest): (Vec<&NodeFacts>, Vec<&NodeFacts>) = selected
+                .into_iter()
+                .partition(|n| n.kubelet_version == *target);
+            skipped.extend(at_target.into_iter().map(|n| n.name.clone()));
+            selected = rest;
         }
         let waves = match &phase.order {
             Ordering::AsListed => vec![Wave {
@@ -192,9 +205,18 @@ pub fn resolve(playbook: &Playbook, nodes: &[NodeFacts]) -> Result<Plan, PlanErr
             warnings.push(format!("node {} is cordoned already (not by rollgate): it stays cordoned after its upgrade", n.name));
         }
     }
+    if !skipped.is_empty() {
+        skipped.sort();
+        warnings.push(format!(
+            "{} node(s) already at the target kubelet version are skipped (skip-upgraded = true): {}",
+            skipped.len(),
+            skipped.join(", ")
+        ));
+    }
     Ok(Plan {
         phases,
         unselected,
+        skipped,
         warnings,
     })
 }

@@ -425,6 +425,7 @@ mod tests {
                 }],
             }],
             unselected: vec![],
+            skipped: vec![],
             warnings: vec![],
         }
     }

@@ -57,7 +57,7 @@ fn never_allows(pdb: &PodDisruptionBudget, covered: i32) -> Option<String> {
     let expected = pdb
         .status
         .as_ref()
-        .map(|s| s.expected_pods)
+        .and_then(|s| s.expected_pods)
         .filter(|e| *e > 0)
         .unwrap_or(covered);
     if let Some(max) = &spec.max_unavailable
@@ -76,6 +76,12 @@ fn never_allows(pdb: &PodDisruptionBudget, covered: i32) -> Option<String> {
     None
 }
 
+/// The pods on a node.
+fn on_node<'a>(pods: &'a [Pod], node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+    pods.iter()
+        .filter(move |p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+}
+
 /// The findings for the plan's nodes.
 pub fn check(
     plan: &Plan,
@@ -84,10 +90,6 @@ pub fn check(
     opts: &DrainOptions,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    let on_node = |node: &str| {
-        pods.iter()
-            .filter(move |p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
-    };
     let deletes_past_timeout = opts.on_pdb_timeout == PdbTimeoutPolicy::DisableEviction;
     // Pods per controller (kind/namespace/name), for single-replica workloads.
     let mut replicas: BTreeMap<String, usize> = BTreeMap::new();
@@ -99,7 +101,7 @@ pub fn check(
     }
     let mut said_single: BTreeSet<String> = BTreeSet::new();
     for node in plan.nodes() {
-        let classified = classify_pods(on_node(node), opts);
+        let classified = classify_pods(on_node(pods, node), opts);
         // Budget -> pods of this node it covers.
         let mut by_budget: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for c in &classified {
@@ -130,7 +132,8 @@ pub fn check(
                     {
                         let ns = c.pod.metadata.namespace.clone().unwrap_or_default();
                         let workload = format!("{kind} {ns}/{name}");
-                        if replicas.get(&workload) == Some(&1) && said_single.insert(workload.clone())
+                        if replicas.get(&workload) == Some(&1)
+                            && said_single.insert(workload.clone())
                         {
                             out.push(
                                 Finding::new(
@@ -165,8 +168,8 @@ pub fn check(
                     let s = pdb.status.as_ref();
                     format!(
                         "it allows no disruption now ({} of {} desired pods healthy): its workload is already short",
-                        s.map_or(0, |s| s.current_healthy),
-                        s.map_or(0, |s| s.desired_healthy)
+                        s.and_then(|s| s.current_healthy).unwrap_or(0),
+                        s.and_then(|s| s.desired_healthy).unwrap_or(0)
                     )
                 })
             });
@@ -219,7 +222,7 @@ pub fn check(
                 for pdb in pdbs {
                     let nodes: Vec<&String> = group
                         .iter()
-                        .filter(|n| on_node(n).any(|p| covers(pdb, p)))
+                        .filter(|n| on_node(pods, n).any(|p| covers(pdb, p)))
                         .collect();
                     let allowed = pdb
                         .status
@@ -293,7 +296,9 @@ mod tests {
 
     fn pdb(name: &str, app: &str, spec: serde_json::Value, allowed: i32) -> PodDisruptionBudget {
         let mut s = json!({"selector": {"matchLabels": {"app": app}}});
-        s.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
+        s.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "ns"},
             "spec": s,
@@ -317,6 +322,7 @@ mod tests {
                     .collect(),
             }],
             unselected: vec![],
+            skipped: vec![],
             warnings: vec![],
         }
     }
@@ -357,7 +363,10 @@ mod tests {
         ];
         let pdbs = [pdb("web", "web", json!({"maxUnavailable": 1}), 1)];
         let found = check(&plan(&[&["n1", "n2"]], 2), &pods, &pdbs, &opts());
-        let info = found.iter().find(|f| f.severity == Severity::Info).expect("info");
+        let info = found
+            .iter()
+            .find(|f| f.severity == Severity::Info)
+            .expect("info");
         assert!(info.message.contains("2 rounds"), "{info:?}");
         assert!(
             found
@@ -373,6 +382,9 @@ mod tests {
         // One node at a time: no shared-budget warning.
         let one = check(&plan(&[&["n1", "n2"]], 1), &pods, &pdbs, &opts());
         assert!(!one.iter().any(|f| f.message.contains("at once")));
-        assert!(one.iter().all(|f| f.severity != Severity::Blocker), "{one:#?}");
+        assert!(
+            one.iter().all(|f| f.severity != Severity::Blocker),
+            "{one:#?}"
+        );
     }
 }

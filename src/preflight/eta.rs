@@ -76,6 +76,40 @@ pub fn step_times(
         .collect()
 }
 
+/// Step durations of earlier real runs of `playbook` in the state directory: (step, seconds)
+/// samples, and how many runs gave some.
+pub fn history(
+    runs: &crate::driver::state_dir::RunsDir,
+    playbook: &str,
+) -> (Vec<(Step, f64)>, usize) {
+    let mut samples = Vec::new();
+    let mut from_runs = 0;
+    for (_, dir) in runs.list() {
+        let Ok(records) = crate::journal::Records::read(&dir.journal()) else {
+            continue;
+        };
+        let Some(header) = &records.header else {
+            continue;
+        };
+        if header.playbook != playbook || header.dry_run {
+            continue;
+        }
+        let before = samples.len();
+        for r in &records.records {
+            if let crate::vocab::RunEvent::StepFinished {
+                step, elapsed_ms, ..
+            } = &r.event
+            {
+                samples.push((*step, *elapsed_ms as f64 / 1000.0));
+            }
+        }
+        if samples.len() > before {
+            from_runs += 1;
+        }
+    }
+    (samples, from_runs)
+}
+
 /// One wave's expected duration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WaveEta {
@@ -286,6 +320,7 @@ mod tests {
                 }],
             }],
             unselected: vec![],
+            skipped: vec![],
             warnings: vec![],
         }
     }

@@ -10,10 +10,17 @@
 //!   fits its window and deadline.
 //! - [`capacity`]: whether the nodes that stay schedulable can take the pods of `concurrency`
 //!   drained nodes at once.
+//! - [`drain_blockers`]: budgets, refused pods, single replicas, per node and per wave.
+//! - [`ssh`]: every node reached with the run's SSH settings.
 
 pub mod capacity;
+pub mod drain_blockers;
 pub mod eta;
+mod gather;
 pub mod skew;
+pub mod ssh;
+
+pub use gather::{Options, gather};
 
 use serde::Serialize;
 

@@ -167,6 +167,7 @@ mod tests {
                 })
                 .collect(),
             unselected: vec![],
+            skipped: vec![],
             warnings: vec![],
         }
     }
