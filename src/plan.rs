@@ -315,6 +315,32 @@ mod tests {
     }
 
     #[test]
+    fn skip_upgraded_leaves_out_nodes_already_at_the_target() {
+        let text = "name = \"t\"\ntarget-kubelet-version = \"v1.36.0\"\nskip-upgraded = true\n[command]\nrun = \"true\"\n[[phase]]\nname = \"w\"\nselector = \"zone\"\n";
+        let pb = playbook::parse(Path::new("t.toml"), text).unwrap();
+        let mut nodes = cluster();
+        nodes[3].kubelet_version = "v1.36.0".into(); // w-a2
+        let plan = resolve(&pb, &nodes).unwrap();
+        assert_eq!(plan.phases[0].waves[0].nodes, vec!["w-a1", "w-b1"]);
+        assert_eq!(plan.skipped, vec!["w-a2"]);
+        assert!(plan.warnings.iter().any(|w| w.contains("skip-upgraded")));
+        let without = playbook::parse(
+            Path::new("t.toml"),
+            &text.replace("skip-upgraded = true\n", ""),
+        )
+        .unwrap();
+        assert!(resolve(&without, &nodes).unwrap().skipped.is_empty());
+        let no_target = text.replace("target-kubelet-version = \"v1.36.0\"\n", "");
+        let err = playbook::parse(Path::new("t.toml"), &no_target)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("skip-upgraded = true needs target-kubelet-version"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn names_keep_their_listed_order() {
         let pb = book("[[phase]]\nname = \"p\"\nnodes = [\"w-b1\", \"cp-1\"]\n");
         let plan = resolve(&pb, &cluster()).unwrap();
