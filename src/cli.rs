@@ -91,6 +91,21 @@ pub enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
+        #[command(flatten)]
+        preflight: PreflightArgs,
+    },
+    /// Pre-flight: what would block or slow the run tonight (drain blockers, capacity, version
+    /// skew, SSH reachability, ETA against the window and deadline). Exit 9 on a blocker.
+    #[command(
+        after_help = concat!("Examples:\n  rollgate preflight playbooks/k8s-upgrade.toml\n  rollgate preflight playbooks/k8s-upgrade.toml -o json --no-ssh-check\n\n", crate::exit_codes_help!())
+    )]
+    Preflight {
+        playbook: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+        #[command(flatten)]
+        preflight: PreflightArgs,
     },
     /// Run the rollout: cordon, drain, remote command, wait Ready, uncordon, settle; node by node.
     #[command(
@@ -207,6 +222,27 @@ pub struct RunArgs {
     pub lock_duration: std::time::Duration,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
+}
+
+/// Which pre-flight checks count.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PreflightArgs {
+    /// Do not reach the nodes over SSH before the run (the `ssh` check).
+    #[arg(long)]
+    pub no_ssh_check: bool,
+    /// Start even if this check finds a blocker: drain-blockers, capacity, version-skew, ssh
+    /// or eta (repeatable).
+    #[arg(long, value_name = "CHECK", value_parser = parse_check)]
+    pub ignore_preflight: Vec<crate::preflight::Check>,
+}
+
+fn parse_check(name: &str) -> Result<crate::preflight::Check, String> {
+    crate::preflight::Check::parse(name).ok_or_else(|| {
+        format!(
+            "no pre-flight check {name:?}; the checks are {}",
+            crate::preflight::Check::ALL.map(|c| c.name()).join(", ")
+        )
+    })
 }
 
 /// When nodes may start: overrides for the playbook's `[window]` and `deadline`.

@@ -25,6 +25,8 @@ pub const LOCKED: u8 = 7;
 /// The maintenance window closed (with `outside = "exit"`) or the run's deadline passed: no
 /// new node was started, the nodes in flight finished; `rollgate resume` continues.
 pub const RESUMABLE: u8 = 8;
+/// `rollgate preflight` found a blocker (a check not named by `--ignore-preflight`).
+pub const PREFLIGHT_FAILED: u8 = 9;
 /// The run lost the cluster lock while it ran (it could not renew it within its renew
 /// deadline, or another run took it): no new node was started, nodes in flight stopped at
 /// their next safe point and stay cordoned. `rollgate resume` continues once the lock is free.
@@ -94,6 +96,7 @@ macro_rules! exit_codes_help {
   6  interrupted by the operator (Ctrl-C, SIGTERM, or declined at the prompt)
   7  another run holds the cluster lock
   8  stopped at the end of the maintenance window or at the deadline (`rollgate resume` continues)
+  9  `rollgate preflight` found a blocker (in a check not named by --ignore-preflight)
  10  the run lost the cluster lock: nodes in flight stopped at their next safe point (`rollgate resume` continues)"
     };
 }

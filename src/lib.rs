@@ -25,6 +25,7 @@ pub mod monitor;
 pub mod notify;
 pub mod plan;
 pub mod playbook;
+pub mod preflight;
 pub mod probe;
 pub mod remote;
 pub mod report;

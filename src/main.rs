@@ -34,9 +34,16 @@ fn main() -> ExitCode {
         let config = || loaded;
         match &cli.command {
             Command::Check { playbook } => commands::check::run(config()?, playbook),
-            Command::Plan { playbook, output } => {
-                commands::plan::run(config()?, playbook, *output).await
-            }
+            Command::Plan {
+                playbook,
+                output,
+                preflight,
+            } => commands::plan::run(config()?, playbook, *output, preflight).await,
+            Command::Preflight {
+                playbook,
+                output,
+                preflight,
+            } => commands::preflight::run(config()?, playbook, *output, preflight).await,
             Command::Run(args) => commands::run::run(config()?, args).await,
             Command::Runs { output } => commands::status::runs(config()?, *output).await,
             Command::Status { run, output } => {

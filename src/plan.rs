@@ -48,6 +48,9 @@ pub struct Plan {
     pub phases: Vec<PhasePlan>,
     /// Nodes of the cluster that no phase selects (they are not upgraded).
     pub unselected: Vec<String>,
+    /// Selected nodes already at the target kubelet version, left out (`skip-upgraded`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -85,6 +88,7 @@ pub fn resolve(playbook: &Playbook, nodes: &[NodeFacts]) -> Result<Plan, PlanErr
     let mut owner: HashMap<String, String> = HashMap::new();
     let mut phases = Vec::new();
     let mut warnings = Vec::new();
+    let mut skipped = Vec::new();
     for phase in &playbook.phases {
         let mut selected: Vec<&NodeFacts> = match &phase.selection {
             NodeSelection::Names(names) => {
@@ -120,6 +124,15 @@ pub fn resolve(playbook: &Playbook, nodes: &[NodeFacts]) -> Result<Plan, PlanErr
         }
         if selected.is_empty() {
             warnings.push(format!("phase {:?} matches no node", phase.name));
+        }
+        if playbook.skip_upgraded
+            && let Some(target) = &playbook.target_kubelet_version
+        {
+            let (at_target, rest): (Vec<&NodeFacts>, Vec<&NodeFacts>) = selected
+                .into_iter()
+                .partition(|n| n.kubelet_version == *target);
+            skipped.extend(at_target.into_iter().map(|n| n.name.clone()));
+            selected = rest;
         }
         let waves = match &phase.order {
             Ordering::AsListed => vec![Wave {
@@ -192,9 +205,18 @@ pub fn resolve(playbook: &Playbook, nodes: &[NodeFacts]) -> Result<Plan, PlanErr
             warnings.push(format!("node {} is cordoned already (not by rollgate): it stays cordoned after its upgrade", n.name));
         }
     }
+    if !skipped.is_empty() {
+        skipped.sort();
+        warnings.push(format!(
+            "{} node(s) already at the target kubelet version are skipped (skip-upgraded = true): {}",
+            skipped.len(),
+            skipped.join(", ")
+        ));
+    }
     Ok(Plan {
         phases,
         unselected,
+        skipped,
         warnings,
     })
 }
@@ -289,6 +311,32 @@ mod tests {
                 .any(|w| w.contains("lack label \"zone\"")),
             "{:?}",
             plan.warnings
+        );
+    }
+
+    #[test]
+    fn skip_upgraded_leaves_out_nodes_already_at_the_target() {
+        let text = "name = \"t\"\ntarget-kubelet-version = \"v1.36.0\"\nskip-upgraded = true\n[command]\nrun = \"true\"\n[[phase]]\nname = \"w\"\nselector = \"zone\"\n";
+        let pb = playbook::parse(Path::new("t.toml"), text).unwrap();
+        let mut nodes = cluster();
+        nodes[3].kubelet_version = "v1.36.0".into(); // w-a2
+        let plan = resolve(&pb, &nodes).unwrap();
+        assert_eq!(plan.phases[0].waves[0].nodes, vec!["w-a1", "w-b1"]);
+        assert_eq!(plan.skipped, vec!["w-a2"]);
+        assert!(plan.warnings.iter().any(|w| w.contains("skip-upgraded")));
+        let without = playbook::parse(
+            Path::new("t.toml"),
+            &text.replace("skip-upgraded = true\n", ""),
+        )
+        .unwrap();
+        assert!(resolve(&without, &nodes).unwrap().skipped.is_empty());
+        let no_target = text.replace("target-kubelet-version = \"v1.36.0\"\n", "");
+        let err = playbook::parse(Path::new("t.toml"), &no_target)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("skip-upgraded = true needs target-kubelet-version"),
+            "{err}"
         );
     }
 

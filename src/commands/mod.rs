@@ -4,6 +4,7 @@ pub mod check;
 pub mod monitor;
 pub mod pause;
 pub mod plan;
+pub mod preflight;
 pub mod report;
 pub mod resume;
 pub mod run;

@@ -40,6 +40,9 @@ pub struct PlanReport {
     pub estimate_min_secs: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowPreview>,
+    /// The pre-flight checks (`rollgate plan` shows them; `run` checks them itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<crate::preflight::Report>,
 }
 
 /// The maintenance window as of now.
@@ -125,6 +128,7 @@ pub async fn build(clients: &Clients, playbook: &Playbook) -> Result<PlanReport,
                     .map(|t| t.to_string()),
             }
         }),
+        preflight: None,
     })
 }
 
@@ -210,12 +214,24 @@ pub fn render_table(report: &PlanReport) -> String {
     s
 }
 
-pub async fn run(config: Config, path: &Path, output: OutputFormat) -> Result<u8, Failure> {
+pub async fn run(
+    config: Config,
+    path: &Path,
+    output: OutputFormat,
+    preflight: &crate::cli::PreflightArgs,
+) -> Result<u8, Failure> {
     let playbook = load_playbook_with(path, &config)?;
     let clients = cluster::connect(&config).await.map_err(connect_failure)?;
-    let report = build(&clients, &playbook).await?;
+    let mut report = build(&clients, &playbook).await?;
+    report.preflight =
+        Some(super::preflight::check(&clients, &config, &playbook, &report.plan, preflight).await?);
     match output {
-        OutputFormat::Table => print!("{}", render_table(&report)),
+        OutputFormat::Table => {
+            print!("{}", render_table(&report));
+            if let Some(p) = &report.preflight {
+                print!("{}", p.render(&preflight.ignore_preflight));
+            }
+        }
         OutputFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&report).expect("serialisable")

@@ -25,6 +25,8 @@ pub struct Playbook {
     pub description: Option<String>,
     /// The kubelet version every node must report after its remote command.
     pub target_kubelet_version: Option<String>,
+    /// Leave out nodes already at the target kubelet version (`skip-upgraded`).
+    pub skip_upgraded: bool,
     pub phases: Vec<Phase>,
     /// Nodes that may fail in the whole run before it stops; when absent only the phases'
     /// failure budgets apply (each defaults to 0: the first failure stops the run).

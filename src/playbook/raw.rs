@@ -20,6 +20,7 @@ struct RawPlaybook {
     name: Spanned<String>,
     description: Option<String>,
     target_kubelet_version: Option<Spanned<String>>,
+    skip_upgraded: Option<Spanned<bool>>,
     max_failed_nodes: Option<u32>,
     #[serde(default)]
     phase: Vec<Spanned<RawPhase>>,
@@ -309,6 +310,17 @@ impl Validator<'_> {
                 "name it after what it does, e.g. \"k8s 1.36 upgrade\"".to_owned(),
             );
         }
+        if let Some(skip) = &raw.skip_upgraded
+            && *skip.get_ref()
+            && raw.target_kubelet_version.is_none()
+        {
+            self.err(
+                skip.span(),
+                "skip-upgraded = true needs target-kubelet-version",
+                "set target-kubelet-version (nodes at it are skipped), or remove skip-upgraded"
+                    .to_owned(),
+            );
+        }
         if let Some(v) = &raw.target_kubelet_version
             && !is_version(v.get_ref())
         {
@@ -392,6 +404,7 @@ impl Validator<'_> {
             name,
             description: raw.description,
             target_kubelet_version: raw.target_kubelet_version.map(|v| v.into_inner()),
+            skip_upgraded: raw.skip_upgraded.is_some_and(|s| s.into_inner()),
             phases,
             max_failed_nodes: raw.max_failed_nodes,
             drain,

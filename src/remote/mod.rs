@@ -360,6 +360,44 @@ async fn forward_lines(
     }
 }
 
+/// Reaches the node with the run's SSH settings and runs `true` there (`sudo -n true` with
+/// `sudo`): Ok when it could; Err says why, with ssh's own words.
+pub async fn reach(
+    ssh: &SshConfig,
+    address: &str,
+    user: Option<&str>,
+    sudo: bool,
+) -> Result<(), String> {
+    let session = builder(ssh, user).connect(address).await.map_err(|e| {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        why
+    })?;
+    let mut command = if sudo {
+        let mut c = session.command("sudo");
+        c.args(["-n", "true"]);
+        c
+    } else {
+        session.command("true")
+    };
+    let result = command.output().await;
+    let _ = session.close().await;
+    match result {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "{} exited with {}: {}",
+            if sudo { "sudo -n true" } else { "true" },
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// What the node's record says about this run's command (one SSH session, starts nothing).
 pub async fn probe(
     ssh: &SshConfig,

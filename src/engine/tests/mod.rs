@@ -110,6 +110,7 @@ fn plan(phases: &[(&str, usize, u32, &[&[&str]])]) -> Plan {
             })
             .collect(),
         unselected: vec![],
+        skipped: vec![],
         warnings: vec![],
     }
 }

@@ -1,0 +1,82 @@
+//! SSH reachability: every node of the plan is reached with the run's own settings
+//! (ssh_config, ProxyJump, strict host keys) and runs a trivial command (`sudo -n true` when
+//! the playbook runs its command with sudo), in parallel and bounded.
+
+use super::{Check, Finding, Severity};
+use crate::config::Config;
+use crate::plan::Plan;
+use crate::playbook::Playbook;
+use k8s_openapi::api::core::v1::Node;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Nodes reached at once.
+const PARALLEL: usize = 16;
+
+/// The findings: a blocker per node that cannot be reached, names why (no address, host key,
+/// connection, sudo).
+pub async fn check(
+    config: &Config,
+    playbook: &Playbook,
+    plan: &Plan,
+    nodes: &[Node],
+) -> Vec<Finding> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    let bound = config.ssh.connect_timeout + Duration::from_secs(20);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut out = Vec::new();
+    for name in plan.nodes() {
+        let address = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+            .and_then(|n| crate::cluster::ssh_address(n, &config.ssh.address));
+        let Some(address) = address else {
+            out.push(
+                Finding::new(Check::Ssh, Severity::Blocker, "the node has no address to SSH to")
+                    .node(name)
+                    .fix("check `ssh.address` in the config (InternalIP, ExternalIP, Hostname or an annotation) against the Node's status.addresses"),
+            );
+            continue;
+        };
+        let (ssh, user, sudo) = (
+            config.ssh.clone(),
+            playbook.command.user.clone(),
+            playbook.command.sudo,
+        );
+        let (limit, name) = (Arc::clone(&limit), name.to_owned());
+        tasks.spawn(async move {
+            let _slot = limit.acquire_owned().await;
+            let result = tokio::time::timeout(
+                bound,
+                crate::remote::reach(&ssh, &address, user.as_deref(), sudo),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {bound:?}")));
+            (name, address, sudo, result)
+        });
+    }
+    while let Some(Ok((node, address, sudo, result))) = tasks.join_next().await {
+        let Err(why) = result else { continue };
+        let fix = if why.contains("Host key verification failed")
+            || why.contains("HOST IDENTIFICATION HAS CHANGED")
+            || why.contains("host key")
+        {
+            "the node's host key is not the one known: check it (ssh-keyscan) and update known_hosts; never turn strict checking off"
+        } else if sudo && why.contains("sudo") {
+            "the command runs with sudo = true: give its user passwordless sudo (sudo -n true must succeed)"
+        } else {
+            "check that sshd runs on the node and the address, user, key and ProxyJump in the config (ssh -F CONFIG ADDRESS true)"
+        };
+        out.push(
+            Finding::new(
+                Check::Ssh,
+                Severity::Blocker,
+                format!("cannot reach {address} over SSH: {why}"),
+            )
+            .node(&node)
+            .fix(fix),
+        );
+    }
+    out.sort_by(|a, b| a.node.cmp(&b.node));
+    out
+}

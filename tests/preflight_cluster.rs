@@ -1,0 +1,363 @@
+//! `rollgate preflight` against the real cluster (issue 12): each blocker built for real — a
+//! budget that never allows an eviction, an unmanaged pod, a node with a wrong host key, a
+//! target newer than the apiserver, a wave whose pods do not fit — is named with its node,
+//! object and fix (exit 9), a clean set of nodes passes (exit 0), and the ETA learns step
+//! times from a real run's journal.
+
+mod support;
+
+use serde_json::Value;
+use std::time::Duration;
+use support::*;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// `rollgate [GLOBAL] preflight PLAYBOOK -o json [FLAGS]`: (exit code, report, stderr).
+fn preflight(
+    dir: &std::path::Path,
+    playbook: &std::path::Path,
+    global: &[&str],
+    flags: &[&str],
+) -> (i32, Value, String) {
+    let mut cmd = rollgate(dir);
+    cmd.args(global)
+        .arg("preflight")
+        .arg(playbook)
+        .args(["-o", "json"])
+        .args(flags);
+    let (code, stdout, stderr) = run_rollgate(cmd, 2 * MINUTE);
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not a JSON report ({e}): {stdout}\n{stderr}"));
+    (code, report, stderr)
+}
+
+fn findings<'a>(report: &'a Value, check: &str, severity: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == check && f["severity"] == severity)
+        .collect()
+}
+
+/// An ssh_config whose known_hosts lists another node's key for `address` (and the right keys
+/// for the others).
+fn wrong_host_key(dir: &std::path::Path, address: &str) -> std::path::PathBuf {
+    let known = std::fs::read_to_string(&env().known_hosts).unwrap();
+    let other_key = known
+        .lines()
+        .find(|l| !l.starts_with(&format!("{address} ")))
+        .and_then(|l| l.split_once(' ').map(|(_, k)| k.to_owned()))
+        .unwrap();
+    let mut lines: Vec<String> = known
+        .lines()
+        .filter(|l| !l.starts_with(&format!("{address} ")))
+        .map(str::to_owned)
+        .collect();
+    lines.push(format!("{address} {other_key}"));
+    let known_hosts = dir.join("known_hosts");
+    std::fs::write(&known_hosts, lines.join("\n") + "\n").unwrap();
+    let ssh_config = dir.join("ssh_config");
+    let base = std::fs::read_to_string(&env().ssh_config).unwrap();
+    std::fs::write(
+        &ssh_config,
+        base.replace(
+            &env().known_hosts.display().to_string(),
+            &known_hosts.display().to_string(),
+        ),
+    )
+    .unwrap();
+    ssh_config
+}
+
+#[tokio::test]
+async fn each_blocker_is_named_with_its_node_object_and_fix_and_a_clean_plan_passes() {
+    let suite = unique("pre");
+    let mut nodes = TestNodes::new(&suite);
+    let (n1, n2, n3) = (
+        format!("{suite}-n1"),
+        format!("{suite}-n2"),
+        format!("{suite}-n3"),
+    );
+    let ip1 = nodes.add(&n1, &["pool=app"], &[], "v1.35.4");
+    nodes.add(&n2, &["pool=app"], &[], "v1.35.4");
+    nodes.add(&n3, &["pool=spare"], &[], "v1.35.4");
+    let ns = TestNamespace::new("pre");
+    // A budget that never allows an eviction, over pods on the app nodes.
+    kubectl_apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: db, namespace: {ns}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec:
+      nodeSelector: {{pool: app, rollgate.test/suite: "{suite}"}}
+      containers: [{{name: c, image: db}}]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {{name: db, namespace: {ns}}}
+spec:
+  maxUnavailable: 0
+  selector: {{matchLabels: {{app: db}}}}
+"#,
+        ns = ns.0
+    ));
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "wait",
+        "--for=condition=Available",
+        "deployment/db",
+        "--timeout=60s",
+    ]);
+    // A pod no controller manages.
+    ns.pod("loner", &n2, "app: loner");
+    let dir = tempfile::tempdir().unwrap();
+    let book = write_playbook_in(
+        dir.path(),
+        &format!(
+            "name = \"pre\"\ntarget-kubelet-version = \"v1.99.0\"\n[[phase]]\nname = \"app\"\nselector = \"rollgate.test/suite={suite},pool=app\"\nconcurrency = 2\n[command]\nrun = \"true\"\n"
+        ),
+        &ns.0,
+    );
+    let ssh_config = wrong_host_key(dir.path(), &ip1);
+    let ssh_flag = ssh_config.display().to_string();
+    let (code, report, stderr) = preflight(dir.path(), &book, &["--ssh-config", &ssh_flag], &[]);
+    assert_eq!(code, 9, "{report:#}\n{stderr}");
+
+    let budget: Vec<&Value> = findings(&report, "drain-blockers", "blocker")
+        .into_iter()
+        .filter(|f| f["object"] == format!("PodDisruptionBudget {}/db", ns.0))
+        .collect();
+    assert!(!budget.is_empty(), "{report:#}");
+    assert!(
+        budget[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maxUnavailable is 0"),
+        "{budget:?}"
+    );
+    assert!(
+        budget
+            .iter()
+            .all(|f| f["node"] == n1.as_str() || f["node"] == n2.as_str())
+    );
+    let loner = findings(&report, "drain-blockers", "blocker")
+        .into_iter()
+        .find(|f| f["object"] == format!("Pod {}/loner", ns.0))
+        .unwrap_or_else(|| panic!("the unmanaged pod: {report:#}"));
+    assert_eq!(loner["node"], n2.as_str());
+    assert!(loner["fix"].as_str().unwrap().contains("force"), "{loner}");
+    // Both app nodes drained at once, one budget over both.
+    assert!(
+        findings(&report, "drain-blockers", "warning")
+            .iter()
+            .any(|f| f["message"].as_str().unwrap().contains("at once")),
+        "{report:#}"
+    );
+
+    let ssh = findings(&report, "ssh", "blocker");
+    assert_eq!(ssh.len(), 1, "only n1 has the wrong key: {report:#}");
+    assert_eq!(ssh[0]["node"], n1.as_str());
+    assert!(
+        ssh[0]["fix"].as_str().unwrap().contains("host key"),
+        "{ssh:?}"
+    );
+
+    // The app pods may only run on the app pool: with both its nodes drained, nowhere.
+    let capacity = findings(&report, "capacity", "blocker");
+    assert!(
+        capacity[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no place for 2 pod(s)"),
+        "{report:#}"
+    );
+
+    let skew = findings(&report, "version-skew", "blocker");
+    assert!(
+        skew[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("newer than the kube-apiserver"),
+        "{report:#}"
+    );
+
+    // `plan` shows the same findings, and still exits 0.
+    let mut plan = rollgate(dir.path());
+    plan.args(["--ssh-config", &ssh_flag, "plan"])
+        .arg(&book)
+        .args(["-o", "json"]);
+    let (code, stdout, stderr) = run_rollgate(plan, 2 * MINUTE);
+    assert_eq!(code, 0, "{stderr}");
+    let planned: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        findings(&planned["preflight"], "drain-blockers", "blocker")
+            .iter()
+            .any(|f| f["object"] == format!("Pod {}/loner", ns.0)),
+        "{planned:#}"
+    );
+
+    // Ignored checks do not count.
+    let mut cmd = rollgate(dir.path());
+    cmd.args(["--ssh-config", &ssh_flag, "preflight"])
+        .arg(&book)
+        .args([
+            "--ignore-preflight",
+            "drain-blockers",
+            "--ignore-preflight",
+            "ssh",
+            "--ignore-preflight",
+            "version-skew",
+            "--ignore-preflight",
+            "capacity",
+        ]);
+    let (code, table, stderr) = run_rollgate(cmd, 2 * MINUTE);
+    assert_eq!(code, 0, "{table}\n{stderr}");
+    assert!(table.contains("BLOCKED (ignored)"), "{table}");
+
+    // The spare node: nothing blocks, every check but version-skew ran.
+    let clean = write_playbook_in(
+        dir.path(),
+        &format!(
+            "name = \"pre-clean\"\n[[phase]]\nname = \"spare\"\nselector = \"rollgate.test/suite={suite},pool=spare\"\n[command]\nrun = \"true\"\n"
+        ),
+        &ns.0,
+    );
+    let (code, report, stderr) = preflight(dir.path(), &clean, &[], &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert!(findings(&report, "ssh", "blocker").is_empty());
+    assert_eq!(
+        report["ran"],
+        serde_json::json!(["drain-blockers", "capacity", "ssh", "eta"])
+    );
+    assert_eq!(report["skipped"][0][0], "version-skew");
+    assert_eq!(
+        report["eta"]["history_runs"], 0,
+        "no earlier run: default step times"
+    );
+}
+
+/// Which nodes the pods of `app` run on.
+fn nodes_of(ns: &str, app: &str) -> Vec<String> {
+    let out = kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        &format!("app={app}"),
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+    ]);
+    let mut nodes: Vec<String> = out.split_whitespace().map(str::to_owned).collect();
+    nodes.sort();
+    nodes
+}
+
+#[tokio::test]
+async fn capacity_finds_the_wave_whose_pods_do_not_fit_and_the_eta_learns_from_a_real_run() {
+    let suite = unique("cap");
+    let (_nodes, names) = TestNodes::numbered(&suite, 4);
+    let ns = TestNamespace::new("cap");
+    // Three pods of 20 CPU on nodes of 32: one per node, one node left empty.
+    kubectl_apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: big, namespace: {ns}}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: big}}}}
+  template:
+    metadata: {{labels: {{app: big}}}}
+    spec:
+      nodeSelector: {{rollgate.test/suite: "{suite}"}}
+      containers: [{{name: c, image: big, resources: {{requests: {{cpu: "20", memory: 1Gi}}}}}}]
+"#,
+        ns = ns.0
+    ));
+    kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "wait",
+        "--for=condition=Available",
+        "deployment/big",
+        "--timeout=60s",
+    ]);
+    let busy = nodes_of(&ns.0, "big");
+    assert_eq!(busy.len(), 3, "{busy:?}");
+    let listed = busy
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dir = tempfile::tempdir().unwrap();
+    let book = |concurrency: usize| {
+        write_playbook_in(
+            dir.path(),
+            &format!(
+                "name = \"cap\"\n[[phase]]\nname = \"busy\"\nnodes = [{listed}]\nconcurrency = {concurrency}\n[drain]\ntimeout = \"30s\"\n[command]\nrun = \"{}\"\ntimeout = \"1m\"\n[settle]\nsoak = \"0s\"\n",
+                upgrade_script()
+            ),
+            &ns.0,
+        )
+    };
+    // Two at once: two pods of 20 CPU for the empty node (32) and the third busy node (12).
+    let (code, report, stderr) = preflight(dir.path(), &book(2), &[], &["--no-ssh-check"]);
+    assert_eq!(code, 9, "{report:#}\n{stderr}");
+    let blocked = findings(&report, "capacity", "blocker");
+    assert_eq!(blocked.len(), 1, "{report:#}");
+    let message = blocked[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{}, {} at once", busy[0], busy[1]))
+            && message.contains("no place for 1 pod(s)"),
+        "{message}"
+    );
+    assert!(blocked[0]["fix"].as_str().unwrap().contains("concurrency"));
+    // One at a time: each pod fits on the empty node; the worst wave is still said.
+    let (code, report, stderr) = preflight(dir.path(), &book(1), &[], &["--no-ssh-check"]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let info = findings(&report, "capacity", "info");
+    assert!(
+        info[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("worst wave"),
+        "{info:?}"
+    );
+    assert!(
+        report["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s[0] == "ssh"),
+        "{report:#}"
+    );
+
+    // A real run of the playbook (on one node) leaves step times the ETA then uses.
+    let single = write_playbook_in(
+        dir.path(),
+        &format!(
+            "name = \"cap\"\n[[phase]]\nname = \"one\"\nnodes = [\"{}\"]\n[command]\nrun = \"{}\"\ntimeout = \"1m\"\n[settle]\nsoak = \"0s\"\n",
+            names.iter().find(|n| !busy.contains(n)).unwrap(),
+            upgrade_script()
+        ),
+        &ns.0,
+    );
+    let mut run = rollgate(dir.path());
+    run.args(["--log-format", "json", "run", "--yes"])
+        .arg(&single);
+    let (code, _, stderr) = run_rollgate(run, 2 * MINUTE);
+    assert_eq!(code, 0, "{stderr}");
+    let (_, report, _) = preflight(dir.path(), &book(1), &[], &["--no-ssh-check"]);
+    let eta = &report["eta"];
+    assert_eq!(eta["history_runs"], 1, "{eta:#}");
+    assert_eq!(eta["steps"]["command"]["samples"], 1, "{eta:#}");
+    assert_eq!(eta["waves"][0]["rounds"], 3, "{eta:#}");
+}
