@@ -9,15 +9,16 @@ mod raw;
 
 pub use raw::{load, parse};
 
-use crate::selector::Selector;
 pub use crate::vocab::{Decision, ProbeWhen};
 
-/// How long the monitor may be blind (a watch lost) before its signals count as inconclusive
-/// (`monitor.blind-after`).
-pub const DEFAULT_BLIND_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+use crate::selector::Selector;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// How long the monitor may be blind (a watch lost) before its signals count as inconclusive
+/// (`monitor.blind-after`).
+pub const DEFAULT_BLIND_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Playbook {
