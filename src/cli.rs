@@ -227,11 +227,11 @@ pub struct RunArgs {
 /// Which pre-flight checks count.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct PreflightArgs {
-    /// Do not reach the nodes over SSH before the run (the `ssh` check).
+    /// Do not reach the nodes over SSH (the `ssh` check).
     #[arg(long)]
     pub no_ssh_check: bool,
-    /// Start even if this check finds a blocker: drain-blockers, capacity, version-skew, ssh
-    /// or eta (repeatable).
+    /// Leave this check's blockers out of the verdict (exit 0 despite them): drain-blockers,
+    /// capacity, version-skew, ssh or eta (repeatable).
     #[arg(long, value_name = "CHECK", value_parser = parse_check)]
     pub ignore_preflight: Vec<crate::preflight::Check>,
 }

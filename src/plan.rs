@@ -128,9 +128,11 @@ pub fn resolve(playbook: &Playbook, nodes: &[NodeFacts]) -> Result<Plan, PlanErr
         if playbook.skip_upgraded
             && let Some(target) = &playbook.target_kubelet_version
         {
+            // A node rollgate cordoned is mid-upgrade (or failed after its command): it is
+            // finished, not skipped, whatever version it reports.
             let (at_target, rest): (Vec<&NodeFacts>, Vec<&NodeFacts>) = selected
                 .into_iter()
-                .partition(|n| n.kubelet_version == *target);
+                .partition(|n| n.kubelet_version == *target && n.cordoned_by_rollgate.is_none());
             skipped.extend(at_target.into_iter().map(|n| n.name.clone()));
             selected = rest;
         }
@@ -324,6 +326,12 @@ mod tests {
         assert_eq!(plan.phases[0].waves[0].nodes, vec!["w-a1", "w-b1"]);
         assert_eq!(plan.skipped, vec!["w-a2"]);
         assert!(plan.warnings.iter().any(|w| w.contains("skip-upgraded")));
+        nodes[3].cordoned_by_rollgate = Some("r1".into());
+        let mid_upgrade = resolve(&pb, &nodes).unwrap();
+        assert!(
+            mid_upgrade.skipped.is_empty(),
+            "a node rollgate cordoned is finished"
+        );
         let without = playbook::parse(
             Path::new("t.toml"),
             &text.replace("skip-upgraded = true\n", ""),

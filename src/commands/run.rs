@@ -51,7 +51,13 @@ pub(super) async fn plan_and_run(
     resume: Option<ResumePoints>,
     ask_first: bool,
 ) -> Result<u8, Failure> {
-    let playbook = Arc::new(load_playbook_with(&playbook_file, &config)?);
+    let mut playbook = load_playbook_with(&playbook_file, &config)?;
+    if resume.is_some() {
+        // The nodes a resume picks up are finished whatever version they report now (their
+        // command may have upgraded them): `skip-upgraded` applies when a run starts.
+        playbook.skip_upgraded = false;
+    }
+    let playbook = Arc::new(playbook);
     // Secrets are read before anything changes: a missing one stops here (exit 2).
     let notify = crate::notify::resolve(&config)
         .map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))?;

@@ -62,7 +62,7 @@ fn memory_text(b: i64) -> String {
 /// (`scale` 1). None when it does not parse.
 pub fn quantity(text: &str, scale: f64) -> Option<i64> {
     let text = text.trim();
-    let suffixes: [(&str, f64); 13] = [
+    let suffixes: [(&str, f64); 15] = [
         ("Ki", 1024.0),
         ("Mi", 1024f64.powi(2)),
         ("Gi", 1024f64.powi(3)),
@@ -76,13 +76,22 @@ pub fn quantity(text: &str, scale: f64) -> Option<i64> {
         ("M", 1e6),
         ("G", 1e9),
         ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
     ];
     let (number, factor) = suffixes
         .iter()
         .find_map(|(s, f)| text.strip_suffix(s).map(|n| (n, *f)))
         .unwrap_or((text, 1.0));
     let value: f64 = number.parse().ok()?;
-    Some((value * factor * scale).ceil() as i64)
+    // Rounded up as Kubernetes does, but not for float noise: 0.009 * 1000 is 9, not 9.000…1.
+    let exact = value * factor * scale;
+    let nearest = exact.round();
+    Some(if (exact - nearest).abs() < 1e-6 {
+        nearest
+    } else {
+        exact.ceil()
+    } as i64)
 }
 
 /// What a pod asks for: the larger of its containers' summed requests and its largest init
@@ -381,6 +390,10 @@ mod tests {
     #[test]
     fn quantities_parse_like_kubernetes() {
         assert_eq!(quantity("100m", 1000.0), Some(100));
+        for m in 1..=4000 {
+            assert_eq!(quantity(&format!("{m}m"), 1000.0), Some(m), "{m}m");
+        }
+        assert_eq!(quantity("1P", 1.0), Some(1_000_000_000_000_000));
         assert_eq!(quantity("2", 1000.0), Some(2000));
         assert_eq!(quantity("0.5", 1000.0), Some(500));
         assert_eq!(quantity("128Mi", 1.0), Some(128 << 20));

@@ -139,6 +139,8 @@ pub struct Forecast {
     /// How long the window stays open from then (None without a window).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_open_secs: Option<u64>,
+    /// Whether the run has a maintenance window.
+    pub window_set: bool,
     /// How long until the deadline from then (None without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u64>,
@@ -171,6 +173,7 @@ impl Forecast {
             per_node_p95_secs,
             waves,
             starts_at: None,
+            window_set: false,
             window_open_secs: None,
             deadline_secs: None,
         }
@@ -184,6 +187,7 @@ impl Forecast {
         deadline: Option<Timestamp>,
     ) -> Self {
         let start = window.map_or(Some(now), |w| w.next_open(now));
+        self.window_set = window.is_some();
         self.starts_at = start.map(|s| s.to_string());
         if let (Some(w), Some(start)) = (window, start) {
             self.window_open_secs = Some(open_for(w, start).as_secs());
@@ -199,10 +203,20 @@ impl Forecast {
     /// duration does not, a warning when the slow (p95) one does not.
     pub fn findings(&self, outside: Option<crate::window::OutsideWindow>) -> Vec<Finding> {
         let mut out = Vec::new();
-        let mut judge = |limit: u64, what: &str, consequence: &str| {
+        if self.window_set && self.starts_at.is_none() {
+            out.push(
+                Finding::new(
+                    Check::Eta,
+                    Severity::Blocker,
+                    "the maintenance window does not open within a year: no node would start",
+                )
+                .fix("check the window's days, times, cron and time zone (`rollgate check` shows it)"),
+            );
+        }
+        let mut judge = |limit: u64, what: &str, consequence: &str, worst: Severity| {
             let limit = limit as f64;
             let (severity, which, secs) = if self.p50_secs > limit {
-                (Severity::Blocker, "typically (p50)", self.p50_secs)
+                (worst, "typically (p50)", self.p50_secs)
             } else if self.p95_secs > limit {
                 (Severity::Warning, "when slow (p95)", self.p95_secs)
             } else {
@@ -222,19 +236,25 @@ impl Forecast {
             );
         };
         if let Some(open) = self.window_open_secs {
-            let consequence = match outside {
-                Some(crate::window::OutsideWindow::Exit) => {
-                    "it stops when the window closes and needs `rollgate resume` in the next one"
-                }
-                _ => "it waits, holding the lock, for the next window",
+            // Waiting for the next window is what `outside = "wait"` is for: slow, not blocked.
+            let (consequence, worst) = match outside {
+                Some(crate::window::OutsideWindow::Exit) => (
+                    "it stops when the window closes and needs `rollgate resume` in the next one",
+                    Severity::Blocker,
+                ),
+                _ => (
+                    "it waits, holding the lock, for the next window",
+                    Severity::Warning,
+                ),
             };
-            judge(open, "the maintenance window", consequence);
+            judge(open, "the maintenance window", consequence, worst);
         }
         if let Some(d) = self.deadline_secs {
             judge(
                 d,
                 "the time to the deadline",
                 "nodes left when it passes are not started (resumable)",
+                Severity::Blocker,
             );
         }
         out
@@ -337,6 +357,27 @@ mod tests {
             (settle.p50_secs, settle.p95_secs, settle.samples),
             (40.0, 50.0, 0)
         );
+    }
+
+    #[test]
+    fn a_short_window_blocks_only_when_the_run_would_exit_and_a_dead_window_blocks() {
+        use crate::window::OutsideWindow;
+        let mut f = Forecast::new(step_times([], Duration::ZERO), 0, &plan(10, 4));
+        f.window_set = true;
+        f.starts_at = Some("2026-12-02T22:00:00Z".into());
+        f.window_open_secs = Some(600);
+        let wait = f.findings(Some(OutsideWindow::Wait));
+        assert_eq!(wait[0].severity, Severity::Warning, "{wait:?}");
+        let exit = f.findings(Some(OutsideWindow::Exit));
+        assert_eq!(exit[0].severity, Severity::Blocker, "{exit:?}");
+        f.starts_at = None;
+        f.window_open_secs = None;
+        let never = f.findings(Some(OutsideWindow::Wait));
+        assert!(
+            never[0].message.contains("does not open within a year"),
+            "{never:?}"
+        );
+        assert_eq!(never[0].severity, Severity::Blocker);
     }
 
     #[test]

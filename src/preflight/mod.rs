@@ -1,8 +1,8 @@
 //! Pre-flight: what would go wrong tonight, known at 6 p.m. Each check reads the live cluster
 //! (and the state directory's history) against the plan and yields findings that name the
-//! node, the object and the fix. `rollgate preflight` prints them; `run` runs them before the
-//! first cordon and refuses to start (exit 9) on a blocker unless `--ignore-preflight CHECK`
-//! names its check; `plan` shows them.
+//! node, the object and the fix. `rollgate preflight` prints them and exits 9 on a blocker of a
+//! check not named by `--ignore-preflight CHECK`; `plan` shows them. (`run` does not run them
+//! yet.)
 //!
 //! - [`skew`]: kubelet version skew against the apiserver, control-plane order, nodes already
 //!   at the target.

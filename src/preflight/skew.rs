@@ -59,7 +59,7 @@ pub fn check(
             .object("the kube-apiserver")
             .fix("upgrade the control plane's apiserver first, or lower target-kubelet-version"),
         );
-    } else if t.0 == a.0 && t.1 + SUPPORTED_KUBELET_SKEW < a.1 {
+    } else if t.0 == a.0 && t.1.saturating_add(SUPPORTED_KUBELET_SKEW) < a.1 {
         out.push(
             Finding::new(
                 Check::VersionSkew,
@@ -106,13 +106,29 @@ pub fn check(
             }
         }
     }
+    // Nodes the plan left out for being at the target already (`skip-upgraded`).
+    for node in &plan.skipped {
+        out.push(
+            Finding::new(
+                Check::VersionSkew,
+                Severity::Info,
+                "already at the target: skipped (skip-upgraded = true)",
+            )
+            .node(node),
+        );
+    }
     for node in plan.nodes() {
         let Some(facts) = nodes.iter().find(|n| n.name == node) else {
             continue;
         };
         if facts.kubelet_version == target {
+            // In the plan although at the target: skip-upgraded is off, or rollgate cordoned it
+            // (mid-upgrade: it is finished, not skipped).
             let (message, fix) = if skip_upgraded {
-                ("already at the target: skipped (skip-upgraded = true)", "")
+                (
+                    "already at the target but mid-upgrade (cordoned by rollgate): it is finished",
+                    "",
+                )
             } else {
                 (
                     "already at the target: it is upgraded again (cordon, drain, command)",
@@ -211,8 +227,14 @@ mod tests {
             .unwrap();
         assert!(at.message.contains("upgraded again"), "{at:?}");
         assert!(at.fix.contains("skip-upgraded"));
-        let skipped = check("v1.35.4", "v1.35.4", &nodes, &late, true);
-        assert!(skipped.iter().any(|f| f.message.contains("skipped")));
+        let mut left_out = plan(&[("cp", &["cp1"])]);
+        left_out.skipped = vec!["w1".into()];
+        let skipped = check("v1.35.4", "v1.35.4", &nodes, &left_out, true);
+        let w1 = skipped
+            .iter()
+            .find(|f| f.node.as_deref() == Some("w1"))
+            .unwrap();
+        assert!(w1.message.contains("skipped"), "{w1:?}");
         let first = plan(&[("cp", &["cp1"]), ("workers", &["w1"])]);
         assert!(
             check("v1.35.4", "v1.35.4", &nodes, &first, false)

@@ -55,7 +55,18 @@ pub async fn check(
             (name, address, sudo, result)
         });
     }
-    while let Some(Ok((node, address, sudo, result))) = tasks.join_next().await {
+    while let Some(joined) = tasks.join_next().await {
+        let (node, address, sudo, result) = match joined {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(Finding::new(
+                    Check::Ssh,
+                    Severity::Blocker,
+                    format!("a reachability check did not finish: {e}"),
+                ));
+                continue;
+            }
+        };
         let Err(why) = result else { continue };
         let fix = if why.contains("Host key verification failed")
             || why.contains("HOST IDENTIFICATION HAS CHANGED")
