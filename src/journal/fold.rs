@@ -199,7 +199,8 @@ pub struct RunHistory {
     pub failures: Vec<Failure>,
     /// The run's deadline (RFC 3339): the header's, or the latest a resume set.
     pub deadline: Option<String>,
-    /// Why the run was refused, the first time it was (it cannot be resumed).
+    /// Why the run was refused before it ever started (it cannot be resumed). A resume refused
+    /// later leaves no mark here.
     pub refused: Option<String>,
 }
 
@@ -372,11 +373,15 @@ impl RunHistory {
                 });
             }
             DeadlineSet { deadline } => self.deadline = Some(deadline.clone()),
-            RunRefused { reason } => {
+            // Before the first start: the run never started. After it: a resume that its
+            // before-run gate (or monitor) refused changed nothing, so the run stays where it
+            // stopped and can be resumed again.
+            RunRefused { reason } if self.starts.is_empty() => {
                 self.refused.get_or_insert_with(|| reason.clone());
                 self.state = RunState::Ended(RunEnd::Refused(reason.clone()));
                 self.last_end = Some(RunEnd::Refused(reason.clone()));
             }
+            RunRefused { .. } => {}
             RunFinished { outcome, .. } => {
                 self.state = RunState::Ended(RunEnd::Finished(*outcome));
                 self.last_end = Some(RunEnd::Finished(*outcome));

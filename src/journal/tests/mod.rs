@@ -359,6 +359,44 @@ fn a_torn_line_anywhere_is_skipped_by_every_reader_and_its_place_reported() {
 }
 
 #[test]
+fn a_resume_refused_by_its_before_run_gate_leaves_the_run_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::create(dir.path(), &header(&["a"])).unwrap();
+    for event in [
+        RunEvent::RunStarted {
+            run_id: "r1".into(),
+            playbook: "p".into(),
+            nodes: 1,
+            dry_run: false,
+            by: None,
+        },
+        RunEvent::NodeStarted {
+            node: "a".into(),
+            phase: "w".into(),
+        },
+        started("a", Step::Cordon),
+        RunEvent::StepFinished {
+            node: "a".into(),
+            step: Step::Cordon,
+            elapsed_ms: 5,
+            detail: None,
+        },
+        started("a", Step::Drain),
+        // The runner died; a resume was refused by its before-run gate.
+        RunEvent::RunRefused {
+            reason: "refusing to start: gate pods failed before the run".into(),
+        },
+    ] {
+        j.record(&stamped(event)).unwrap();
+    }
+    let path = dir.path().join(FILE);
+    let points = resume_points(&path, &[]).expect("still resumable");
+    assert_eq!(points.from.get("a"), Some(&Step::Cordon));
+    let status = RunStatus::from_journal(&path).unwrap();
+    assert!(!status.state.starts_with("refused"), "{}", status.state);
+}
+
+#[test]
 fn a_run_refused_before_it_started_is_marked_and_not_resumable() {
     let dir = tempfile::tempdir().unwrap();
     let j = Journal::create(dir.path(), &header(&["a"])).unwrap();
