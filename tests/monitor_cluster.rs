@@ -140,7 +140,15 @@ impl ApiProxy {
                     continue;
                 };
                 {
+                    // Checked again under the lock `cut` holds: a connection accepted while
+                    // the cut happened must not survive it (a pooled keep-alive connection
+                    // would carry the run's requests through the whole "outage").
                     let mut live = l.lock().unwrap();
+                    if c.load(Ordering::SeqCst) {
+                        let _ = client.shutdown(Shutdown::Both);
+                        let _ = server.shutdown(Shutdown::Both);
+                        continue;
+                    }
                     live.push(client.try_clone().unwrap());
                     live.push(server.try_clone().unwrap());
                 }
@@ -164,8 +172,9 @@ impl ApiProxy {
     }
 
     fn cut(&self) {
+        let mut live = self.live.lock().unwrap();
         self.cut.store(true, Ordering::SeqCst);
-        for s in self.live.lock().unwrap().drain(..) {
+        for s in live.drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
@@ -399,19 +408,19 @@ async fn an_api_outage_pauses_the_run_within_blind_after_and_it_resumes_once_the
     proxy.cut();
     let runs = dir.path().join("runs");
     let paused = || {
-        let runs = runs.clone();
-        async move {
-            std::fs::read_to_string(runs.join("latest"))
-                .map(|id| runs.join(id.trim()).join("paused").exists())
-                .unwrap_or(false)
-        }
+        std::fs::read_to_string(runs.join("latest"))
+            .map(|id| runs.join(id.trim()).join("paused").exists())
+            .unwrap_or(false)
     };
-    eventually(
-        "the run to pause (blind-after 5 s)",
-        Duration::from_secs(20),
-        paused,
-    )
-    .await;
+    while !paused() {
+        if cut.elapsed() > Duration::from_secs(20) {
+            let (code, _, stderr) = finish(child, Duration::from_secs(1));
+            panic!(
+                "the run did not pause within 20 s of the cut (blind-after 5 s); it ended with {code}:\n{stderr}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let paused_after = cut.elapsed();
     proxy.restore();
     // Node 1 finishes (its command was never interrupted); node 2 waits for the operator.
