@@ -125,6 +125,9 @@ pub enum Command {
         command_done: Vec<String>,
         #[command(flatten)]
         schedule: ScheduleArgs,
+        /// Pre-flight over the nodes left (a run from its journal; not for a live paused run).
+        #[command(flatten)]
+        preflight: PreflightArgs,
     },
     /// Pause a live run: no new node starts, nodes in flight finish; `rollgate resume` continues.
     #[command(
@@ -222,6 +225,9 @@ pub struct RunArgs {
     pub lock_duration: std::time::Duration,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
+    /// The pre-flight checks run before the first cordon (a blocker refuses the run, exit 9).
+    #[command(flatten)]
+    pub preflight: PreflightArgs,
 }
 
 /// Which pre-flight checks count.

@@ -25,7 +25,9 @@ pub const LOCKED: u8 = 7;
 /// The maintenance window closed (with `outside = "exit"`) or the run's deadline passed: no
 /// new node was started, the nodes in flight finished; `rollgate resume` continues.
 pub const RESUMABLE: u8 = 8;
-/// `rollgate preflight` found a blocker (a check not named by `--ignore-preflight`).
+/// The pre-flight checks found a blocker (in a check not named by `--ignore-preflight`):
+/// `rollgate preflight` says so; `run` and `resume` refuse to start (nothing was changed; the
+/// refusal is in the run's journal and its notifications).
 pub const PREFLIGHT_FAILED: u8 = 9;
 /// The run lost the cluster lock while it ran (it could not renew it within its renew
 /// deadline, or another run took it): no new node was started, nodes in flight stopped at
@@ -96,7 +98,7 @@ macro_rules! exit_codes_help {
   6  interrupted by the operator (Ctrl-C, SIGTERM, or declined at the prompt)
   7  another run holds the cluster lock
   8  stopped at the end of the maintenance window or at the deadline (`rollgate resume` continues)
-  9  `rollgate preflight` found a blocker (in a check not named by --ignore-preflight)
+  9  pre-flight found a blocker (in a check not named by --ignore-preflight): `rollgate preflight`, or `run`/`resume` refused to start and changed nothing
  10  the run lost the cluster lock: nodes in flight stopped at their next safe point (`rollgate resume` continues)"
     };
 }

@@ -53,7 +53,17 @@ fn main() -> ExitCode {
                 run,
                 command_done,
                 schedule,
-            } => commands::resume::resume(config()?, run.as_deref(), command_done, schedule).await,
+                preflight,
+            } => {
+                commands::resume::resume(
+                    config()?,
+                    run.as_deref(),
+                    command_done,
+                    schedule,
+                    preflight,
+                )
+                .await
+            }
             Command::Pause { run, reason } => {
                 commands::pause::pause(config()?, run.as_deref(), reason.as_deref()).await
             }

@@ -21,19 +21,22 @@
 //! - `node`: what a Node says (Ready, boot ID, kubelet, address, plan facts);
 //! - `marks`: rollgate's annotations on a Node and whose cordon it carries;
 //! - `kube_steps`: the real steps (with its readiness waits and settle);
-//! - `dry_run`: the steps of `--dry-run`.
+//! - `dry_run`: the steps of `--dry-run`;
+//! - `snapshot`: nodes, pods and budgets listed once for plan, preview and pre-flight.
 
 mod connect;
 mod dry_run;
 mod kube_steps;
 mod marks;
 mod node;
+mod snapshot;
 
 pub use connect::{Clients, ConnectError, connect};
 pub use dry_run::DryRunSteps;
 pub use kube_steps::{KubeSteps, replicas_to_wait_for};
 pub use marks::{CordonOwner, cordon_owner, node_record, unschedulable_set_by};
 pub use node::{boot_id, facts, is_ready, kubelet_version, list_nodes, ssh_address};
+pub use snapshot::Snapshot;
 
 use crate::config::Config;
 use crate::playbook::Playbook;

@@ -4,132 +4,29 @@
 
 use super::{Failure, load_playbook_with};
 use crate::cli::OutputFormat;
-use crate::cluster::{self, Clients};
+use crate::cluster::{self, Clients, Snapshot};
 use crate::config::Config;
-use crate::drain::budget::blocking_budgets;
-use crate::drain::filter::{PodAction, classify_pods};
 use crate::exit;
-use crate::plan::{self, NodeFacts, Plan};
 use crate::playbook::Playbook;
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams};
-use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+pub use crate::preflight::preview::PlanReport;
 use std::path::Path;
-
-#[derive(Debug, Serialize)]
-pub struct NodePreview {
-    pub facts: NodeFacts,
-    pub evict: Vec<String>,
-    pub skip: Vec<(String, String)>,
-    pub refuse: Vec<(String, String)>,
-    /// PDBs (namespace/name) that allow 0 disruptions now and cover pods to evict.
-    pub blocking_pdbs: Vec<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PlanReport {
-    pub playbook: String,
-    pub cluster: String,
-    pub plan: Plan,
-    pub nodes: BTreeMap<String, NodePreview>,
-    /// Worst case if every step used its whole timeout, in seconds.
-    pub estimate_worst_secs: u64,
-    /// Lower bound from soak times alone, in seconds.
-    pub estimate_min_secs: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub window: Option<WindowPreview>,
-    /// The pre-flight checks (`rollgate plan` shows them; `run` checks them itself).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub preflight: Option<crate::preflight::Report>,
-}
-
-/// The maintenance window as of now.
-#[derive(Debug, Serialize)]
-pub struct WindowPreview {
-    pub window: String,
-    pub open_now: bool,
-    /// RFC 3339; absent when it is open now or never opens within a year.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_open: Option<String>,
-}
 
 pub fn connect_failure(e: impl std::fmt::Display) -> Failure {
     Failure::cluster(e)
 }
 
-/// Builds the plan and the per-node preview (shared by `plan` and `run`).
-pub async fn build(clients: &Clients, playbook: &Playbook) -> Result<PlanReport, Failure> {
-    let nodes = cluster::list_nodes(&clients.api)
+/// Lists the cluster once and resolves the plan with its preview (shared by `plan`,
+/// `preflight`, `run` and `resume`); the snapshot is for the pre-flight checks.
+pub async fn survey(
+    clients: &Clients,
+    playbook: &Playbook,
+) -> Result<(Snapshot, PlanReport), Failure> {
+    let snapshot = Snapshot::list(&clients.api)
         .await
         .map_err(connect_failure)?;
-    let facts: Vec<NodeFacts> = nodes.iter().map(cluster::facts).collect();
-    let plan = plan::resolve(playbook, &facts)
+    let report = crate::preflight::preview::preview(&snapshot, playbook, &clients.describe)
         .map_err(|e| Failure::new(exit::CLUSTER, format!("error: {e}")))?;
-    let pods = Api::<Pod>::all(clients.api.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(connect_failure)?
-        .items;
-    let pdbs = Api::<PodDisruptionBudget>::all(clients.api.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(connect_failure)?
-        .items;
-    let mut by_node: HashMap<&str, Vec<&Pod>> = HashMap::new();
-    for p in &pods {
-        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-            by_node.entry(n).or_default().push(p);
-        }
-    }
-    let facts_by_name: HashMap<&str, &NodeFacts> =
-        facts.iter().map(|f| (f.name.as_str(), f)).collect();
-    let mut previews = BTreeMap::new();
-    for name in plan.nodes() {
-        let mut preview = NodePreview {
-            facts: facts_by_name[name].clone(),
-            evict: vec![],
-            skip: vec![],
-            refuse: vec![],
-            blocking_pdbs: vec![],
-        };
-        let pods = by_node.get(name).map(Vec::as_slice).unwrap_or_default();
-        let classified = classify_pods(pods.iter().copied(), &playbook.drain);
-        for c in &classified {
-            match &c.action {
-                PodAction::Evict | PodAction::EvictUnmanaged | PodAction::WaitOnly => {
-                    preview.evict.push(c.key())
-                }
-                PodAction::Skip(r) => preview.skip.push((c.key(), r.clone())),
-                PodAction::Refuse(r) => preview.refuse.push((c.key(), r.clone())),
-            }
-        }
-        preview.blocking_pdbs = blocking_budgets(&classified, &pdbs);
-        previews.insert(name.to_owned(), preview);
-    }
-    let (worst, least) = plan::estimate(playbook, &plan);
-    Ok(PlanReport {
-        playbook: playbook.name.clone(),
-        cluster: clients.describe.clone(),
-        plan,
-        nodes: previews,
-        estimate_worst_secs: worst.as_secs(),
-        estimate_min_secs: least.as_secs(),
-        window: playbook.window.as_ref().map(|w| {
-            let now = crate::window::Clock::from_env().now();
-            let open_now = w.is_open(now);
-            WindowPreview {
-                window: w.describe(),
-                open_now,
-                next_open: (!open_now)
-                    .then(|| w.next_open(now))
-                    .flatten()
-                    .map(|t| t.to_string()),
-            }
-        }),
-        preflight: None,
-    })
+    Ok((snapshot, report))
 }
 
 pub fn render_table(report: &PlanReport) -> String {
@@ -222,9 +119,25 @@ pub async fn run(
 ) -> Result<u8, Failure> {
     let playbook = load_playbook_with(path, &config)?;
     let clients = cluster::connect(&config).await.map_err(connect_failure)?;
-    let mut report = build(&clients, &playbook).await?;
-    report.preflight =
-        Some(super::preflight::check(&clients, &config, &playbook, &report.plan, preflight).await?);
+    let (snapshot, mut report) = survey(&clients, &playbook).await?;
+    let deadline = crate::driver::run_deadline(
+        None,
+        None,
+        &playbook,
+        crate::window::Clock::from_env().now(),
+    )?;
+    report.preflight = Some(
+        super::preflight::check(
+            &clients,
+            &config,
+            &playbook,
+            &report.plan,
+            &snapshot,
+            preflight,
+            deadline,
+        )
+        .await,
+    );
     match output {
         OutputFormat::Table => {
             print!("{}", render_table(&report));

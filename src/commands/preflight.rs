@@ -2,9 +2,9 @@
 //! JSON; exit 9 when a check not ignored finds a blocker. `plan` shows them too ([`check`]).
 
 use super::Failure;
-use super::plan::{build, connect_failure};
+use super::plan::{connect_failure, survey};
 use crate::cli::{OutputFormat, PreflightArgs};
-use crate::cluster::{self, Clients};
+use crate::cluster::{self, Clients, Snapshot};
 use crate::config::Config;
 use crate::exit;
 use crate::plan::Plan;
@@ -12,25 +12,22 @@ use crate::playbook::Playbook;
 use crate::preflight::{self, Report};
 use std::path::Path;
 
-/// Runs the checks for this plan (the playbook's deadline counted from now).
+/// Runs the checks for this plan, resolved from `snapshot` (`deadline`: the run's).
 pub(super) async fn check(
     clients: &Clients,
     config: &Config,
     playbook: &Playbook,
     plan: &Plan,
+    snapshot: &Snapshot,
     args: &PreflightArgs,
-) -> Result<Report, Failure> {
-    let deadline = playbook.deadline.and_then(|d| {
-        let d = jiff::SignedDuration::try_from(d).ok()?;
-        crate::window::Clock::from_env().now().checked_add(d).ok()
-    });
+    deadline: Option<jiff::Timestamp>,
+) -> Report {
     let options = preflight::Options {
         no_ssh: args.no_ssh_check,
         deadline,
+        resumed_from: Default::default(),
     };
-    preflight::gather(clients, config, playbook, plan, &options)
-        .await
-        .map_err(connect_failure)
+    preflight::gather(clients, config, playbook, plan, snapshot, &options).await
 }
 
 pub async fn run(
@@ -41,8 +38,23 @@ pub async fn run(
 ) -> Result<u8, Failure> {
     let playbook = super::load_playbook_with(path, &config)?;
     let clients = cluster::connect(&config).await.map_err(connect_failure)?;
-    let plan = build(&clients, &playbook).await?.plan;
-    let report = check(&clients, &config, &playbook, &plan, args).await?;
+    let (snapshot, preview) = survey(&clients, &playbook).await?;
+    let deadline = crate::driver::run_deadline(
+        None,
+        None,
+        &playbook,
+        crate::window::Clock::from_env().now(),
+    )?;
+    let report = check(
+        &clients,
+        &config,
+        &playbook,
+        &preview.plan,
+        &snapshot,
+        args,
+        deadline,
+    )
+    .await;
     match output {
         OutputFormat::Table => print!("{}", report.render(&args.ignore_preflight)),
         OutputFormat::Json => println!(

@@ -107,6 +107,7 @@ pub async fn resume(
     run: Option<&str>,
     command_done: &[String],
     schedule: &crate::cli::ScheduleArgs,
+    preflight: &crate::cli::PreflightArgs,
 ) -> Result<u8, Failure> {
     let config = Arc::new(config);
     let runs = RunsDir::new(&config.state_dir);
@@ -186,6 +187,7 @@ pub async fn resume(
             options,
             Some(points),
             false,
+            preflight,
         ))
         .await;
     }

@@ -1,9 +1,10 @@
-//! `rollgate run`: flags to a [`RunRequest`], the plan shown and confirmed, the run driven by
-//! [`crate::driver`], its end printed. `rollgate resume` ([`super::resume`]) ends here too.
+//! `rollgate run`: flags to a [`RunRequest`], the plan and the pre-flight checks shown and
+//! confirmed, the run driven by [`crate::driver`], its end printed. `rollgate resume`
+//! ([`super::resume`]) ends here too.
 
-use super::plan::{build, connect_failure, render_table};
+use super::plan::{connect_failure, render_table, survey};
 use super::{Failure, load_playbook_with};
-use crate::cli::RunArgs;
+use crate::cli::{PreflightArgs, RunArgs};
 use crate::config::Config;
 use crate::driver::operator::{Interaction, ask};
 use crate::driver::{self, LockRequest, RunEnd, RunOptions, RunRequest};
@@ -37,12 +38,14 @@ pub async fn run(config: Config, args: &RunArgs) -> Result<u8, Failure> {
         options,
         None,
         ask_first,
+        &args.preflight,
     )
     .await
 }
 
 /// What `run` and `resume` share: the plan against the live cluster (for a resume, without the
-/// nodes done), shown and (at a terminal, when `ask_first`) confirmed, the run, its end.
+/// nodes done) and the pre-flight checks over its nodes, shown and (at a terminal, when
+/// `ask_first`, unless a blocker refuses the run) confirmed, the run, its end.
 pub(super) async fn plan_and_run(
     config: Arc<Config>,
     playbook_file: PathBuf,
@@ -50,6 +53,7 @@ pub(super) async fn plan_and_run(
     options: RunOptions,
     resume: Option<ResumePoints>,
     ask_first: bool,
+    checks: &PreflightArgs,
 ) -> Result<u8, Failure> {
     let mut playbook = load_playbook_with(&playbook_file, &config)?;
     if resume.is_some() {
@@ -65,15 +69,10 @@ pub(super) async fn plan_and_run(
     let clients = crate::cluster::connect(&config)
         .await
         .map_err(connect_failure)?;
-    let mut report = build(&clients, &playbook).await?;
+    let (snapshot, mut report) = survey(&clients, &playbook).await?;
     if let Some(r) = &resume {
         // Finished nodes are skipped; the rest keep the plan's order.
-        for phase in &mut report.plan.phases {
-            for wave in &mut phase.waves {
-                wave.nodes.retain(|n| !r.done.contains(n));
-            }
-            phase.waves.retain(|w| !w.nodes.is_empty());
-        }
+        report.without(&r.done, &playbook);
     }
     if !interaction.json {
         eprint!("{}", render_table(&report));
@@ -84,7 +83,36 @@ pub(super) async fn plan_and_run(
             "error: the plan selects no node: nothing to do\n  hint: check the phases' selectors with `rollgate plan`",
         ));
     }
+    // Pre-flight over the nodes the run will touch, from the listing the plan came from. A
+    // resumed run's nodes past their command are not reached over SSH; a node this run cordoned
+    // is not a blocker for being cordoned (no check counts a cordon against a node).
+    let deadline = driver::run_deadline(
+        options.deadline.as_deref(),
+        resume.as_ref(),
+        &playbook,
+        crate::window::Clock::from_env().now(),
+    )?;
+    let preflight_options = crate::preflight::Options {
+        no_ssh: checks.no_ssh_check,
+        deadline,
+        resumed_from: resume.as_ref().map(|r| r.from.clone()).unwrap_or_default(),
+    };
+    let found = crate::preflight::gather(
+        &clients,
+        &config,
+        &playbook,
+        &report.plan,
+        &snapshot,
+        &preflight_options,
+    )
+    .await;
+    if !interaction.json {
+        eprint!("\n{}", found.render(&checks.ignore_preflight));
+    }
+    let preflight = found.summary(&checks.ignore_preflight);
+    let refused = preflight.refusal().is_some();
     if resume.is_none()
+        && !refused
         && interaction.interactive
         && ask_first
         && !ask(&format!("\nupgrade {} node(s)?", report.plan.node_count()))
@@ -102,6 +130,7 @@ pub(super) async fn plan_and_run(
         resume,
         interaction,
         notify,
+        preflight: Some(preflight),
     };
     let end = driver::run(request, clients).await?;
     print_end(&end, interaction.json)

@@ -1,8 +1,8 @@
 //! The run driver: owns one run from the cluster lock to the teardown. Built from a plain
 //! [`RunRequest`] (no CLI types: `rollgate run` fills it from flags, `rollgate resume` from the
 //! journal), it takes the lock, opens the run directory and journal, wires the reporters,
-//! metrics and notifications, starts the health monitor, runs the before-run gate, runs the
-//! engine with the real (or dry-run) steps, and tears all of it down on exactly one path. It
+//! metrics and notifications, records the pre-flight checks' summary (and refuses to start on
+//! a blocker, exit 9), starts the health monitor, runs the before-run gate, runs the engine with the real (or dry-run) steps, and tears all of it down on exactly one path. It
 //! returns a [`RunEnd`] for the command to print; it never prompts except through
 //! [`operator`].
 //!
@@ -27,7 +27,7 @@ use crate::plan::Plan;
 use crate::playbook::Playbook;
 use crate::probe::ProbeRunner;
 use crate::report::{self, Consumer};
-use crate::vocab::{EventSink, JournalError, RunEvent};
+use crate::vocab::{EventSink, JournalError, PreflightSummary, RunEvent};
 use cluster_lock::{acquire_lock, watch_lock};
 use operator::Interaction;
 use state_dir::{RunDir, RunsDir};
@@ -83,6 +83,9 @@ pub struct RunRequest {
     /// Where notifications go (secrets already read from the environment, see
     /// [`notify::resolve`]).
     pub notify: Vec<notify::Target>,
+    /// What the pre-flight checks said over the plan's nodes (None: not run). Recorded and
+    /// told with the run's first message; a blocker refuses the run before anything changes.
+    pub preflight: Option<PreflightSummary>,
 }
 
 /// How a run ended, for the command to print.
@@ -157,6 +160,31 @@ impl Running {
     }
 }
 
+/// The run's deadline: `--deadline` (a duration from `now` or a time), else the resumed run's,
+/// else the playbook's `deadline` from `now`.
+pub fn run_deadline(
+    text: Option<&str>,
+    resume: Option<&ResumePoints>,
+    playbook: &Playbook,
+    now: jiff::Timestamp,
+) -> Result<Option<jiff::Timestamp>, Failure> {
+    match text {
+        Some(text) => Ok(Some(crate::window::parse_deadline(text, now).map_err(|e| {
+            Failure::new(
+                exit::BAD_INPUT,
+                format!("error: --deadline: {e}\n  hint: e.g. --deadline 6h or --deadline 2026-11-26T06:00:00Z"),
+            )
+        })?)),
+        None => Ok(match resume {
+            Some(r) => r.deadline,
+            None => playbook.deadline.and_then(|d| {
+                let d = jiff::SignedDuration::try_from(d).ok()?;
+                now.checked_add(d).ok()
+            }),
+        }),
+    }
+}
+
 /// Runs the request to its end. Err when the run could not start (nothing was changed; a run
 /// directory that exists says why in its journal).
 pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failure> {
@@ -170,6 +198,7 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         resume,
         interaction,
         notify: notify_targets,
+        preflight,
     } = request;
     let RunOptions {
         dry_run,
@@ -188,21 +217,12 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
     crate::logging::set_run_id(&run_id);
     let me = operator::user_at_host();
     let clock = crate::window::Clock::from_env();
-    let deadline = match &deadline_text {
-        Some(text) => Some(crate::window::parse_deadline(text, clock.now()).map_err(|e| {
-            Failure::new(
-                exit::BAD_INPUT,
-                format!("error: --deadline: {e}\n  hint: e.g. --deadline 6h or --deadline 2026-11-26T06:00:00Z"),
-            )
-        })?),
-        None => match &resume {
-            Some(r) => r.deadline,
-            None => playbook.deadline.and_then(|d| {
-                let d = jiff::SignedDuration::try_from(d).ok()?;
-                clock.now().checked_add(d).ok()
-            }),
-        },
-    };
+    let deadline = run_deadline(
+        deadline_text.as_deref(),
+        resume.as_ref(),
+        &playbook,
+        clock.now(),
+    )?;
     let window = playbook.window.clone();
     if ignore_window && window.is_some() {
         eprintln!("WARNING: --ignore-window: nodes start even outside the maintenance window");
@@ -300,6 +320,16 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         sink.emit(RunEvent::DeadlineSet {
             deadline: d.to_string(),
         });
+    }
+    if let Some(summary) = preflight {
+        let refusal = summary.refusal();
+        sink.emit(RunEvent::Preflight { summary });
+        if let Some(message) = refusal {
+            refuse(&sink, &message);
+            drop(sink);
+            running.teardown(config.keep_runs, None).await;
+            return Err(Failure::new(exit::PREFLIGHT_FAILED, message));
+        }
     }
 
     let (stop_tx, stop_rx) = watch::channel(StopRequest::None);

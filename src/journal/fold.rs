@@ -386,8 +386,9 @@ impl RunHistory {
                 self.state = RunState::Ended(RunEnd::Finished(*outcome));
                 self.last_end = Some(RunEnd::Finished(*outcome));
             }
-            // In the journal but no state of their own.
-            WaveStarted { .. } | Stopping { .. } => {}
+            // In the journal but no state of their own (a pre-flight refusal is the
+            // `RunRefused` after it).
+            WaveStarted { .. } | Stopping { .. } | Preflight { .. } => {}
             // Not journaled (see `writer::journaled`): nothing to fold if one is found.
             PodEvicted { .. }
             | PodSkipped { .. }

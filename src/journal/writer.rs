@@ -66,6 +66,7 @@ pub(super) fn journaled(e: &RunEvent) -> bool {
         | WindowOpened
         | DeadlineSet { .. }
         | RunFinished { .. }
+        | Preflight { .. }
         | RunRefused { .. } => true,
         PodEvicted { .. }
         | PodSkipped { .. }

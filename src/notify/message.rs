@@ -1,10 +1,14 @@
 //! What to say at each run event, as plain data: no IO and nothing channel-specific. A
 //! [`Narrator`] follows one run's events and turns the few worth telling people (run started,
 //! node done or failed, gate decisions, pause and resume, the maintenance window, the end)
-//! into [`Message`]s; channels decide how to deliver them.
+//! into [`Message`]s; channels decide how to deliver them. The pre-flight summary goes with the
+//! run's own message (verdict per check, blockers and warnings, short); a run that pre-flight
+//! refuses gets one message saying so and naming the blockers.
 
 use crate::report::short_duration;
-use crate::vocab::{Decision, GateDecision, Outcome, RunEvent, StopReason};
+use crate::vocab::{
+    Decision, GateDecision, Outcome, PreflightSummary, RunEvent, StopReason, Verdict,
+};
 
 /// Where a message goes in the run's conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +47,56 @@ pub struct Narrator {
     failed: usize,
     /// The node that took longest, and how long.
     slowest: Option<(String, u64)>,
+    /// The pre-flight summary, said with the run's own message: (text, verdicts field).
+    preflight: Option<(String, String)>,
+}
+
+/// Findings a message lists at most (the rest are counted).
+const MAX_FINDINGS: usize = 8;
+
+fn verdict_word(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Ok => "ok",
+        Verdict::Warning => "warning",
+        Verdict::Blocked => "BLOCKED",
+        Verdict::Ignored => "blocked (ignored)",
+        Verdict::Skipped => "skipped",
+    }
+}
+
+/// `check verdict, ...` for a field.
+fn verdicts(summary: &PreflightSummary) -> String {
+    summary
+        .checks
+        .iter()
+        .map(|c| format!("{} {}", c.check, verdict_word(c.verdict)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The summary for people: one line of verdicts, then the findings (at most
+/// [`MAX_FINDINGS`]), blockers first.
+fn preflight_text(summary: &PreflightSummary) -> String {
+    let mut text = format!(
+        "pre-flight: {}",
+        summary
+            .checks
+            .iter()
+            .map(|c| format!("{} *{}*", c.check, verdict_word(c.verdict)))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    );
+    for f in summary.findings.iter().take(MAX_FINDINGS) {
+        let tag = if f.blocker { "BLOCKER" } else { "warning" };
+        text.push_str(&format!("\n• {tag} {}", f.line()));
+    }
+    if summary.findings.len() > MAX_FINDINGS {
+        text.push_str(&format!(
+            "\n• … and {} more (`rollgate preflight` lists them)",
+            summary.findings.len() - MAX_FINDINGS
+        ));
+    }
+    text
 }
 
 fn decision_word(d: Decision) -> &'static str {
@@ -84,6 +138,7 @@ impl Narrator {
             done: 0,
             failed: 0,
             slowest: None,
+            preflight: None,
         }
     }
 
@@ -94,9 +149,10 @@ impl Narrator {
         )
     }
 
-    /// The run's own message (new or updated) with the progress as fields.
+    /// The run's own message (new or updated) with the progress as fields, and the pre-flight
+    /// summary (an update keeps it, since it replaces the text).
     fn root(&self, place: Place, event: &str, state: &str) -> Message {
-        Message {
+        let mut message = Message {
             place,
             event: event.into(),
             text: self.header(state),
@@ -106,6 +162,52 @@ impl Narrator {
                 ("done", self.done.to_string()),
                 ("total", self.total.to_string()),
                 ("failed", self.failed.to_string()),
+            ],
+        };
+        if let Some((text, verdicts)) = &self.preflight {
+            message.text.push('\n');
+            message.text.push_str(text);
+            message.fields.push(("preflight", verdicts.clone()));
+        }
+        message
+    }
+
+    /// A run that pre-flight refused: one message naming the blockers (the run never starts).
+    fn refused(&self, event: &str, summary: &PreflightSummary) -> Message {
+        let blocked = summary.blocked();
+        let blockers = summary.blockers();
+        let mention = self
+            .mention
+            .as_ref()
+            .map(|m| format!("{m} "))
+            .unwrap_or_default();
+        Message {
+            place: Place::Root,
+            event: event.into(),
+            text: format!(
+                "{mention}rollgate run `{}`: *{}* REFUSED by pre-flight — nothing was changed\n{}\nFix them (`rollgate preflight` gives each fix), or run despite them with {}",
+                self.run_id,
+                self.playbook,
+                preflight_text(summary),
+                blocked
+                    .iter()
+                    .map(|c| format!("`--ignore-preflight {c}`"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            fields: vec![
+                ("playbook", self.playbook.clone()),
+                ("state", "refused by pre-flight".into()),
+                ("preflight", verdicts(summary)),
+                ("blocked", blocked.join(", ")),
+                (
+                    "blockers",
+                    blockers
+                        .iter()
+                        .map(|f| f.line())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
             ],
         }
     }
@@ -158,6 +260,13 @@ impl Narrator {
         let name = event_name(event);
         let name = name.as_str();
         match event {
+            RunEvent::Preflight { summary } if summary.refusal().is_some() => {
+                vec![self.refused(name, summary)]
+            }
+            RunEvent::Preflight { summary } => {
+                self.preflight = Some((preflight_text(summary), verdicts(summary)));
+                vec![]
+            }
             RunEvent::RunStarted { nodes, dry_run, .. } => {
                 self.total = *nodes;
                 let state = if *dry_run { "dry run" } else { "running" };

@@ -1,15 +1,14 @@
-//! Runs the checks against the live cluster: lists nodes, pods and budgets once, asks the
-//! apiserver its version, reads the state directory's history, and (unless told not to)
-//! reaches every node over SSH.
+//! Runs the checks against the live cluster: reads the [`Snapshot`] the plan was resolved
+//! from (nodes, pods and budgets listed once), asks the apiserver its version, reads the state
+//! directory's history, and (unless told not to) reaches every node over SSH.
 
 use super::{Check, Finding, Report, Severity, capacity, drain_blockers, eta, skew, ssh};
-use crate::cluster::{self, Clients};
+use crate::cluster::{self, Clients, Snapshot};
 use crate::config::Config;
 use crate::plan::Plan;
 use crate::playbook::Playbook;
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams};
+use crate::vocab::Step;
+use std::collections::HashMap;
 
 /// What to check.
 #[derive(Debug, Clone, Default)]
@@ -18,35 +17,38 @@ pub struct Options {
     pub no_ssh: bool,
     /// The run's deadline, if it has one.
     pub deadline: Option<jiff::Timestamp>,
+    /// A resume: the nodes that pick up mid-way and the step they start from. Those past
+    /// their remote command are not reached over SSH (they need no SSH, and may be rebooting).
+    pub resumed_from: HashMap<String, Step>,
 }
 
-/// Every check, for this plan. Err only when the cluster cannot be read.
+/// Whether a node picking up at `step` still runs its remote command.
+fn runs_its_command(step: Step) -> bool {
+    let at = |s: Step| Step::ALL.iter().position(|x| *x == s);
+    at(step) <= at(Step::Command)
+}
+
+/// Every check, for this plan (resolved from `snapshot`). Reads the cluster only for the
+/// apiserver's version (a failure is a finding).
 pub async fn gather(
     clients: &Clients,
     config: &Config,
     playbook: &Playbook,
     plan: &Plan,
+    snapshot: &Snapshot,
     options: &Options,
-) -> Result<Report, kube::Error> {
-    let nodes = cluster::list_nodes(&clients.api).await?;
-    let pods = Api::<Pod>::all(clients.api.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let pdbs = Api::<PodDisruptionBudget>::all(clients.api.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+) -> Report {
+    let Snapshot { nodes, pods, pdbs } = snapshot;
     let mut report = Report::default();
 
     report.ran.push(Check::DrainBlockers);
     report
         .findings
-        .extend(drain_blockers::check(plan, &pods, &pdbs, &playbook.drain));
+        .extend(drain_blockers::check(plan, pods, pdbs, &playbook.drain));
 
     report.ran.push(Check::Capacity);
     let drain = playbook.drain.clone();
-    let groups = capacity::fit(plan, &nodes, &pods, |p| {
+    let groups = capacity::fit(plan, nodes, pods, |p| {
         crate::drain::filter::classify(p, &drain).drains()
             && crate::drain::filter::selected(p, &drain)
     });
@@ -81,9 +83,30 @@ pub async fn gather(
         report.skipped.push((Check::Ssh, "--no-ssh-check".into()));
     } else {
         report.ran.push(Check::Ssh);
+        let mut to_reach = plan.clone();
+        for phase in &mut to_reach.phases {
+            for wave in &mut phase.waves {
+                wave.nodes.retain(|n| match options.resumed_from.get(n) {
+                    Some(step) if !runs_its_command(*step) => {
+                        report.findings.push(
+                            Finding::new(
+                                Check::Ssh,
+                                Severity::Info,
+                                format!(
+                                    "not reached: the resumed run picks it up at {step}, after its command"
+                                ),
+                            )
+                            .node(n),
+                        );
+                        false
+                    }
+                    _ => true,
+                });
+            }
+        }
         report
             .findings
-            .extend(ssh::check(config, playbook, plan, &nodes).await);
+            .extend(ssh::check(config, playbook, &to_reach, nodes).await);
     }
 
     report.ran.push(Check::Eta);
@@ -103,5 +126,5 @@ pub async fn gather(
         .findings
         .extend(forecast.findings(playbook.window.as_ref().map(|w| w.outside)));
     report.eta = Some(forecast);
-    Ok(report)
+    report
 }

@@ -1,9 +1,12 @@
 //! Pre-flight: what would go wrong tonight, known at 6 p.m. Each check reads the live cluster
 //! (and the state directory's history) against the plan and yields findings that name the
 //! node, the object and the fix. `rollgate preflight` prints them and exits 9 on a blocker of a
-//! check not named by `--ignore-preflight CHECK`; `plan` shows them. (`run` does not run them
-//! yet.)
+//! check not named by `--ignore-preflight CHECK`; `plan` shows them; `run` and `resume` run
+//! them before the first cordon and refuse to start the same way (their [`Report::summary`] is
+//! the run's `preflight` event).
 //!
+//! - [`preview`]: the plan resolved against one [`crate::cluster::Snapshot`], with what each
+//!   node's drain would do (the snapshot the checks read too).
 //! - [`skew`]: kubelet version skew against the apiserver, control-plane order, nodes already
 //!   at the target.
 //! - [`eta`]: per-step durations from earlier runs' journals (p50, p95) and whether the run
@@ -17,11 +20,13 @@ pub mod capacity;
 pub mod drain_blockers;
 pub mod eta;
 mod gather;
+pub mod preview;
 pub mod skew;
 pub mod ssh;
 
 pub use gather::{Options, gather};
 
+use crate::vocab::{CheckVerdict, PreflightFinding, PreflightSummary, Verdict};
 use serde::Serialize;
 
 /// The checks, by the names flags, JSON and docs use.
@@ -152,22 +157,67 @@ impl Report {
         all
     }
 
+    /// Each check's verdict (those that ran, then those skipped).
+    pub fn verdicts(&self, ignored: &[Check]) -> Vec<CheckVerdict> {
+        let ran = self.ran.iter().map(|check| {
+            let worst = self
+                .findings
+                .iter()
+                .filter(|f| f.check == *check)
+                .map(|f| f.severity)
+                .max();
+            let verdict = match worst {
+                Some(Severity::Blocker) if ignored.contains(check) => Verdict::Ignored,
+                Some(Severity::Blocker) => Verdict::Blocked,
+                Some(Severity::Warning) => Verdict::Warning,
+                _ => Verdict::Ok,
+            };
+            CheckVerdict {
+                check: check.name().into(),
+                verdict,
+                note: None,
+            }
+        });
+        let skipped = self.skipped.iter().map(|(check, why)| CheckVerdict {
+            check: check.name().into(),
+            verdict: Verdict::Skipped,
+            note: Some(why.clone()),
+        });
+        ran.chain(skipped).collect()
+    }
+
+    /// What a run records and tells people: the verdicts, the blockers and the warnings.
+    pub fn summary(&self, ignored: &[Check]) -> PreflightSummary {
+        PreflightSummary {
+            checks: self.verdicts(ignored),
+            findings: self
+                .sorted()
+                .into_iter()
+                .filter(|f| f.severity >= Severity::Warning)
+                .map(|f| PreflightFinding {
+                    check: f.check.name().into(),
+                    blocker: f.severity == Severity::Blocker,
+                    node: f.node.clone(),
+                    object: f.object.clone(),
+                    message: f.message.clone(),
+                    fix: f.fix.clone(),
+                })
+                .collect(),
+        }
+    }
+
     /// The findings as a table for the terminal.
     pub fn render(&self, ignored: &[Check]) -> String {
         let mut out = String::from("pre-flight:\n");
-        for check in &self.ran {
-            let mine: Vec<&Finding> = self.findings.iter().filter(|f| f.check == *check).collect();
-            let worst = mine.iter().map(|f| f.severity).max();
-            let verdict = match worst {
-                Some(Severity::Blocker) if ignored.contains(check) => "BLOCKED (ignored)",
-                Some(Severity::Blocker) => "BLOCKED",
-                Some(Severity::Warning) => "warning",
-                _ => "ok",
+        for v in self.verdicts(ignored) {
+            let verdict = match v.verdict {
+                Verdict::Ignored => "BLOCKED (ignored)".to_owned(),
+                Verdict::Blocked => "BLOCKED".to_owned(),
+                Verdict::Warning => "warning".to_owned(),
+                Verdict::Ok => "ok".to_owned(),
+                Verdict::Skipped => format!("skipped: {}", v.note.unwrap_or_default()),
             };
-            out.push_str(&format!("  {:<15} {verdict}\n", check.name()));
-        }
-        for (check, why) in &self.skipped {
-            out.push_str(&format!("  {:<15} skipped: {why}\n", check.name()));
+            out.push_str(&format!("  {:<15} {verdict}\n", v.check));
         }
         for f in self.sorted() {
             let tag = match f.severity {
@@ -223,5 +273,71 @@ mod tests {
         let text = report.render(&[]);
         assert!(text.contains("ssh             BLOCKED"), "{text}");
         assert!(text.contains("BLOCKER  [ssh] n1: unreachable"), "{text}");
+    }
+
+    #[test]
+    fn the_run_summary_refuses_only_on_blockers_of_checks_not_ignored() {
+        let report = Report {
+            findings: vec![
+                Finding::new(
+                    Check::DrainBlockers,
+                    Severity::Blocker,
+                    "maxUnavailable is 0",
+                )
+                .node("n1")
+                .object("PodDisruptionBudget ns/db")
+                .fix("raise it"),
+                Finding::new(Check::Eta, Severity::Warning, "slow when slow"),
+                Finding::new(Check::Capacity, Severity::Info, "worst wave"),
+            ],
+            ran: vec![Check::DrainBlockers, Check::Capacity, Check::Eta],
+            skipped: vec![(Check::Ssh, "--no-ssh-check".into())],
+            ..Default::default()
+        };
+        let summary = report.summary(&[]);
+        let verdicts: Vec<(&str, Verdict)> = summary
+            .checks
+            .iter()
+            .map(|c| (c.check.as_str(), c.verdict))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("drain-blockers", Verdict::Blocked),
+                ("capacity", Verdict::Ok),
+                ("eta", Verdict::Warning),
+                ("ssh", Verdict::Skipped)
+            ]
+        );
+        // Blockers and warnings, blockers first; no info.
+        assert_eq!(summary.findings.len(), 2);
+        assert!(summary.findings[0].blocker && !summary.findings[1].blocker);
+        let refusal = summary.refusal().expect("a blocker refuses");
+        assert!(
+            refusal.starts_with("error: refusing to start: pre-flight found 1 blocker(s) (drain-blockers): [drain-blockers] n1 PodDisruptionBudget ns/db: maxUnavailable is 0"),
+            "{refusal}"
+        );
+        assert!(
+            refusal.contains("--ignore-preflight drain-blockers"),
+            "{refusal}"
+        );
+        // Ignored: the same finding, recorded, but the run goes; warnings never refuse.
+        let ignored = report.summary(&[Check::DrainBlockers]);
+        assert_eq!(ignored.checks[0].verdict, Verdict::Ignored);
+        assert_eq!(ignored.findings.len(), 2);
+        assert_eq!(ignored.refusal(), None);
+        assert!(
+            report
+                .render(&[Check::DrainBlockers])
+                .contains("drain-blockers  BLOCKED (ignored)")
+        );
+        // The summary is the journal's `preflight` event: it reads back as written.
+        let event = crate::vocab::RunEvent::Preflight { summary };
+        let text = serde_json::to_string(&event).unwrap();
+        assert!(text.starts_with("{\"event\":\"preflight\""), "{text}");
+        assert_eq!(
+            serde_json::from_str::<crate::vocab::RunEvent>(&text).unwrap(),
+            event
+        );
     }
 }

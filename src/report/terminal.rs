@@ -312,9 +312,11 @@ impl Consumer for Terminal {
                 "   health: watching {watch} again after {}",
                 short_duration(*lost_ms)
             )),
+            // The command printed the pre-flight table before the run (and its prompt).
             RunEvent::PodEvicted { .. }
             | RunEvent::PodSkipped { .. }
             | RunEvent::PodDeleted { .. }
+            | RunEvent::Preflight { .. }
             | RunEvent::RunRefused { .. } => {}
         }
     }

@@ -2,7 +2,7 @@
 //! (Serialize and Deserialize), so a renamed event or field is a compile error, not a silently
 //! broken status, resume or report.
 
-use super::{GateDecision, ProbeOutcome, Problem, Step};
+use super::{GateDecision, PreflightSummary, ProbeOutcome, Problem, Step};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
@@ -202,6 +202,11 @@ pub enum RunEvent {
     /// The monitor saw a new problem (a pod crash-looping, a node NotReady, a pod unreachable).
     Problem {
         problem: Problem,
+    },
+    /// The pre-flight checks before the run (or the resume) started, over its nodes: when a
+    /// check not ignored found a blocker, a [`RunEvent::RunRefused`] follows.
+    Preflight {
+        summary: PreflightSummary,
     },
     /// The run did not start (a gate failed before it, the monitor could not start, ...):
     /// nothing was changed. Its journal ends here; it cannot be resumed.

@@ -5,6 +5,7 @@
 mod event;
 mod health;
 pub mod node_marks;
+mod preflight;
 mod sink;
 mod step;
 
@@ -12,5 +13,6 @@ pub use event::{Outcome, RetryCause, RunEvent, Stamped, StopReason, Stream};
 pub use health::{
     Decision, GateDecision, ProbeOutcome, ProbeWhen, Problem, ProblemKind, when_name,
 };
+pub use preflight::{CheckVerdict, PreflightFinding, PreflightSummary, Verdict};
 pub use sink::{EventSink, JournalError, Recorder};
 pub use step::{ResumeFrom, Step, StepTraits};

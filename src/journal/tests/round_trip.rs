@@ -44,9 +44,10 @@ fn kind(e: &RunEvent) -> usize {
         WatchRestored { .. } => 28,
         RunFinished { .. } => 29,
         ReportWritten { .. } => 30,
+        Preflight { .. } => 31,
     }
 }
-const KINDS: usize = 31;
+const KINDS: usize = 32;
 
 fn decision() -> GateDecision {
     GateDecision {
@@ -224,6 +225,30 @@ fn one_of_each() -> Vec<RunEvent> {
                 detail: n("restarts 5"),
             },
         },
+        Preflight {
+            summary: crate::vocab::PreflightSummary {
+                checks: vec![
+                    crate::vocab::CheckVerdict {
+                        check: n("drain-blockers"),
+                        verdict: crate::vocab::Verdict::Blocked,
+                        note: None,
+                    },
+                    crate::vocab::CheckVerdict {
+                        check: n("ssh"),
+                        verdict: crate::vocab::Verdict::Skipped,
+                        note: Some(n("--no-ssh-check")),
+                    },
+                ],
+                findings: vec![crate::vocab::PreflightFinding {
+                    check: n("drain-blockers"),
+                    blocker: true,
+                    node: Some(n("w-1")),
+                    object: Some(n("PodDisruptionBudget default/web")),
+                    message: n("maxUnavailable is 0: no eviction is ever allowed"),
+                    fix: n("raise maxUnavailable"),
+                }],
+            },
+        },
         RunRefused {
             reason: n("refusing to start: gate pods failed before the run"),
         },
@@ -310,7 +335,7 @@ fn every_event_written_through_the_journal_reads_back_equal() {
     assert_eq!(
         kinds,
         [
-            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29
+            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29, 31
         ]
         .into()
     );

@@ -266,3 +266,120 @@ fn events_without_news_for_people_say_nothing() {
         assert!(t.messages(&event).is_empty(), "{event:?}");
     }
 }
+
+fn preflight(blocked: bool) -> RunEvent {
+    use crate::vocab::{CheckVerdict, PreflightFinding, PreflightSummary, Verdict};
+    RunEvent::Preflight {
+        summary: PreflightSummary {
+            checks: vec![
+                CheckVerdict {
+                    check: "drain-blockers".into(),
+                    verdict: if blocked {
+                        Verdict::Blocked
+                    } else {
+                        Verdict::Ignored
+                    },
+                    note: None,
+                },
+                CheckVerdict {
+                    check: "ssh".into(),
+                    verdict: Verdict::Skipped,
+                    note: Some("--no-ssh-check".into()),
+                },
+                CheckVerdict {
+                    check: "eta".into(),
+                    verdict: Verdict::Warning,
+                    note: None,
+                },
+            ],
+            findings: vec![
+                PreflightFinding {
+                    check: "drain-blockers".into(),
+                    blocker: true,
+                    node: Some("n1".into()),
+                    object: Some("PodDisruptionBudget ns/db".into()),
+                    message: "maxUnavailable is 0".into(),
+                    fix: "raise it".into(),
+                },
+                PreflightFinding {
+                    check: "eta".into(),
+                    blocker: false,
+                    node: None,
+                    object: None,
+                    message: "slow".into(),
+                    fix: String::new(),
+                },
+            ],
+        },
+    }
+}
+
+#[test]
+fn the_preflight_summary_goes_with_the_runs_own_message_and_stays_in_its_updates() {
+    let mut t = narrator(None);
+    assert_eq!(
+        t.messages(&preflight(false)),
+        vec![],
+        "said with the run's message"
+    );
+    let first = started(&mut t, 2);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].place, Place::Root);
+    let text = &first[0].text;
+    assert!(
+        text.starts_with("rollgate run `r1`: *p* (running)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "pre-flight: drain-blockers *blocked (ignored)* · ssh *skipped* · eta *warning*"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "• BLOCKER [drain-blockers] n1 PodDisruptionBudget ns/db: maxUnavailable is 0"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("• warning [eta] slow"), "{text}");
+    assert_eq!(
+        field(&first[0], "preflight"),
+        Some("drain-blockers blocked (ignored), ssh skipped, eta warning")
+    );
+    let update = t.messages(&RunEvent::NodeDone {
+        node: "a".into(),
+        elapsed_ms: 1000,
+    });
+    assert!(update[1].place == Place::UpdateRoot && update[1].text.contains("pre-flight: "));
+    // Without a pre-flight event (an old journal, a test), the message is as before.
+    let mut plain = narrator(None);
+    assert!(!started(&mut plain, 1)[0].text.contains("pre-flight"));
+}
+
+#[test]
+fn a_run_refused_by_preflight_is_one_message_naming_the_blockers() {
+    let mut t = narrator(None);
+    let said = t.messages(&preflight(true));
+    assert_eq!(said.len(), 1);
+    let m = &said[0];
+    assert_eq!((m.place, m.event.as_str()), (Place::Root, "preflight"));
+    assert!(
+        m.text.starts_with(
+            "<!here> rollgate run `r1`: *p* REFUSED by pre-flight — nothing was changed"
+        ),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.text.contains("`--ignore-preflight drain-blockers`"),
+        "{}",
+        m.text
+    );
+    assert_eq!(field(m, "state"), Some("refused by pre-flight"));
+    assert_eq!(field(m, "blocked"), Some("drain-blockers"));
+    assert_eq!(
+        field(m, "blockers"),
+        Some("[drain-blockers] n1 PodDisruptionBudget ns/db: maxUnavailable is 0")
+    );
+}
