@@ -361,3 +361,270 @@ spec:
     assert_eq!(eta["steps"]["command"]["samples"], 1, "{eta:#}");
     assert_eq!(eta["waves"][0]["rounds"], 3, "{eta:#}");
 }
+
+/// A config sending Slack to the stand-in, on a channel of this test's own.
+fn slack_config(dir: &std::path::Path, channel: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[slack]\nchannel = \"{channel}\"\ntoken-env = \"ROLLGATE_TEST_SLACK_TOKEN\"\napi-url = \"{}/api/\"\n",
+            env().slack_url
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The messages the Slack stand-in recorded for `channel` (posts and updates), in order.
+fn slack_bodies(channel: &str) -> Vec<Value> {
+    let recorded: Vec<Value> =
+        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    recorded
+        .into_iter()
+        .filter(|r| r["body"]["channel"] == channel && r["failed"].is_null())
+        .map(|r| {
+            let mut body = r["body"].clone();
+            body["path"] = r["path"].clone();
+            body
+        })
+        .collect()
+}
+
+/// `rollgate --config SLACK --log-format json run --yes PLAYBOOK EXTRA` with no terminal (an
+/// unattended run) and a lock of its own: (exit code, events, stderr).
+fn unattended_run(
+    dir: &std::path::Path,
+    channel: &str,
+    lock: &str,
+    playbook: &std::path::Path,
+    extra: &[&str],
+) -> (i32, Vec<Value>, String) {
+    let mut cmd = rollgate(dir);
+    cmd.arg("--config")
+        .arg(slack_config(dir, channel))
+        .env("ROLLGATE_TEST_SLACK_TOKEN", &env().slack_token)
+        .env("ROLLGATE_LOCK_NAME", lock)
+        .args(["--log-format", "json", "run", "--yes"])
+        .arg(playbook)
+        .args(extra);
+    let (code, _, stderr) = run_rollgate(cmd, 3 * MINUTE);
+    (code, events(&stderr), stderr)
+}
+
+/// The run's journal records (header left out).
+fn journal(dir: &std::path::Path, run_id: &str) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("runs").join(run_id).join("journal.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get("event").is_some())
+        .collect()
+}
+
+fn lock_holder(lock: &str) -> String {
+    kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "lease",
+        &format!("rollgate-lock-{lock}"),
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+}
+
+#[tokio::test]
+async fn run_refuses_a_node_whose_budget_never_allows_an_eviction_and_starts_when_told_to_ignore_it()
+ {
+    let suite = unique("prerun");
+    let (_nodes, names) = TestNodes::numbered(&suite, 2);
+    let ns = TestNamespace::new("prerun");
+    // One pod on the test's nodes whose budget allows no eviction ever.
+    deployment_with_pdb(&ns.0, "db", &suite, 1, 0);
+    let db_node = kubectl_ok(&[
+        "-n",
+        &ns.0,
+        "get",
+        "pods",
+        "-l",
+        "app=db",
+        "-o",
+        "jsonpath={.items[0].spec.nodeName}",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let book = write_playbook_in(
+        dir.path(),
+        &format!(
+            "name = \"prerun\"\n[[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\n\
+             [drain]\ntimeout = \"5s\"\n[command]\nrun = \"{}\"\ntimeout = \"1m\"\n[settle]\nsoak = \"0s\"\n",
+            upgrade_script()
+        ),
+        &ns.0,
+    );
+    let channel = unique("#prerun");
+    let lock = unique("prerun");
+    let budget = format!("PodDisruptionBudget {}/db", ns.0);
+
+    let (code, events, stderr) = unattended_run(dir.path(), &channel, &lock, &book, &[]);
+    assert_eq!(code, 9, "refused by pre-flight: {stderr}");
+    assert!(
+        stderr.contains("refusing to start: pre-flight found")
+            && stderr.contains("--ignore-preflight drain-blockers"),
+        "{stderr}"
+    );
+    assert!(named(&events, "run-started").is_empty(), "{stderr}");
+    for n in &names {
+        assert!(!unschedulable(n), "{n} was not cordoned");
+        assert_eq!(annotation(n, "rollgate.dev/cordoned-by"), "", "{n}");
+    }
+    assert_eq!(lock_holder(&lock), "", "the refused run released the lock");
+    // The journal: the pre-flight event with the verdict and the blocker, then the refusal.
+    let run_id = named(&events, "preflight")[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let records = journal(dir.path(), &run_id);
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["preflight", "run-refused"], "{records:#?}");
+    let summary = &records[0]["summary"];
+    let verdict = |check: &str| {
+        summary["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == check)
+            .map(|c| c["verdict"].clone())
+    };
+    assert_eq!(
+        verdict("drain-blockers"),
+        Some("blocked".into()),
+        "{summary:#}"
+    );
+    assert_eq!(verdict("ssh"), Some("ok".into()), "{summary:#}");
+    let blocker = summary["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["blocker"] == true && f["object"] == budget.as_str())
+        .unwrap_or_else(|| panic!("the budget is the blocker: {summary:#}"));
+    assert_eq!(blocker["node"], db_node.as_str());
+    assert!(
+        records[1]["reason"].as_str().unwrap().contains(&budget),
+        "{records:#?}"
+    );
+    // `status` tells it was refused.
+    let mut status = rollgate(dir.path());
+    status.args(["status", &run_id]);
+    let (_, shown, _) = run_rollgate(status, MINUTE);
+    assert!(
+        shown.contains("refused: refusing to start: pre-flight"),
+        "{shown}"
+    );
+    // Slack got one message: refused by pre-flight, naming the budget.
+    let said = slack_bodies(&channel);
+    assert_eq!(said.len(), 1, "{said:#?}");
+    let text = said[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!(
+            "rollgate run `{run_id}`: *prerun* REFUSED by pre-flight"
+        )) && text.contains(&budget)
+            && text.contains("--ignore-preflight drain-blockers"),
+        "{text}"
+    );
+
+    // Told to ignore the check, the run starts: the drain of the budget's node times out.
+    let (code, events, stderr) = unattended_run(
+        dir.path(),
+        &channel,
+        &lock,
+        &book,
+        &["--ignore-preflight", "drain-blockers"],
+    );
+    assert_eq!(code, 4, "the node held by the budget fails: {stderr}");
+    let preflight = named(&events, "preflight");
+    assert_eq!(preflight.len(), 1, "{stderr}");
+    assert!(
+        preflight[0]["summary"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["check"] == "drain-blockers" && c["verdict"] == "ignored"),
+        "{:#}",
+        preflight[0]
+    );
+    assert_eq!(named(&events, "run-started").len(), 1, "{stderr}");
+    let failed = named(&events, "node-failed");
+    assert!(
+        failed.iter().any(|f| f["node"] == db_node.as_str()
+            && f["step"] == "drain"
+            && f["reason"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{}/db", ns.0))),
+        "{failed:#?}"
+    );
+    assert_eq!(lock_holder(&lock), "");
+}
+
+#[tokio::test]
+async fn an_unattended_clean_run_posts_the_preflight_summary_with_its_first_message() {
+    let suite = unique("presum");
+    let (_nodes, names) = TestNodes::numbered(&suite, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let book = write_playbook(
+        dir.path(),
+        &format!(
+            "name = \"presum\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\"]\n\
+             [command]\nrun = \"{}\"\ntimeout = \"1m\"\nenv = {{ FAKE_UPGRADE_SECONDS = \"1\" }}\n[settle]\nsoak = \"0s\"\n",
+            names[0],
+            upgrade_script()
+        ),
+    );
+    let channel = unique("#presum");
+    let (code, events, stderr) =
+        unattended_run(dir.path(), &channel, &unique("presum"), &book, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    // In the event stream: pre-flight before the run started.
+    let names_in_order: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .filter(|e| *e == "preflight" || *e == "run-started")
+        .collect();
+    assert_eq!(names_in_order, ["preflight", "run-started"], "{stderr}");
+    let said = slack_bodies(&channel);
+    let first = &said[0];
+    assert_eq!(first["path"], "/api/chat.postMessage", "{said:#?}");
+    assert!(
+        first["thread_ts"].is_null(),
+        "the run's own message: {first:#}"
+    );
+    let text = first["text"].as_str().unwrap();
+    assert!(text.contains("*presum* (running)"), "{text}");
+    assert!(
+        text.contains(
+            "pre-flight: drain-blockers *ok* · capacity *ok* · ssh *ok* · eta *ok* · version-skew *skipped*"
+        ),
+        "every check's verdict in the first message: {text}"
+    );
+    // The run's message keeps the summary when it is updated (chat.update names the message by
+    // its ts, the thread of the run's replies, and the channel by its id).
+    let root_ts = said[1]["thread_ts"].as_str().unwrap().to_owned();
+    let recorded: Vec<Value> =
+        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    let updates: Vec<&Value> = recorded
+        .iter()
+        .filter(|r| r["path"] == "/api/chat.update" && r["body"]["ts"] == root_ts.as_str())
+        .collect();
+    assert!(!updates.is_empty(), "{said:#?}");
+    assert!(
+        updates.iter().all(|u| u["body"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("pre-flight: drain-blockers *ok*")),
+        "{updates:#?}"
+    );
+}

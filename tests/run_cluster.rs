@@ -293,7 +293,18 @@ async fn a_pdb_blocking_past_the_timeout_fails_the_node_naming_the_budget_or_fal
         )
     };
     let playbook = write_playbook_in(dir.path(), &book("fail"), &ns.0);
-    let (code, events, stderr) = run(dir.path(), &playbook, &[]);
+    // The budget that never allows an eviction is what this test drains into, and with n2
+    // tainted its pod has nowhere to go: pre-flight rightly blocks both; they are the point.
+    let (code, events, stderr) = run(
+        dir.path(),
+        &playbook,
+        &[
+            "--ignore-preflight",
+            "drain-blockers",
+            "--ignore-preflight",
+            "capacity",
+        ],
+    );
     assert_eq!(code, 4, "{stderr}");
     let failed = named(&events, "node-failed");
     assert_eq!(failed.len(), 1);
@@ -327,6 +338,7 @@ async fn a_pdb_blocking_past_the_timeout_fails_the_node_naming_the_budget_or_fal
     // With on-pdb-timeout = "disable-eviction" the blocked pod is deleted and the node finishes.
     kubectl_ok(&["taint", "node", &n2, "hold:NoSchedule-"]);
     let playbook = write_playbook_in(dir.path(), &book("disable-eviction"), &ns.0);
+    // (With disable-eviction the budget is only a pre-flight warning; n2 is schedulable again.)
     let (code, events, stderr) = run(dir.path(), &playbook, &["--show-output"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
@@ -530,11 +542,12 @@ async fn refusals_version_mismatch_and_precordoned_nodes() {
         )
     };
 
-    // A pod no controller manages: the drain refuses before evicting anything.
+    // A pod no controller manages: the drain refuses before evicting anything. (Pre-flight
+    // names it as a drain blocker: ignored, since the drain's own refusal is under test.)
     let (code, events, stderr) = run(
         dir.path(),
         &write_playbook_in(dir.path(), &book(&bare_node, ""), &ns.0),
-        &[],
+        &["--ignore-preflight", "drain-blockers"],
     );
     assert_eq!(code, 4, "{stderr}");
     let reason = named(&events, "node-failed")[0]["reason"]
@@ -560,7 +573,8 @@ async fn refusals_version_mismatch_and_precordoned_nodes() {
         "nothing was evicted"
     );
 
-    // A node that comes back with the wrong kubelet version fails.
+    // A node that comes back with the wrong kubelet version fails. (A target newer than the
+    // apiserver is a version-skew blocker: ignored, the wait-ready check is under test.)
     let (code, events, stderr) = run(
         dir.path(),
         &write_playbook_in(
@@ -568,7 +582,7 @@ async fn refusals_version_mismatch_and_precordoned_nodes() {
             &book(&old_node, "target-kubelet-version = \"v1.99.0\""),
             &ns.0,
         ),
-        &[],
+        &["--ignore-preflight", "version-skew"],
     );
     assert_eq!(code, 4, "{stderr}");
     let failed = named(&events, "node-failed");
@@ -721,9 +735,12 @@ async fn a_host_key_mismatch_or_a_dead_sshd_fails_the_node_before_any_command_ru
     )
     .unwrap();
     let mut cmd = rollgate(dir.path());
+    // Pre-flight's ssh check finds the bad key first: ignored, the command step's own
+    // refusal to connect is under test.
     cmd.arg("--ssh-config")
         .arg(&ssh_config)
         .args(["--log-format", "json", "run", "--yes"])
+        .args(["--ignore-preflight", "ssh"])
         .arg(write_playbook(dir.path(), &book(&n1)));
     let (code, _, stderr) = run_rollgate(cmd, MINUTE);
     assert_eq!(code, 4, "{stderr}");
@@ -750,7 +767,12 @@ async fn a_host_key_mismatch_or_a_dead_sshd_fails_the_node_before_any_command_ru
         async move { !alive(&pid) }
     })
     .await;
-    let (code, ev, stderr) = run(dir.path(), &write_playbook(dir.path(), &book(&n2)), &[]);
+    let (code, ev, stderr) = run(
+        dir.path(),
+        &write_playbook(dir.path(), &book(&n2)),
+        // The dead sshd is a pre-flight ssh blocker too: ignored, as above.
+        &["--ignore-preflight", "ssh"],
+    );
     assert_eq!(code, 4, "{stderr}");
     let reason = named(&ev, "node-failed")[0]["reason"]
         .as_str()
@@ -919,6 +941,15 @@ async fn kill_and_resume_on(case: &str, elsewhere: bool) {
             "--lock-duration",
             "3s",
         ])
+        // The held pod is pinned to node 1 by hostname: no other node can take it (a true
+        // capacity blocker, and the test's design); killed mid-drain, its budget never allows
+        // the eviction until the test lifts it (a true drain blocker).
+        .args(["--ignore-preflight", "capacity"])
+        .args(if kill_step == "drain" {
+            &["--ignore-preflight", "drain-blockers"][..]
+        } else {
+            &[]
+        })
         .arg(&playbook);
     let mut child = cmd
         .stdin(std::process::Stdio::null())
@@ -975,6 +1006,8 @@ async fn kill_and_resume_on(case: &str, elsewhere: bool) {
         });
         cmd.env("ROLLGATE_LOCK_NAME", &lock)
             .args(["--log-format", "json", "resume"])
+            // Resume checks the nodes left: the pinned pod still has nowhere to go (as above).
+            .args(["--ignore-preflight", "capacity"])
             .args(extra);
         if elsewhere {
             cmd.arg(run_id.trim());

@@ -46,17 +46,23 @@ pub struct PreflightFinding {
 }
 
 impl PreflightFinding {
-    /// `[check] node object: message`.
+    /// `[check] node object: message`, on one line (a message quoting a tool's output, such as
+    /// ssh's host key warning, has its line breaks and runs of spaces folded).
     pub fn line(&self) -> String {
+        let message = self
+            .message
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         let about = [self.node.as_deref(), self.object.as_deref()]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
             .join(" ");
         if about.is_empty() {
-            format!("[{}] {}", self.check, self.message)
+            format!("[{}] {message}", self.check)
         } else {
-            format!("[{}] {about}: {}", self.check, self.message)
+            format!("[{}] {about}: {message}", self.check)
         }
     }
 }
