@@ -363,7 +363,19 @@ spec:
         ),
         &ns.0,
     );
-    let (code, events, stderr) = run(dir.path(), &playbook);
+    // The Ready replica can go nowhere else (one node of the suite, anti-affinity): a true
+    // capacity blocker, built on purpose (settle's forgiveness is under test).
+    let (code, events, stderr) = rollgate_json(
+        dir.path(),
+        &[
+            "run",
+            "--yes",
+            "--ignore-preflight",
+            "capacity",
+            playbook.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(node_names(&events, "node-done"), vec![node.clone()]);
     assert_eq!(

@@ -145,6 +145,19 @@ fn a_json_webhook_gets_the_run_started_each_node_done_and_the_end_and_no_secret_
     );
     let started = delivered[0];
     assert_eq!(started["fields"]["total"], "2", "{started}");
+    // The pre-flight summary goes with the run's first message: each check's verdict.
+    assert_eq!(
+        started["fields"]["preflight"],
+        "drain-blockers ok, capacity ok, ssh ok, eta ok, version-skew skipped",
+        "{started}"
+    );
+    assert!(
+        started["text"]
+            .as_str()
+            .unwrap()
+            .contains("\npre-flight: drain-blockers *ok*"),
+        "{started}"
+    );
     assert!(
         started["text"]
             .as_str()

@@ -128,3 +128,17 @@ pub async fn gather(
     report.eta = Some(forecast);
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_node_is_reached_over_ssh_only_while_its_command_is_ahead() {
+        let reached: Vec<Step> = Step::ALL
+            .into_iter()
+            .filter(|s| runs_its_command(*s))
+            .collect();
+        assert_eq!(reached, [Step::Cordon, Step::Drain, Step::Command]);
+    }
+}
