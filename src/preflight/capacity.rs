@@ -218,6 +218,9 @@ pub fn may_run_on(pod: &Pod, node: &Node) -> bool {
     taints
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        // The taints Kubernetes puts on a cordoned or NotReady node say what `fit` judges from
+        // the node itself (a node coming back from rollgate loses them).
+        .filter(|t| !CONDITION_TAINTS.contains(&t.key.as_str()))
         .all(|t| {
             tolerations.iter().any(|tol| {
                 let key_ok = tol
@@ -248,6 +251,22 @@ pub struct GroupFit {
     pub unplaced: Vec<String>,
 }
 
+/// Taints the control plane sets from a node's state (cordon, readiness).
+const CONDITION_TAINTS: [&str; 3] = [
+    "node.kubernetes.io/unschedulable",
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
+
+/// Whether the run gives the node back when done with it: rollgate cordoned it, and it was
+/// not cordoned by someone else before (that cordon stays).
+fn comes_back_from_rollgate(node: &Node) -> bool {
+    use crate::vocab::node_marks::{CORDONED_BY, PRECORDONED};
+    let annotations = node.metadata.annotations.as_ref();
+    let has = |key: &str| annotations.is_some_and(|a| a.contains_key(key));
+    has(CORDONED_BY) && !has(PRECORDONED)
+}
+
 /// Fits each group of each wave. `moves(pod)` says whether the drain moves the pod (not a
 /// DaemonSet or mirror pod, not completed).
 pub fn fit(
@@ -267,18 +286,23 @@ pub fn fit(
         }
     }
     let mut out = Vec::new();
+    // Plan nodes drained in earlier groups: one that rollgate cordoned (a resumed run's node
+    // mid-upgrade) is uncordoned, Ready, before the later groups start.
+    let mut earlier: Vec<&str> = Vec::new();
     for phase in &plan.phases {
         for wave in &phase.waves {
             for group in wave.nodes.chunks(phase.concurrency.max(1)) {
                 let mut targets: Vec<(&Node, Resources)> = nodes
                     .iter()
                     .filter(|n| !group.iter().any(|g| g == name(n)))
-                    .filter(|n| ready(n))
                     .filter(|n| {
-                        !n.spec
+                        let schedulable = !n
+                            .spec
                             .as_ref()
                             .and_then(|s| s.unschedulable)
-                            .unwrap_or(false)
+                            .unwrap_or(false);
+                        (ready(n) && schedulable)
+                            || (earlier.contains(&name(n)) && comes_back_from_rollgate(n))
                     })
                     .map(|n| {
                         let mut free = allocatable(n);
@@ -323,6 +347,7 @@ pub fn fit(
                     schedulable_nodes: targets.len(),
                     unplaced,
                 });
+                earlier.extend(group.iter().map(String::as_str));
             }
         }
     }
@@ -491,5 +516,55 @@ mod tests {
         );
         assert!(may_run_on(&affinity, &plain));
         assert!(!may_run_on(&affinity, &tainted));
+    }
+
+    #[test]
+    fn a_node_rollgate_cordoned_earlier_in_the_plan_takes_pods_of_later_groups() {
+        let cordoned = |annotations: serde_json::Value| {
+            let mut n = node("a", "2", false, json!({}));
+            let spec = n.spec.get_or_insert_default();
+            spec.unschedulable = Some(true);
+            spec.taints = serde_json::from_value(
+                json!([{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]),
+            )
+            .unwrap();
+            n.metadata.annotations = serde_json::from_value(annotations).unwrap();
+            n
+        };
+        let pods = vec![pod("p", "b", "1", json!({}))];
+        let unplaced = |a: Node| {
+            fit(
+                &plan(&["a", "b"], 1),
+                &[a, node("b", "2", false, json!({}))],
+                &pods,
+                |_| true,
+            )[1]
+            .unplaced
+            .len()
+        };
+        // A resumed run's node mid-upgrade: uncordoned before b drains.
+        assert_eq!(
+            unplaced(cordoned(json!({"rollgate.dev/cordoned-by": "r1"}))),
+            0
+        );
+        // Cordoned by someone else (before rollgate, or by hand): it stays cordoned.
+        assert_eq!(unplaced(cordoned(json!({}))), 1);
+        assert_eq!(
+            unplaced(cordoned(
+                json!({"rollgate.dev/cordoned-by": "r1", "rollgate.dev/precordoned": "kubectl"})
+            )),
+            1
+        );
+        // Not in an earlier group (b drains first): no.
+        let later = fit(
+            &plan(&["b", "a"], 1),
+            &[
+                cordoned(json!({"rollgate.dev/cordoned-by": "r1"})),
+                node("b", "2", false, json!({})),
+            ],
+            &pods,
+            |_| true,
+        );
+        assert_eq!(later[0].unplaced.len(), 1);
     }
 }
