@@ -119,7 +119,7 @@ async fn a_pod_crash_looping_elsewhere_during_a_drain_aborts_within_two_seconds_
     ]);
     let dir = tempfile::tempdir().unwrap();
     let channel = format!("#{suite}");
-    let child = spawn(rollgate_run(
+    let mut cmd = rollgate_run(
         dir.path(),
         &channel,
         &format!(
@@ -130,7 +130,12 @@ async fn a_pod_crash_looping_elsewhere_during_a_drain_aborts_within_two_seconds_
             names[3],
             scope(&suite, &ns.0)
         ),
-    ));
+    );
+    // Built on purpose: the budget holding node 2's drain, its pod pinned there, and the bare
+    // victim pod are pre-flight blockers (drain-blockers, capacity); the abort is under test.
+    cmd.args(["--ignore-preflight", "drain-blockers"])
+        .args(["--ignore-preflight", "capacity"]);
+    let child = spawn(cmd);
     let n2 = names[1].clone();
     eventually("node 2 to be draining", MINUTE, || {
         let n2 = n2.clone();
