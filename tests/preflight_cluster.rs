@@ -628,3 +628,66 @@ async fn an_unattended_clean_run_posts_the_preflight_summary_with_its_first_mess
         "{updates:#?}"
     );
 }
+
+#[tokio::test]
+async fn at_a_terminal_the_findings_show_before_the_prompt_and_a_blocker_asks_nothing() {
+    let suite = unique("preterm");
+    let (_nodes, names) = TestNodes::numbered(&suite, 1);
+    let ns = TestNamespace::new("preterm");
+    // A pod no controller manages: the drain would refuse it.
+    ns.pod("loner", &names[0], "app: loner");
+    let dir = tempfile::tempdir().unwrap();
+    let book = write_playbook_in(
+        dir.path(),
+        &format!(
+            "name = \"preterm\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\"]\n[command]\nrun = \"true\"\n",
+            names[0]
+        ),
+        &ns.0,
+    );
+    let at_terminal = |extra: &[&str]| {
+        let mut cmd = rollgate(dir.path());
+        cmd.arg("run").arg(&book).args(extra);
+        Terminal::start(&cmd)
+    };
+    // Refused: the table names the blocker, no question is asked, exit 9.
+    let (code, screen) = at_terminal(&[]).wait(2 * MINUTE);
+    let screen = screen.replace('\r', "");
+    assert_eq!(code, 9, "{screen}");
+    assert!(
+        screen.contains("drain-blockers  BLOCKED")
+            && screen.contains(&format!("BLOCKER  [drain-blockers] {}", names[0]))
+            && screen.contains(&format!("Pod {}/loner", ns.0)),
+        "{screen}"
+    );
+    assert!(!screen.contains("[y/N]"), "nothing to confirm: {screen}");
+    assert!(
+        screen.contains("refusing to start: pre-flight found 1 blocker(s)"),
+        "{screen}"
+    );
+    // Ignored: the table comes first, then the question; declined, nothing changes.
+    let mut term = at_terminal(&["--ignore-preflight", "drain-blockers"]);
+    term.wait_for("upgrade 1 node(s)? [y/N]", 2 * MINUTE);
+    let screen = term.screen().replace('\r', "");
+    let table = screen
+        .find("drain-blockers  BLOCKED (ignored)")
+        .unwrap_or_else(|| panic!("{screen}"));
+    assert!(
+        table < screen.find("upgrade 1 node(s)?").unwrap(),
+        "{screen}"
+    );
+    term.type_line("n");
+    let (code, screen) = term.wait(MINUTE);
+    assert_eq!(code, 6, "declined: {screen}");
+    assert!(!unschedulable(&names[0]));
+    // A dry run checks too, and refuses the same way.
+    let mut dry = rollgate(dir.path());
+    dry.args(["--log-format", "json", "run", "--dry-run"])
+        .arg(&book);
+    let (code, _, stderr) = run_rollgate(dry, 2 * MINUTE);
+    assert_eq!(code, 9, "{stderr}");
+    let events = events(&stderr);
+    assert_eq!(named(&events, "preflight").len(), 1, "{stderr}");
+    assert_eq!(named(&events, "run-refused").len(), 1, "{stderr}");
+    assert!(named(&events, "dry-run-action").is_empty(), "{stderr}");
+}

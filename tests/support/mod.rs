@@ -649,6 +649,14 @@ impl Terminal {
         self.stdin.flush().unwrap();
     }
 
+    /// Types a line (and Enter), as a person answers a prompt.
+    pub fn type_line(&mut self, text: &str) {
+        self.stdin
+            .write_all(format!("{text}\r").as_bytes())
+            .unwrap();
+        self.stdin.flush().unwrap();
+    }
+
     /// Closes the terminal: kills script's process group; rollgate, in script's new session,
     /// gets SIGHUP when the terminal goes away.
     pub fn close(mut self) {
