@@ -691,3 +691,86 @@ async fn at_a_terminal_the_findings_show_before_the_prompt_and_a_blocker_asks_no
     assert_eq!(named(&events, "run-refused").len(), 1, "{stderr}");
     assert!(named(&events, "dry-run-action").is_empty(), "{stderr}");
 }
+
+#[tokio::test]
+async fn resume_checks_the_nodes_left_a_blocker_refuses_it_and_the_run_stays_resumable() {
+    let suite = unique("preres");
+    let (_nodes, names) = TestNodes::numbered(&suite, 2);
+    let ns = TestNamespace::new("preres");
+    let dir = tempfile::tempdir().unwrap();
+    let book = write_playbook_in(
+        dir.path(),
+        &format!(
+            "name = \"preres\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\"]\n[command]\nrun = \"{}\"\ntimeout = \"1m\"\n[settle]\nsoak = \"0s\"\n",
+            names[0],
+            names[1],
+            upgrade_script()
+        ),
+        &ns.0,
+    );
+    let lock = unique("preres");
+    // The run stops dead right after node 1's cordon (the failpoint holds it), then dies.
+    let mut cmd = rollgate(dir.path());
+    cmd.env("ROLLGATE_FAILPOINT", "pause-after:cordon")
+        .env("ROLLGATE_LOCK_NAME", &lock)
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--yes",
+            "--lock-duration",
+            "3s",
+        ])
+        .arg(&book)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let (state, n1) = (dir.path().to_owned(), names[0].clone());
+    eventually("node 1 cordoned", MINUTE, || {
+        let (state, n1) = (state.clone(), n1.clone());
+        async move { journal_has(&state, &n1, "step-finished", "cordon") }
+    })
+    .await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(unschedulable(&names[0]), "rollgate's cordon stays");
+    // Meanwhile node 2 gets a pod whose budget never allows its eviction.
+    held_by_pdb(&ns.0, &names[1]);
+    tokio::time::sleep(Duration::from_secs(4)).await; // the killed runner's lock expires
+    let resume = || {
+        let mut cmd = rollgate(dir.path());
+        cmd.env("ROLLGATE_LOCK_NAME", &lock)
+            .args(["--log-format", "json", "resume"]);
+        let (code, _, stderr) = run_rollgate(cmd, 2 * MINUTE);
+        (code, events(&stderr), stderr)
+    };
+    let (code, events, stderr) = resume();
+    assert_eq!(code, 9, "{stderr}");
+    let summary = &named(&events, "preflight")[0]["summary"];
+    let blockers: Vec<&Value> = summary["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["blocker"] == true)
+        .collect();
+    assert!(
+        blockers.iter().any(|f| f["node"] == names[1].as_str()
+            && f["object"] == format!("PodDisruptionBudget {}/held", ns.0)),
+        "{summary:#}"
+    );
+    assert!(
+        blockers.iter().all(|f| f["node"] != names[0].as_str()),
+        "the node rollgate cordoned is no blocker: {summary:#}"
+    );
+    assert!(named(&events, "node-started").is_empty(), "{stderr}");
+    assert!(unschedulable(&names[0]) && !unschedulable(&names[1]));
+    // The refused resume changed nothing: once the budget is gone, resume finishes the run.
+    kubectl_ok(&["-n", &ns.0, "delete", "deployment,pdb", "held"]);
+    let (code, events, stderr) = resume();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(named(&events, "node-done").len(), 2, "{stderr}");
+    for n in &names {
+        assert!(!unschedulable(n), "{n}");
+    }
+}
