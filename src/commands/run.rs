@@ -54,7 +54,8 @@ pub(super) async fn plan_and_run(
     let mut playbook = load_playbook_with(&playbook_file, &config)?;
     if resume.is_some() {
         // The nodes a resume picks up are finished whatever version they report now (their
-        // command may have upgraded them): `skip-upgraded` applies when a run starts.
+        // command may have upgraded them): `skip-upgraded` applies when a run starts, and the
+        // nodes it left out then stay out (a resume keeps to the run's planned nodes).
         playbook.skip_upgraded = false;
     }
     let playbook = Arc::new(playbook);
@@ -67,10 +68,13 @@ pub(super) async fn plan_and_run(
         .map_err(connect_failure)?;
     let mut report = build(&clients, &playbook).await?;
     if let Some(r) = &resume {
-        // Finished nodes are skipped; the rest keep the plan's order.
+        // Finished nodes are skipped, and nodes the run did not plan at its start; the rest
+        // keep the plan's order.
         for phase in &mut report.plan.phases {
             for wave in &mut phase.waves {
-                wave.nodes.retain(|n| !r.done.contains(n));
+                wave.nodes.retain(|n| {
+                    !r.done.contains(n) && (r.planned.is_empty() || r.planned.contains(n))
+                });
             }
             phase.waves.retain(|w| !w.nodes.is_empty());
         }

@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 pub struct ResumePoints {
     pub run_id: String,
     pub playbook_file: PathBuf,
+    /// The nodes the run planned at its start (its header): a resume upgrades no other node,
+    /// whatever the selectors match now (nodes `skip-upgraded` left out stay out). Empty in
+    /// journals written before the plan was recorded: no restriction.
+    pub planned: BTreeSet<String>,
     /// Finished nodes: skipped.
     pub done: BTreeSet<String>,
     /// Nodes that had started: the step they start from now.
@@ -108,6 +112,7 @@ pub fn resume_points(path: &Path, command_done: &[String]) -> Result<ResumePoint
     let mut points = ResumePoints {
         run_id: header.run_id.clone(),
         playbook_file: header.playbook_file.clone(),
+        planned: header.nodes.iter().map(|(node, _)| node.clone()).collect(),
         deadline: history.deadline.as_deref().and_then(|d| d.parse().ok()),
         lock_name: header.lock_name.clone(),
         lock_duration: header

@@ -79,6 +79,10 @@ fn resume_points_follow_the_last_step_of_each_node() {
         &Header {
             run_id: "r1".into(),
             playbook_file: "/p.toml".into(),
+            nodes: vec![
+                ("done".into(), "all".into()),
+                ("draining".into(), "all".into()),
+            ],
             ..Default::default()
         },
     )
@@ -128,6 +132,8 @@ fn resume_points_follow_the_last_step_of_each_node() {
     let p = resume_points(&path, &["in-command".into()]).unwrap();
     assert!(p.uncertain.is_empty());
     assert_eq!(p.run_id, "r1");
+    // The nodes the run planned at its start (its header): a resume keeps to them.
+    assert_eq!(p.planned.iter().collect::<Vec<_>>(), ["done", "draining"]);
     assert!(p.done.contains("done") && !p.from.contains_key("done"));
     assert_eq!(p.from["draining"], Step::Cordon);
     assert_eq!(p.from["commanded"], Step::WaitReady);
