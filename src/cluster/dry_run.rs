@@ -81,15 +81,7 @@ impl NodeSteps for DryRunSteps {
         let cmd = &self.playbook.command;
         let env = BTreeMap::new();
         let record = remote::record_dir(&self.run_id, &job.node);
-        let inv = remote::RemoteInvocation {
-            address: &address,
-            user: cmd.user.as_deref(),
-            run: &cmd.run,
-            env: &env,
-            timeout: cmd.timeout,
-            record: &record,
-            sudo: cmd.sudo,
-        };
+        let inv = remote::RemoteInvocation::for_command(cmd, &address, &env, &record);
         let words = remote::describe_words(&inv);
         let user = cmd
             .user

@@ -252,15 +252,7 @@ impl NodeSteps for KubeSteps {
         let env = self.command_env(job, &address);
         let cmd = &self.playbook.command;
         let record = remote::record_dir(&self.run_id, &job.node);
-        let inv = remote::RemoteInvocation {
-            address: &address,
-            user: cmd.user.as_deref(),
-            run: &cmd.run,
-            env: &env,
-            timeout: cmd.timeout,
-            record: &record,
-            sudo: cmd.sudo,
-        };
+        let inv = remote::RemoteInvocation::for_command(cmd, &address, &env, &record);
         let sink = self.sink.clone();
         let node_name = job.node.clone();
         // A node whose command failed before (in the run resumed): a new attempt.
@@ -377,7 +369,7 @@ impl KubeSteps {
     async fn record_failure(&self, job: &NodeJob, step: Step, reason: &str) {
         // Annotation values are bounded; keep the message readable.
         let reason: String = reason.chars().take(1000).collect();
-        let patch = json!({"metadata": {"annotations": {STEP: "failed", FAILED_STEP: step.name(), REASON: reason}}});
+        let patch = json!({"metadata": {"annotations": {STEP: STEP_FAILED, FAILED_STEP: step.name(), REASON: reason}}});
         if let Err(e) = self.patch(&job.node, patch).await {
             self.sink.emit(RunEvent::Warning {
                 node: Some(job.node.clone()),

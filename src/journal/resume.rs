@@ -155,9 +155,6 @@ pub struct NodeRecord {
     pub last_run: Option<String>,
 }
 
-/// The `rollgate.dev/step` value of a node whose step failed.
-const FAILED_MARK: &str = "failed";
-
 /// Moves each unfinished node's resume point forward to what its annotations prove about this
 /// run. A node whose annotations say its command started, where the journal does not know it,
 /// is treated like one interrupted in its command (uncertain: its record on the node decides).
@@ -176,7 +173,7 @@ pub fn reconcile_with_nodes(
             .last_run
             .as_deref()
             .is_some_and(|l| l.split_whitespace().next() == Some(points.run_id.as_str()));
-        let failed_here = r.step.as_deref() == Some(FAILED_MARK);
+        let failed_here = r.step.as_deref() == Some(crate::vocab::node_marks::STEP_FAILED);
         let step_name = if failed_here {
             r.failed_step.as_deref()
         } else {
