@@ -91,6 +91,7 @@ pub fn summary(path: &Path, pb: &Playbook) -> String {
         match dr.on_pdb_timeout {
             PdbTimeoutPolicy::Fail => "fail the node",
             PdbTimeoutPolicy::DisableEviction => "delete the pods",
+            PdbTimeoutPolicy::Skip => "skip the node (uncordoned, without its command)",
         }
     );
     let c = &pb.command;

@@ -151,8 +151,9 @@ pub async fn resume(
             .await
             .map_err(cannot)?;
         eprintln!(
-            "resuming run {run_id} from its journal: {} node(s) done, {} to pick up where they stopped",
+            "resuming run {run_id} from its journal: {} node(s) done, {} skipped, {} to pick up where they stopped",
             points.done.len(),
+            points.skipped.len(),
             points.from.len()
         );
         let options = RunOptions {

@@ -68,12 +68,14 @@ pub(super) async fn plan_and_run(
         .map_err(connect_failure)?;
     let mut report = build(&clients, &playbook).await?;
     if let Some(r) = &resume {
-        // Finished nodes are skipped, and nodes the run did not plan at its start; the rest
+        // Finished and skipped nodes are left out, and nodes the run did not plan at its start; the rest
         // keep the plan's order.
         for phase in &mut report.plan.phases {
             for wave in &mut phase.waves {
                 wave.nodes.retain(|n| {
-                    !r.done.contains(n) && (r.planned.is_empty() || r.planned.contains(n))
+                    !r.done.contains(n)
+                        && !r.skipped.contains(n)
+                        && (r.planned.is_empty() || r.planned.contains(n))
                 });
             }
             phase.waves.retain(|w| !w.nodes.is_empty());
@@ -115,6 +117,14 @@ pub(super) async fn plan_and_run(
 /// report are; a journal that could not be written is the run's error.
 fn print_end(end: &RunEnd, json: bool) -> Result<u8, Failure> {
     let (summary, run_id) = (&end.summary, &end.run_id);
+    if !summary.skipped.is_empty() {
+        eprintln!(
+            "nodes skipped (on-pdb-timeout = \"skip\"): uncordoned without their command, NOT upgraded; a new run includes them again:"
+        );
+        for (node, why) in &summary.skipped {
+            eprintln!("  {node}: {why}");
+        }
+    }
     if !summary.failed.is_empty() || !summary.abandoned.is_empty() {
         eprintln!("nodes left cordoned:");
         for (node, step, reason) in &summary.failed {

@@ -154,7 +154,11 @@ pub async fn status(
             n.state,
             n.step.as_deref().unwrap_or("-"),
             n.since.as_deref().unwrap_or("-"),
-            n.last_error.as_deref().unwrap_or("")
+            match (&n.last_error, &n.skipped) {
+                (Some(e), _) => e.clone(),
+                (None, Some(why)) => format!("skipped: {why}"),
+                (None, None) => String::new(),
+            }
         );
     }
     for d in &status.decisions {

@@ -1,7 +1,9 @@
 //! The rollout engine: walks the plan's phases and waves, with up to `concurrency` nodes out
 //! of service at once (nodes in flight, and failed nodes left cordoned), each through
 //! [`Step::ALL`] in order. A failed node is counted by the failure budget and, through the
-//! guard, exempt from the health gates for the rest of the run. It owns the run state (what is in flight, what
+//! guard, exempt from the health gates for the rest of the run. A node whose drain budgets
+//! held past the timeout under `on-pdb-timeout = "skip"` is given back and skipped: not a
+//! failure, and it takes no slot. It owns the run state (what is in flight, what
 //! failed, why the run stops) in one loop that `select!`s over node completions and stop
 //! requests; node tasks talk to it only through their results and the [`EventSink`].
 //!
@@ -13,7 +15,7 @@ mod node;
 
 use crate::vocab::{EventSink, Outcome, RunEvent, Step, StopReason};
 
-use crate::drain::DrainReport;
+use crate::drain::{DrainReport, HeldByBudget};
 use crate::health::{Guard, HealthState};
 use crate::plan::Plan;
 use crate::window::{OutsideWindow, Schedule};
@@ -45,10 +47,20 @@ pub struct NodeJob {
     pub from: Step,
 }
 
+/// How a drain step ended, when it did not fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DrainOutcome {
+    /// The pods the drain takes are gone.
+    Drained(DrainReport),
+    /// `on-pdb-timeout = "skip"`: PodDisruptionBudgets held pods past the drain timeout: the
+    /// node is given back ([`NodeSteps::hand_back`]) without its command, and skipped.
+    HeldByBudget(HeldByBudget),
+}
+
 /// The side effects of one node's upgrade. Each call is bounded by its own timeout.
 pub trait NodeSteps: Send + Sync + 'static {
     fn cordon(&self, job: &NodeJob) -> impl Future<Output = Result<(), StepError>> + Send;
-    fn drain(&self, job: &NodeJob) -> impl Future<Output = Result<DrainReport, StepError>> + Send;
+    fn drain(&self, job: &NodeJob) -> impl Future<Output = Result<DrainOutcome, StepError>> + Send;
     fn run_command(&self, job: &NodeJob) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Returns a detail for the event (e.g. the kubelet version now reported).
     fn wait_ready(&self, job: &NodeJob) -> impl Future<Output = Result<String, StepError>> + Send;
@@ -58,6 +70,9 @@ pub trait NodeSteps: Send + Sync + 'static {
         job: &NodeJob,
         drained: &DrainReport,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Gives a node back without its upgrade (it was not taken down): uncordoned unless it was
+    /// cordoned before the run, rollgate's marks cleared, no `last-run` recorded.
+    fn hand_back(&self, job: &NodeJob) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Records the failure on the node (it stays cordoned). Best effort: errors are reported as warnings.
     fn mark_failed(
         &self,
@@ -83,6 +98,8 @@ pub struct RunSummary {
     pub outcome: Outcome,
     pub done: Vec<String>,
     pub failed: Vec<(String, Step, String)>,
+    /// Nodes given back without their command (`on-pdb-timeout = "skip"`), with why.
+    pub skipped: Vec<(String, String)>,
     pub not_started: Vec<String>,
     /// Nodes in flight when the run was stopped immediately, with the step they were in.
     pub abandoned: Vec<(String, Option<Step>)>,
@@ -109,6 +126,8 @@ pub struct Engine<S: NodeSteps> {
 /// Why a node task ended before its last step.
 enum NodeStop {
     Failed(Step, StepError),
+    /// Given back without its command (`on-pdb-timeout = "skip"`), with why.
+    Skipped(String),
     /// The journal could not record the start of this step: it was not run.
     Unrecorded(Step),
 }
@@ -196,6 +215,7 @@ impl<S: NodeSteps> Engine<S> {
         let mut stop_reason: Option<StopReason> = None;
         let mut done = Vec::new();
         let mut failed: Vec<(String, Step, String)> = Vec::new();
+        let mut skipped: Vec<(String, String)> = Vec::new();
         let mut abandoned = Vec::new();
         let mut unrecorded = Vec::new();
         let mut started_nodes = std::collections::HashSet::new();
@@ -426,6 +446,8 @@ impl<S: NodeSteps> Engine<S> {
                             self.guard.collected(&node);
                             match result {
                                 Ok(()) => done.push(node),
+                                // Not a failure: no budget counts it, and it is back in service.
+                                Err(NodeStop::Skipped(why)) => skipped.push((node, why)),
                                 Err(NodeStop::Unrecorded(step)) => {
                                     self.sink.emit(RunEvent::Warning {
                                         node: Some(node.clone()),
@@ -495,6 +517,7 @@ impl<S: NodeSteps> Engine<S> {
             outcome,
             done: done.len(),
             failed: failed.len(),
+            skipped: skipped.len(),
             not_started: not_started.len(),
             elapsed_ms: started.elapsed().as_millis() as u64,
         });
@@ -502,6 +525,7 @@ impl<S: NodeSteps> Engine<S> {
             outcome,
             done,
             failed,
+            skipped,
             not_started,
             abandoned,
             unrecorded,

@@ -24,6 +24,9 @@ pub enum NodeState {
     InProgress,
     Done,
     Failed,
+    /// Given back without its command: budgets held its drain past the timeout
+    /// (`on-pdb-timeout = "skip"`). A recorded outcome: resume leaves it, a new run includes it.
+    Skipped,
     /// In flight when the run was stopped immediately: left as it was.
     Abandoned,
 }
@@ -36,6 +39,7 @@ impl NodeState {
             NodeState::InProgress => "in-progress",
             NodeState::Done => "done",
             NodeState::Failed => "failed",
+            NodeState::Skipped => "skipped",
             NodeState::Abandoned => "abandoned",
         }
     }
@@ -67,6 +71,16 @@ pub struct StepSpan {
     pub detail: Option<String>,
 }
 
+/// Why a node was skipped (`on-pdb-timeout = "skip"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skip {
+    pub reason: String,
+    /// The budgets that held it (`namespace/name`).
+    pub pdbs: Vec<String>,
+    /// The pods they held (`namespace/name`).
+    pub pods: Vec<String>,
+}
+
 /// One node's history: the one model of a node's state that status, resume and report read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeHistory {
@@ -86,6 +100,8 @@ pub struct NodeHistory {
     /// The failed step and why (the latest, when resumed runs failed it more than once);
     /// cleared when the node starts again.
     pub failure: Option<(Step, String)>,
+    /// Why it was skipped; cleared when the node starts again.
+    pub skip: Option<Skip>,
     /// Whether the last span is still open (during the fold only: it closes them all at the end).
     open: bool,
 }
@@ -101,6 +117,7 @@ impl NodeHistory {
             since: None,
             duration_ms: None,
             failure: None,
+            skip: None,
             open: false,
         }
     }
@@ -296,6 +313,7 @@ impl RunHistory {
                 let n = self.node(node);
                 n.state = NodeState::InProgress;
                 n.failure = None;
+                n.skip = None;
                 if n.phase.is_empty() {
                     n.phase = phase.clone();
                 }
@@ -339,6 +357,24 @@ impl RunHistory {
                     step: *step,
                     reason: reason.clone(),
                     at_ms: ms,
+                });
+            }
+            NodeSkipped {
+                node,
+                reason,
+                pdbs,
+                pods,
+            } => {
+                let n = self.node(node);
+                // Its drain timed out.
+                n.close(ms, SpanEnd::Failed, Some(reason));
+                n.ended(ms, NodeState::Skipped);
+                n.step = None;
+                n.since = Some(at);
+                n.skip = Some(Skip {
+                    reason: reason.clone(),
+                    pdbs: pdbs.clone(),
+                    pods: pods.clone(),
                 });
             }
             NodeAbandoned { node, .. } => {

@@ -18,6 +18,8 @@ pub struct ResumePoints {
     pub planned: BTreeSet<String>,
     /// Finished nodes: skipped.
     pub done: BTreeSet<String>,
+    /// Nodes the run skipped (`on-pdb-timeout = "skip"`): a recorded outcome, left as they are.
+    pub skipped: BTreeSet<String>,
     /// Nodes that had started: the step they start from now.
     pub from: HashMap<String, Step>,
     /// Nodes whose remote command may have started (they start from the command step, which
@@ -126,6 +128,10 @@ pub fn resume_points(path: &Path, command_done: &[String]) -> Result<ResumePoint
             points.done.insert(node.name.clone());
             continue;
         }
+        if node.state == NodeState::Skipped {
+            points.skipped.insert(node.name.clone());
+            continue;
+        }
         let Some(last) = node.steps.last() else {
             continue;
         };
@@ -165,7 +171,7 @@ pub fn reconcile_with_nodes(
 ) -> Result<(), String> {
     let index = |s: Step| Step::ALL.iter().position(|x| *x == s).expect("a step");
     for r in records {
-        if points.done.contains(&r.node) {
+        if points.done.contains(&r.node) || points.skipped.contains(&r.node) {
             continue;
         }
         let ours = r.cordoned_by.as_deref() == Some(points.run_id.as_str());

@@ -15,6 +15,9 @@ pub struct NodeStatus {
     pub step: Option<String>,
     pub since: Option<String>,
     pub last_error: Option<String>,
+    /// Why it was skipped (`on-pdb-timeout = "skip"`), naming the budgets and pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -82,6 +85,7 @@ impl RunStatus {
                         step: n.step.map(|s| s.name().to_owned()),
                         since: n.since.map(time),
                         last_error: n.failure.as_ref().map(|(_, reason)| reason.clone()),
+                        skipped: n.skip.as_ref().map(|s| s.reason.clone()),
                     };
                     (n.name.clone(), status)
                 })

@@ -57,6 +57,7 @@ pub(super) fn journaled(e: &RunEvent) -> bool {
         | StepFinished { .. }
         | NodeDone { .. }
         | NodeFailed { .. }
+        | NodeSkipped { .. }
         | NodeAbandoned { .. }
         | Stopping { .. }
         | GateDecision { .. }

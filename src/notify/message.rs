@@ -1,6 +1,6 @@
 //! What to say at each run event, as plain data: no IO and nothing channel-specific. A
 //! [`Narrator`] follows one run's events and turns the few worth telling people (run started,
-//! node done or failed, gate decisions, pause and resume, the maintenance window, the end)
+//! node done, failed or skipped, gate decisions, pause and resume, the maintenance window, the end)
 //! into [`Message`]s; channels decide how to deliver them.
 
 use crate::report::short_duration;
@@ -41,6 +41,8 @@ pub struct Narrator {
     total: usize,
     done: usize,
     failed: usize,
+    /// Nodes given back without their command (`on-pdb-timeout = "skip"`).
+    skipped: usize,
     /// The node that took longest, and how long.
     slowest: Option<(String, u64)>,
 }
@@ -83,15 +85,30 @@ impl Narrator {
             total: 0,
             done: 0,
             failed: 0,
+            skipped: 0,
             slowest: None,
         }
     }
 
     fn header(&self, state: &str) -> String {
         format!(
-            "rollgate run `{}`: *{}* ({state}) — {}/{} nodes done, {} failed",
-            self.run_id, self.playbook, self.done, self.total, self.failed
+            "rollgate run `{}`: *{}* ({state}) — {}/{} nodes done, {} failed{}",
+            self.run_id,
+            self.playbook,
+            self.done,
+            self.total,
+            self.failed,
+            self.skipped_text()
         )
+    }
+
+    /// `, 2 skipped` (nothing when none was).
+    fn skipped_text(&self) -> String {
+        if self.skipped > 0 {
+            format!(", {} skipped", self.skipped)
+        } else {
+            String::new()
+        }
     }
 
     /// The run's own message (new or updated) with the progress as fields.
@@ -106,6 +123,7 @@ impl Narrator {
                 ("done", self.done.to_string()),
                 ("total", self.total.to_string()),
                 ("failed", self.failed.to_string()),
+                ("skipped", self.skipped.to_string()),
             ],
         }
     }
@@ -199,6 +217,31 @@ impl Narrator {
                     self.root(Place::UpdateRoot, name, "running"),
                 ]
             }
+            RunEvent::NodeSkipped {
+                node,
+                reason,
+                pdbs,
+                pods,
+            } => {
+                self.skipped += 1;
+                vec![
+                    Self::reply(
+                        name,
+                        format!(
+                            "node `{node}` SKIPPED: PodDisruptionBudget {} held {} past the drain timeout.\nIt was uncordoned without its command (on-pdb-timeout = \"skip\"): it is NOT upgraded; the run goes on. Relax the budget (or scale the workload up), then a new run includes it again.\n{reason}",
+                            pdbs.join(", "),
+                            pods.join(", ")
+                        ),
+                        vec![
+                            ("node", node.clone()),
+                            ("reason", reason.clone()),
+                            ("pdbs", pdbs.join(",")),
+                            ("pods", pods.join(",")),
+                        ],
+                    ),
+                    self.root(Place::UpdateRoot, name, "running"),
+                ]
+            }
             RunEvent::GateDecision { decision } => vec![Self::reply(
                 name,
                 self.gate(decision),
@@ -263,6 +306,7 @@ impl Narrator {
                     ("outcome", kebab(outcome)),
                     ("done", self.done.to_string()),
                     ("failed", self.failed.to_string()),
+                    ("skipped", self.skipped.to_string()),
                     ("not_started", not_started.to_string()),
                     ("elapsed_ms", elapsed_ms.to_string()),
                 ];
@@ -278,10 +322,11 @@ impl Narrator {
                     Self::reply(
                         name,
                         format!(
-                            "run {state} after {}: {} done, {} failed, {not_started} not started{slowest}{report}",
+                            "run {state} after {}: {} done, {} failed{}, {not_started} not started{slowest}{report}",
                             short_duration(*elapsed_ms),
                             self.done,
-                            self.failed
+                            self.failed,
+                            self.skipped_text()
                         ),
                         fields,
                     ),

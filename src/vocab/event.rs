@@ -160,6 +160,18 @@ pub enum RunEvent {
         step: Step,
         reason: String,
     },
+    /// `on-pdb-timeout = "skip"`: the drain timed out because PodDisruptionBudgets held pods,
+    /// so the node was given back (uncordoned, rollgate's marks cleared) without its command.
+    /// Not a failure: the run goes on; a new run includes the node again.
+    NodeSkipped {
+        node: String,
+        /// Why, with each pod still on the node.
+        reason: String,
+        /// The budgets that held it (`namespace/name`).
+        pdbs: Vec<String>,
+        /// The pods they held (`namespace/name`).
+        pods: Vec<String>,
+    },
     /// Nodes in flight when the run was stopped immediately: left as they were.
     NodeAbandoned {
         node: String,
@@ -227,6 +239,10 @@ pub enum RunEvent {
         outcome: Outcome,
         done: usize,
         failed: usize,
+        /// Skipped nodes (`on-pdb-timeout = "skip"`): not failures. Left out when none (as in
+        /// journals written before it existed).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        skipped: usize,
         not_started: usize,
         elapsed_ms: u64,
     },
@@ -249,11 +265,16 @@ impl RunEvent {
             | DryRunAction { node, .. }
             | NodeDone { node, .. }
             | NodeFailed { node, .. }
+            | NodeSkipped { node, .. }
             | NodeAbandoned { node, .. } => Some(node),
             Warning { node, .. } => node.as_deref(),
             _ => None,
         }
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// An event with the time it happened.

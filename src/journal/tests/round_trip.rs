@@ -44,9 +44,10 @@ fn kind(e: &RunEvent) -> usize {
         WatchRestored { .. } => 28,
         RunFinished { .. } => 29,
         ReportWritten { .. } => 30,
+        NodeSkipped { .. } => 31,
     }
 }
-const KINDS: usize = 31;
+const KINDS: usize = 32;
 
 fn decision() -> GateDecision {
     GateDecision {
@@ -168,6 +169,12 @@ fn one_of_each() -> Vec<RunEvent> {
             step: Step::Command,
             reason: n("exit 3"),
         },
+        NodeSkipped {
+            node: n("w-4"),
+            reason: n("drain timed out after 3s: PodDisruptionBudget shop/db allowed no eviction"),
+            pdbs: vec![n("shop/db"), n("shop/web")],
+            pods: vec![n("shop/db-0")],
+        },
         NodeAbandoned {
             node: n("w-2"),
             step: Some(Step::Settle),
@@ -239,6 +246,7 @@ fn one_of_each() -> Vec<RunEvent> {
             outcome: Outcome::Stopped(StopReason::GateAbort),
             done: 1,
             failed: 1,
+            skipped: 0,
             not_started: 0,
             elapsed_ms: 70_000,
         },
@@ -246,6 +254,7 @@ fn one_of_each() -> Vec<RunEvent> {
             outcome: Outcome::SucceededWithFailures,
             done: 2,
             failed: 1,
+            skipped: 1,
             not_started: 0,
             elapsed_ms: 80_000,
         },
@@ -310,7 +319,7 @@ fn every_event_written_through_the_journal_reads_back_equal() {
     assert_eq!(
         kinds,
         [
-            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29
+            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29, 31
         ]
         .into()
     );

@@ -26,6 +26,7 @@ pub fn state_name(state: NodeState) -> &'static str {
     match state {
         NodeState::Done => "done",
         NodeState::Failed => "failed",
+        NodeState::Skipped => "skipped",
         NodeState::Abandoned => "abandoned",
         NodeState::InProgress => "interrupted",
         NodeState::Pending => "not started",
@@ -116,6 +117,24 @@ impl RunReport {
             n(NodeState::Failed),
             n(NodeState::Pending),
         )
+    }
+
+    /// The nodes skipped (`on-pdb-timeout = "skip"`), with why: listed apart from failures.
+    pub fn skipped(&self) -> Vec<(&str, &crate::journal::Skip)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Skipped)
+            .filter_map(|n| Some((n.name.as_str(), n.skip.as_ref()?)))
+            .collect()
+    }
+
+    /// What a node's "failure" column says: its failure, or why it was skipped.
+    pub fn note(n: &NodeReport) -> Option<String> {
+        match (&n.failure, &n.skip) {
+            (Some((step, why)), _) => Some(format!("at {step}: {why}")),
+            (None, Some(skip)) => Some(format!("skipped: {}", skip.reason)),
+            (None, None) => None,
+        }
     }
 
     /// Reads and parses a journal file.

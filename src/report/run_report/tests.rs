@@ -81,6 +81,7 @@ fn run_finished(outcome: Outcome) -> RunEvent {
         outcome,
         done: 2,
         failed: 1,
+        skipped: 0,
         not_started: 0,
         elapsed_ms: 23000,
     }
@@ -443,4 +444,54 @@ fn a_run_refused_before_it_started_is_reported_as_refused() {
     let r = RunReport::from_journal(&journal(&header(), &events)).unwrap();
     assert!(r.outcome.starts_with("refused"), "{}", r.outcome);
     assert_eq!(r.counts(), (0, 0, 3));
+}
+
+#[test]
+fn a_skipped_node_is_listed_apart_from_failures_with_its_budget_and_pods() {
+    let events = [
+        (0.0, run_started(None)),
+        (1.0, node_started("a", "cp")),
+        (1.0, step(true, "a", Step::Cordon)),
+        (1.5, step(false, "a", Step::Cordon)),
+        (1.5, step(true, "a", Step::Drain)),
+        (
+            4.5,
+            RunEvent::NodeSkipped {
+                node: "a".into(),
+                reason: "drain timed out after 3s: PodDisruptionBudget shop/db allowed no eviction"
+                    .into(),
+                pdbs: vec!["shop/db".into()],
+                pods: vec!["shop/db-0".into()],
+            },
+        ),
+        (5.0, node_started("b", "workers")),
+        (11.0, node_done("b")),
+        (12.0, run_finished(Outcome::Succeeded)),
+    ];
+    let r = RunReport::from_journal(&journal(&header(), &events)).unwrap();
+    assert_eq!(r.outcome, "succeeded");
+    assert!(r.failures.is_empty());
+    let skipped = r.skipped();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].0, "a");
+    assert_eq!(state_name(r.nodes[0].state), "skipped");
+    let md = markdown::render(&r);
+    assert!(
+        md.contains("- Nodes: 1 done, 0 failed, 1 skipped, 1 not started"),
+        "{md}"
+    );
+    assert!(
+        md.contains("## Skipped nodes")
+            && md.contains("- a: held by PodDisruptionBudget shop/db (pods shop/db-0)"),
+        "{md}"
+    );
+    assert!(md.contains("| a | cp | skipped |"), "{md}");
+    assert!(!md.contains("## Failures"), "{md}");
+    let html = html::render(&r);
+    assert!(
+        html.contains("<h2>Skipped nodes</h2>")
+            && html.contains("<td>shop/db</td><td>shop/db-0</td>")
+            && html.contains("<b>1</b> skipped"),
+        "{html}"
+    );
 }
