@@ -68,8 +68,8 @@ pub(super) async fn plan_and_run(
         .map_err(connect_failure)?;
     let mut report = build(&clients, &playbook).await?;
     if let Some(r) = &resume {
-        // Finished and skipped nodes are left out, and nodes the run did not plan at its start; the rest
-        // keep the plan's order.
+        // Finished and skipped nodes are left out, and nodes the run did not plan at its
+        // start; the rest keep the plan's order.
         for phase in &mut report.plan.phases {
             for wave in &mut phase.waves {
                 wave.nodes.retain(|n| {
