@@ -6,7 +6,7 @@
 use super::{Check, Finding, Severity};
 use crate::plan::Plan;
 use crate::vocab::Step;
-use jiff::{Timestamp, ToSpan};
+use jiff::Timestamp;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -110,6 +110,28 @@ pub fn history(
     (samples, from_runs)
 }
 
+/// One node's expected durations (p50, p95): each step's, summed.
+fn per_node(steps: &BTreeMap<String, StepTime>) -> (f64, f64) {
+    (
+        steps.values().map(|s| s.p50_secs).sum(),
+        steps.values().map(|s| s.p95_secs).sum(),
+    )
+}
+
+/// A node's slow-case duration for `[window] finish-by-end`, from the same history and
+/// defaults as the forecast; computed once when a run starts.
+pub fn node_estimate(
+    runs: &crate::driver::state_dir::RunsDir,
+    playbook: &crate::playbook::Playbook,
+) -> crate::window::NodeEstimate {
+    let (samples, from_runs) = history(runs, &playbook.name);
+    let (_, p95) = per_node(&step_times(samples, playbook.settle.soak));
+    crate::window::NodeEstimate {
+        p95: Duration::from_secs_f64(p95),
+        from_runs,
+    }
+}
+
 /// One wave's expected duration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WaveEta {
@@ -144,12 +166,17 @@ pub struct Forecast {
     /// How long until the deadline from then (None without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u64>,
+    /// `[window] finish-by-end`: a node starts only while its p95 fits before the close.
+    pub finish_by_end: bool,
+    /// With finish-by-end: when the window after this one opens (RFC 3339) and how long it stays
+    /// open, for a node that does not fit in what is left of this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_window: Option<(String, u64)>,
 }
 
 impl Forecast {
     pub fn new(steps: BTreeMap<String, StepTime>, history_runs: usize, plan: &Plan) -> Self {
-        let per_node_p50_secs: f64 = steps.values().map(|s| s.p50_secs).sum();
-        let per_node_p95_secs: f64 = steps.values().map(|s| s.p95_secs).sum();
+        let (per_node_p50_secs, per_node_p95_secs) = per_node(&steps);
         let mut waves = Vec::new();
         for phase in &plan.phases {
             for wave in &phase.waves {
@@ -176,6 +203,8 @@ impl Forecast {
             window_set: false,
             window_open_secs: None,
             deadline_secs: None,
+            finish_by_end: false,
+            next_window: None,
         }
     }
 
@@ -190,7 +219,14 @@ impl Forecast {
         self.window_set = window.is_some();
         self.starts_at = start.map(|s| s.to_string());
         if let (Some(w), Some(start)) = (window, start) {
-            self.window_open_secs = Some(open_for(w, start).as_secs());
+            let open = open_for(w, start);
+            self.window_open_secs = Some(open.as_secs());
+            self.finish_by_end = w.finish_by_end;
+            if w.finish_by_end
+                && let Some(next) = w.next_open(start + open)
+            {
+                self.next_window = Some((next.to_string(), open_for(w, next).as_secs()));
+            }
         }
         if let Some(d) = deadline {
             let from = start.unwrap_or(now);
@@ -237,13 +273,21 @@ impl Forecast {
         };
         if let Some(open) = self.window_open_secs {
             // Waiting for the next window is what `outside = "wait"` is for: slow, not blocked.
-            let (consequence, worst) = match outside {
-                Some(crate::window::OutsideWindow::Exit) => (
+            let (consequence, worst) = match (outside, self.finish_by_end) {
+                (Some(crate::window::OutsideWindow::Exit), false) => (
                     "it stops when the window closes and needs `rollgate resume` in the next one",
                     Severity::Blocker,
                 ),
-                _ => (
+                (Some(crate::window::OutsideWindow::Exit), true) => (
+                    "it stops before the first node that would not end before the window closes (finish-by-end) and needs `rollgate resume` in the next one",
+                    Severity::Blocker,
+                ),
+                (_, false) => (
                     "it waits, holding the lock, for the next window",
+                    Severity::Warning,
+                ),
+                (_, true) => (
+                    "a node that would not end before the window closes (finish-by-end) waits, holding the lock, for the next window",
                     Severity::Warning,
                 ),
             };
@@ -257,7 +301,78 @@ impl Forecast {
                 Severity::Blocker,
             );
         }
+        out.extend(self.finish_by_end_findings(outside));
         out
+    }
+
+    /// `finish-by-end`: whether the first node fits in what is left of the window (by its p95),
+    /// and whether any window is long enough for one node at all.
+    fn finish_by_end_findings(
+        &self,
+        outside: Option<crate::window::OutsideWindow>,
+    ) -> Vec<Finding> {
+        let (true, Some(open)) = (self.finish_by_end, self.window_open_secs) else {
+            return vec![];
+        };
+        let needs = self.per_node_p95_secs;
+        let source = if self.history_runs == 0 {
+            "default step times".to_owned()
+        } else {
+            format!("from {} earlier run(s)", self.history_runs)
+        };
+        let finding = |severity, message: String, fix: &str| {
+            Finding::new(Check::Eta, severity, message).fix(fix)
+        };
+        if needs <= open as f64 {
+            return vec![finding(
+                Severity::Info,
+                format!(
+                    "finish-by-end: a node needs {} (p95, {source}); the window has {} left, so nodes start until {} before it closes",
+                    human(needs),
+                    human(open as f64),
+                    human(needs)
+                ),
+                "",
+            )];
+        }
+        let next_fits = self
+            .next_window
+            .as_ref()
+            .filter(|(_, len)| needs <= *len as f64);
+        let Some((next_at, _)) = next_fits else {
+            return vec![finding(
+                Severity::Blocker,
+                format!(
+                    "finish-by-end: a node needs {} (p95, {source}), longer than this window ({} left) and the next one{}: no node would ever start",
+                    human(needs),
+                    human(open as f64),
+                    self.next_window
+                        .as_ref()
+                        .map(|(_, len)| format!(" ({})", human(*len as f64)))
+                        .unwrap_or_default()
+                ),
+                "widen the window, or set finish-by-end = false (nodes may then be in flight when it closes)",
+            )];
+        };
+        let (severity, consequence) = match outside {
+            Some(crate::window::OutsideWindow::Exit) => (
+                Severity::Blocker,
+                "the run stops at once (outside = \"exit\"); `rollgate resume` in the next window",
+            ),
+            _ => (
+                Severity::Warning,
+                "the run waits, holding the lock, for the next window",
+            ),
+        };
+        vec![finding(
+            severity,
+            format!(
+                "finish-by-end: a node needs {} (p95, {source}) but the window closes in {}: no node starts now; {consequence}, which opens {next_at}",
+                human(needs),
+                human(open as f64)
+            ),
+            "start in the next window, or --ignore-preflight eta",
+        )]
     }
 
     pub fn render(&self) -> String {
@@ -293,6 +408,12 @@ impl Forecast {
                 self.starts_at.as_deref().unwrap_or("never within a year"),
                 human(open as f64)
             ));
+            if self.finish_by_end {
+                out.push_str(&format!(
+                    "       finish-by-end: a node starts only while its p95 ({}) is left before the close\n",
+                    human(self.per_node_p95_secs)
+                ));
+            }
         }
         if let Some(d) = self.deadline_secs {
             out.push_str(&format!("       deadline: in {}\n", human(d as f64)));
@@ -301,16 +422,12 @@ impl Forecast {
     }
 }
 
-/// How long the window stays open from `start` (scanning by the minute, up to 8 days).
+/// How long the window stays open from `start` (8 days for one that does not close).
 fn open_for(window: &crate::window::Window, start: Timestamp) -> Duration {
-    let mut minutes: i64 = 0;
-    while minutes < 8 * 24 * 60 {
-        match start.checked_add((minutes + 1).minutes()) {
-            Ok(t) if window.is_open(t) => minutes += 1,
-            _ => break,
-        }
-    }
-    Duration::from_secs(((minutes + 1) * 60) as u64)
+    window
+        .closes_at(start)
+        .and_then(|end| Duration::try_from(end.duration_since(start)).ok())
+        .unwrap_or(Duration::from_secs(8 * 24 * 3600))
 }
 
 /// `5400` → `1h30m`.
@@ -327,6 +444,7 @@ fn human(secs: f64) -> String {
 mod tests {
     use super::*;
     use crate::plan::{PhasePlan, Wave};
+    use jiff::ToSpan;
 
     fn plan(nodes: usize, concurrency: usize) -> Plan {
         Plan {
@@ -378,6 +496,72 @@ mod tests {
             "{never:?}"
         );
         assert_eq!(never[0].severity, Severity::Blocker);
+    }
+
+    #[test]
+    fn finish_by_end_verdicts_say_whether_a_node_fits_what_is_left_of_the_window() {
+        use crate::window::{OutsideWindow, Window};
+        let raw: crate::window::RawWindow = toml::from_str(
+            "days = [\"mon-fri\"]\nstart = \"01:00\"\nend = \"05:00\"\nfinish-by-end = true\n",
+        )
+        .unwrap();
+        let window: Window = raw.validate(0..0).unwrap();
+        // One node: 60 s of command at p95 from history, the other steps' defaults.
+        let samples = [(Step::Command, 30.0), (Step::Command, 60.0)];
+        let f = Forecast::new(step_times(samples, Duration::ZERO), 1, &plan(1, 1));
+        let needs = f.per_node_p95_secs;
+        assert_eq!(needs, 60.0 + 2.0 * (1.0 + 60.0 + 60.0 + 1.0 + 10.0));
+        let at = |t: &str| t.parse::<Timestamp>().unwrap();
+        let eta = |now: &str, outside| {
+            let f = f.clone().scheduled(at(now), Some(&window), None);
+            f.findings(Some(outside))
+        };
+        // 10 minutes left: fits (324 s), said as info.
+        let fits = eta("2026-11-25T04:50:00Z", OutsideWindow::Wait);
+        assert_eq!(fits.len(), 1, "{fits:?}");
+        assert_eq!(fits[0].severity, Severity::Info);
+        assert!(
+            fits[0].message.contains(
+                "a node needs 5m24s (p95, from 1 earlier run(s)); the window has 10m00s left"
+            ),
+            "{fits:?}"
+        );
+        // 2 minutes left: no node starts now; the run waits (warning) or stops (blocker).
+        let wait = eta("2026-11-25T04:58:00Z", OutsideWindow::Wait);
+        let late = wait
+            .iter()
+            .find(|f| f.message.starts_with("finish-by-end"))
+            .unwrap();
+        assert_eq!(late.severity, Severity::Warning);
+        assert!(
+            late.message
+                .contains("the window closes in 2m00s: no node starts now")
+                && late.message.contains("opens 2026-11-26T01:00:00Z"),
+            "{late:?}"
+        );
+        let exit = eta("2026-11-25T04:58:00Z", OutsideWindow::Exit);
+        assert!(
+            exit.iter()
+                .any(|f| f.message.starts_with("finish-by-end") && f.severity == Severity::Blocker),
+            "{exit:?}"
+        );
+        // A node longer than any window never starts.
+        let slow = Forecast::new(
+            step_times([(Step::Command, 5.0 * 3600.0)], Duration::ZERO),
+            1,
+            &plan(1, 1),
+        )
+        .scheduled(at("2026-11-25T01:00:00Z"), Some(&window), None);
+        let never = slow.findings(Some(OutsideWindow::Wait));
+        assert!(
+            never.iter().any(|f| f.severity == Severity::Blocker
+                && f.message.contains("no node would ever start")),
+            "{never:?}"
+        );
+        assert!(
+            slow.render()
+                .contains("finish-by-end: a node starts only while its p95")
+        );
     }
 
     #[test]

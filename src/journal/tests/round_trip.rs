@@ -44,9 +44,10 @@ fn kind(e: &RunEvent) -> usize {
         WatchRestored { .. } => 28,
         RunFinished { .. } => 29,
         ReportWritten { .. } => 30,
+        FinishByEnd(_) => 31,
     }
 }
-const KINDS: usize = 31;
+const KINDS: usize = 32;
 
 fn decision() -> GateDecision {
     GateDecision {
@@ -213,6 +214,13 @@ fn one_of_each() -> Vec<RunEvent> {
             reopens_at: None,
         },
         WindowOpened,
+        FinishByEnd(crate::vocab::FinishByEnd {
+            node: n("w-2"),
+            needs_secs: 720,
+            from_runs: 3,
+            closes_at: n("2026-11-26T05:00:00Z"),
+            closes_in_secs: 480,
+        }),
         DeadlineSet {
             deadline: n("2026-11-26T06:00:00Z"),
         },
@@ -310,7 +318,7 @@ fn every_event_written_through_the_journal_reads_back_equal() {
     assert_eq!(
         kinds,
         [
-            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29
+            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29, 31
         ]
         .into()
     );
