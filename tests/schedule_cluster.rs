@@ -402,10 +402,24 @@ async fn finish_by_end_with_outside_exit_stops_before_the_node_and_resume_starts
     let playbook = finish_by_playbook(&d, &n, "exit");
     history_run(&d, &clock, &playbook);
 
+    // Slack (the test environment's stand-in) hears why, in a channel of this test's own.
+    let channel = unique("finish-by");
+    let config = d.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[slack]\nchannel = \"{channel}\"\ntoken-env = \"ROLLGATE_TEST_SLACK_TOKEN\"\napi-url = \"{}/api/\"\n",
+            env().slack_url
+        ),
+    )
+    .unwrap();
     set_clock(&clock, LATE);
     let run = |args: &[&str]| {
         let mut cmd = rollgate(&d);
         cmd.env("ROLLGATE_CLOCK_FILE", &clock)
+            .env("ROLLGATE_TEST_SLACK_TOKEN", &env().slack_token)
+            .arg("--config")
+            .arg(&config)
             .args(["--log-format", "json"])
             .args(args);
         run_rollgate(cmd, 2 * MINUTE)
@@ -423,6 +437,18 @@ async fn finish_by_end_with_outside_exit_stops_before_the_node_and_resume_starts
     assert!(position(&lines, "finish-by-end", None) < stop);
     assert!(!started(&d, &n), "the node did not start");
     assert!(!unschedulable(&n), "never cordoned");
+    let recorded: Vec<serde_json::Value> =
+        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    let said = format!("not started (finish-by-end): node {n} would need");
+    assert!(
+        recorded
+            .iter()
+            .any(|r| r["body"]["channel"] == channel.as_str()
+                && r["body"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(&said))),
+        "no Slack message {said:?} in {channel}: {recorded:#?}"
+    );
     let status = status_json(&d);
     assert_eq!(status["state"], "stopped: outside-window", "{status:#}");
     assert!(
