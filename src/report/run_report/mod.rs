@@ -144,12 +144,12 @@ impl RunReport {
             Some(RunEnd::Finished(crate::vocab::Outcome::Stopped(reason))) => {
                 match &h.finish_by_end {
                     // `outside = "exit"`: why the window "closed" for the next node.
-                    Some(held) => format!(
+                    Some(held) if *reason == crate::vocab::StopReason::OutsideWindow => format!(
                         "stopped: {} (finish-by-end: {})",
                         wire_name(reason),
                         held.describe()
                     ),
-                    None => format!("stopped: {}", wire_name(reason)),
+                    _ => format!("stopped: {}", wire_name(reason)),
                 }
             }
             Some(RunEnd::Finished(outcome)) => wire_name(outcome).replace('-', " "),
