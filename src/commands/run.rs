@@ -12,6 +12,7 @@ use crate::journal::ResumePoints;
 use crate::vocab::{Outcome, RunEvent, Stamped, Step, StopReason};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub async fn run(config: Config, args: &RunArgs) -> Result<u8, Failure> {
     let config = Arc::new(config);
@@ -98,6 +99,19 @@ pub(super) async fn plan_and_run(
         eprintln!("not started: nothing was changed");
         return Ok(exit::INTERRUPTED);
     }
+    let node_estimate = finish_by_end_estimate(&config, &playbook, &options);
+    if let Some(e) = node_estimate
+        && !interaction.json
+    {
+        eprintln!(
+            "finish-by-end: a node needs {} (p95{}); none starts with less of the window left",
+            humantime::format_duration(Duration::from_secs(e.p95.as_secs())),
+            match e.from_runs {
+                0 => ", default step times: no earlier run of this playbook".to_owned(),
+                n => format!(" from {n} earlier run(s)"),
+            }
+        );
+    }
     let request = RunRequest {
         config,
         playbook,
@@ -108,9 +122,28 @@ pub(super) async fn plan_and_run(
         resume,
         interaction,
         notify,
+        node_estimate,
     };
     let end = driver::run(request, clients).await?;
     print_end(&end, interaction.json)
+}
+
+/// With `[window] finish-by-end` (and a window the run obeys), a node's expected p95 duration
+/// from the pre-flight ETA's history, computed once for the run.
+fn finish_by_end_estimate(
+    config: &Config,
+    playbook: &crate::playbook::Playbook,
+    options: &RunOptions,
+) -> Option<crate::window::NodeEstimate> {
+    let applies = playbook.window.as_ref().is_some_and(|w| w.finish_by_end)
+        && !options.ignore_window
+        && !options.dry_run;
+    applies.then(|| {
+        crate::preflight::eta::node_estimate(
+            &crate::driver::state_dir::RunsDir::new(&config.state_dir),
+            playbook,
+        )
+    })
 }
 
 /// Prints how the run ended: nodes left cordoned and how to continue, where the logs and the

@@ -164,6 +164,9 @@ pub async fn status(
     for d in &status.decisions {
         println!("  gate: {d}");
     }
+    if let Some(held) = &status.finish_by_end {
+        println!("  finish-by-end: {held}");
+    }
     if let Some(t) = crate::journal::skipped_text(&status.skipped_lines) {
         println!("  journal: {t} (torn by a crash or a full disk)");
     }

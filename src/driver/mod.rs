@@ -83,6 +83,9 @@ pub struct RunRequest {
     /// Where notifications go (secrets already read from the environment, see
     /// [`notify::resolve`]).
     pub notify: Vec<notify::Target>,
+    /// A node's expected duration (the pre-flight ETA's, from earlier runs), for a window with
+    /// `finish-by-end`; None without one.
+    pub node_estimate: Option<crate::window::NodeEstimate>,
 }
 
 /// How a run ended, for the command to print.
@@ -170,6 +173,7 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         resume,
         interaction,
         notify: notify_targets,
+        node_estimate,
     } = request;
     let RunOptions {
         dry_run,
@@ -211,6 +215,7 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         window: window.filter(|_| !ignore_window),
         deadline,
         clock,
+        node_estimate,
     };
     let mut running = Running {
         // One runner per cluster (a dry run changes nothing and takes no lock).

@@ -13,12 +13,12 @@
 
 mod node;
 
-use crate::vocab::{EventSink, Outcome, RunEvent, Step, StopReason};
+use crate::vocab::{EventSink, FinishByEnd, Outcome, RunEvent, Step, StopReason};
 
 use crate::drain::{DrainReport, HeldByBudget};
 use crate::health::{Guard, HealthState};
 use crate::plan::Plan;
-use crate::window::{OutsideWindow, Schedule};
+use crate::window::{OutsideWindow, Schedule, TooLate};
 use node::{fail_node, panic_message, upgrade_node};
 use std::collections::HashMap;
 use std::future::Future;
@@ -285,16 +285,23 @@ impl<S: NodeSteps> Engine<S> {
                     let timing = schedule.borrow_and_update().clone();
                     let (stop_for_time, closed) = match &timing {
                         Schedule::Open => (None, false),
+                        // finish-by-end is about the next node: none left in this wave, nothing to hold.
+                        Schedule::TooLate(_) if queue.peek().is_none() => (None, false),
                         Schedule::DeadlinePassed { .. } => (Some(StopReason::Deadline), true),
-                        Schedule::Closed { .. } if outside == OutsideWindow::Exit => {
+                        Schedule::Closed { .. } | Schedule::TooLate(_)
+                            if outside == OutsideWindow::Exit =>
+                        {
                             (Some(StopReason::OutsideWindow), true)
                         }
-                        Schedule::Closed { .. } => (None, true),
+                        Schedule::Closed { .. } | Schedule::TooLate(_) => (None, true),
                     };
                     if let Some(reason) = stop_for_time
                         && stop_reason.is_none()
                     {
                         stop_reason = Some(reason);
+                        if let (Schedule::TooLate(late), Some(node)) = (&timing, queue.peek()) {
+                            self.sink.emit(finish_by_end(late, node));
+                        }
                         self.sink.emit(RunEvent::Stopping { reason });
                     }
                     if !closed && closed_reported {
@@ -374,12 +381,20 @@ impl<S: NodeSteps> Engine<S> {
                             reason: StopReason::NodeFailures,
                         });
                     }
-                    if let Schedule::Closed { reopens_at } = &timing
+                    let reopens = match &timing {
+                        Schedule::Closed { reopens_at } => Some(*reopens_at),
+                        Schedule::TooLate(late) => Some(late.reopens_at),
+                        _ => None,
+                    };
+                    if let Some(reopens_at) = &reopens
                         && in_flight.is_empty()
                         && !closed_reported
                         && stop_reason.is_none()
-                        && queue.peek().is_some()
+                        && let Some(node) = queue.peek()
                     {
+                        if let Schedule::TooLate(late) = &timing {
+                            self.sink.emit(finish_by_end(late, node));
+                        }
                         self.sink.emit(RunEvent::WindowClosed {
                             window: window.clone(),
                             reopens_at: reopens_at.map(|t| t.to_string()),
@@ -531,6 +546,17 @@ impl<S: NodeSteps> Engine<S> {
             unrecorded,
         }
     }
+}
+
+/// Why `finish-by-end` holds `node` back, as the event that says so.
+fn finish_by_end(late: &TooLate, node: &str) -> RunEvent {
+    RunEvent::FinishByEnd(FinishByEnd {
+        node: node.to_owned(),
+        needs_secs: late.needs.p95.as_secs(),
+        from_runs: late.needs.from_runs,
+        closes_at: late.closes_at.to_string(),
+        closes_in_secs: late.closes_in.as_secs(),
+    })
 }
 
 #[cfg(test)]

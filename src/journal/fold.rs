@@ -8,7 +8,7 @@
 //! at the last record before the restart), old headers without the later fields.
 
 use super::{Header, Records};
-use crate::vocab::{GateDecision, Outcome, RunEvent, Stamped, Step};
+use crate::vocab::{FinishByEnd, GateDecision, Outcome, RunEvent, Stamped, Step};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::SystemTime;
@@ -159,6 +159,12 @@ pub enum WaitCause {
     },
     /// A gate paused the run.
     Paused(GateDecision),
+    /// The window was open, but `finish-by-end` held the next node back: by its p95 it would
+    /// not have ended before the window closed.
+    FinishByEnd {
+        held: FinishByEnd,
+        reopens_at: Option<String>,
+    },
 }
 
 /// A stretch when no node could start.
@@ -219,6 +225,9 @@ pub struct RunHistory {
     /// Why the run was refused before it ever started (it cannot be resumed). A resume refused
     /// later leaves no mark here.
     pub refused: Option<String>,
+    /// The node `finish-by-end` holds back now, and why (the run waits for the next window, or
+    /// stopped); cleared when a node starts, the window reopens or the run is resumed.
+    pub finish_by_end: Option<FinishByEnd>,
 }
 
 /// The name a unit variant has in the journal (`gate-abort`, `succeeded-with-failures`).
@@ -257,6 +266,7 @@ impl RunHistory {
             waits: vec![],
             failures: vec![],
             refused: None,
+            finish_by_end: None,
         };
         for record in &journal.records {
             history.apply(record);
@@ -305,8 +315,10 @@ impl RunHistory {
                     self.close_all(self.last_ms);
                 }
                 self.state = RunState::Running;
+                self.finish_by_end = None;
             }
             NodeStarted { node, phase } => {
+                self.finish_by_end = None;
                 if !self.actual.contains(node) {
                     self.actual.push(node.clone());
                 }
@@ -394,20 +406,29 @@ impl RunHistory {
             Resumed | WindowOpened => {
                 self.state = RunState::Running;
                 self.close_wait(ms);
+                self.finish_by_end = None;
             }
             WindowClosed { window, reopens_at } => {
                 self.state = RunState::WaitingForWindow {
                     reopens_at: reopens_at.clone(),
                 };
-                self.waits.push(Wait {
-                    from_ms: ms,
-                    to_ms: None,
-                    cause: WaitCause::Window {
+                let cause = match &self.finish_by_end {
+                    Some(held) => WaitCause::FinishByEnd {
+                        held: held.clone(),
+                        reopens_at: reopens_at.clone(),
+                    },
+                    None => WaitCause::Window {
                         window: window.clone(),
                         reopens_at: reopens_at.clone(),
                     },
+                };
+                self.waits.push(Wait {
+                    from_ms: ms,
+                    to_ms: None,
+                    cause,
                 });
             }
+            FinishByEnd(held) => self.finish_by_end = Some(held.clone()),
             DeadlineSet { deadline } => self.deadline = Some(deadline.clone()),
             // Before the first start: the run never started. After it: a resume that its
             // before-run gate (or monitor) refused changed nothing, so the run stays where it

@@ -29,6 +29,9 @@ pub struct RunStatus {
     pub state: String,
     pub nodes: BTreeMap<String, NodeStatus>,
     pub decisions: Vec<String>,
+    /// `[window] finish-by-end`: the node it holds back now and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_by_end: Option<String>,
     /// Journal lines that do not parse (torn by a crash or a full disk), 1-based: skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_lines: Vec<usize>,
@@ -95,6 +98,7 @@ impl RunStatus {
                 .iter()
                 .map(|(_, d)| format!("{} by {}: {}", wire_name(&d.decision), d.signal, d.evidence))
                 .collect(),
+            finish_by_end: history.finish_by_end.as_ref().map(|h| h.describe()),
             skipped_lines: history.skipped.clone(),
         }
     }

@@ -65,6 +65,7 @@ pub(super) fn journaled(e: &RunEvent) -> bool {
         | Resumed
         | WindowClosed { .. }
         | WindowOpened
+        | FinishByEnd(_)
         | DeadlineSet { .. }
         | RunFinished { .. }
         | RunRefused { .. } => true,

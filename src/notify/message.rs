@@ -277,6 +277,18 @@ impl Narrator {
                 ),
                 self.root(Place::UpdateRoot, name, "waiting for the window"),
             ],
+            RunEvent::FinishByEnd(held) => vec![Self::reply(
+                name,
+                format!(
+                    "not started (finish-by-end): {}; no node may be in flight when it closes",
+                    held.describe()
+                ),
+                vec![
+                    ("node", held.node.clone()),
+                    ("p95_secs", held.needs_secs.to_string()),
+                    ("closes_in_secs", held.closes_in_secs.to_string()),
+                ],
+            )],
             RunEvent::WindowOpened => vec![
                 Self::reply(
                     name,

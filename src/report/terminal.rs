@@ -304,6 +304,10 @@ impl Consumer for Terminal {
                     .map(|t| format!(" at {t}"))
                     .unwrap_or_else(|| " (not within a year!)".into())
             )),
+            RunEvent::FinishByEnd(held) => self.println(format!(
+                "NOT STARTED (finish-by-end): {}; no node may be in flight when it closes",
+                held.describe()
+            )),
             RunEvent::DeadlineSet { deadline } => {
                 self.println(format!("deadline: no node starts after {deadline}"))
             }

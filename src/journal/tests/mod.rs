@@ -555,3 +555,44 @@ fn a_skipped_node_is_a_recorded_outcome_that_resume_leaves_alone() {
     reconcile_with_nodes(&mut points, &[record], &[]).unwrap();
     assert!(!points.from.contains_key("a"), "{points:?}");
 }
+
+#[test]
+fn status_says_which_node_finish_by_end_holds_back_until_a_node_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::create(dir.path(), &header(&["a", "b"])).unwrap();
+    let path = dir.path().join(FILE);
+    for event in [
+        RunEvent::FinishByEnd(crate::vocab::FinishByEnd {
+            node: "a".into(),
+            needs_secs: 90,
+            from_runs: 0,
+            closes_at: "2026-11-25T05:00:00Z".into(),
+            closes_in_secs: 45,
+        }),
+        RunEvent::WindowClosed {
+            window: "daily 01:00-05:00 UTC".into(),
+            reopens_at: Some("2026-11-26T01:00:00Z".into()),
+        },
+    ] {
+        j.record(&stamped(event)).unwrap();
+    }
+    let status = RunStatus::from_journal(&path).unwrap();
+    assert_eq!(
+        status.state,
+        "waiting for the maintenance window (reopens 2026-11-26T01:00:00Z)"
+    );
+    assert_eq!(
+        status.finish_by_end.as_deref(),
+        Some(
+            "node a would need 1m 30s (p95 of the default step times: no earlier run), the window closes in 45s (at 2026-11-25T05:00:00Z)"
+        )
+    );
+    j.record(&stamped(RunEvent::WindowOpened)).unwrap();
+    j.record(&stamped(RunEvent::NodeStarted {
+        node: "a".into(),
+        phase: "w".into(),
+    }))
+    .unwrap();
+    let status = RunStatus::from_journal(&path).unwrap();
+    assert_eq!(status.finish_by_end, None);
+}

@@ -45,9 +45,10 @@ fn kind(e: &RunEvent) -> usize {
         RunFinished { .. } => 29,
         ReportWritten { .. } => 30,
         NodeSkipped { .. } => 31,
+        FinishByEnd(_) => 32,
     }
 }
-const KINDS: usize = 32;
+const KINDS: usize = 33;
 
 fn decision() -> GateDecision {
     GateDecision {
@@ -220,6 +221,13 @@ fn one_of_each() -> Vec<RunEvent> {
             reopens_at: None,
         },
         WindowOpened,
+        FinishByEnd(crate::vocab::FinishByEnd {
+            node: n("w-2"),
+            needs_secs: 720,
+            from_runs: 3,
+            closes_at: n("2026-11-26T05:00:00Z"),
+            closes_in_secs: 480,
+        }),
         DeadlineSet {
             deadline: n("2026-11-26T06:00:00Z"),
         },
@@ -319,7 +327,7 @@ fn every_event_written_through_the_journal_reads_back_equal() {
     assert_eq!(
         kinds,
         [
-            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29, 31
+            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29, 31, 32
         ]
         .into()
     );

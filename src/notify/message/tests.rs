@@ -317,3 +317,23 @@ fn a_skipped_node_is_told_with_its_budgets_and_pods_and_counted_apart_from_failu
     assert_eq!(field(&last[1], "skipped"), Some("1"));
     assert_eq!(field(&last[1], "failed"), Some("0"));
 }
+
+#[test]
+fn a_finish_by_end_hold_is_said_in_the_thread_with_its_figures() {
+    let mut t = narrator(None);
+    started(&mut t, 2);
+    let held = t.messages(&RunEvent::FinishByEnd(crate::vocab::FinishByEnd {
+        node: "w-2".into(),
+        needs_secs: 720,
+        from_runs: 3,
+        closes_at: "2026-11-25T05:00:00Z".into(),
+        closes_in_secs: 480,
+    }));
+    assert_eq!(
+        replies(&held),
+        [
+            "not started (finish-by-end): node w-2 would need 12m (p95 from 3 earlier run(s)), the window closes in 8m (at 2026-11-25T05:00:00Z); no node may be in flight when it closes"
+        ]
+    );
+    assert_eq!(field(&held[0], "p95_secs"), Some("720"));
+}

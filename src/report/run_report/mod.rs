@@ -161,7 +161,15 @@ impl RunReport {
         let outcome = match &h.last_end {
             None => "no end recorded (crashed or still running)".to_owned(),
             Some(RunEnd::Finished(crate::vocab::Outcome::Stopped(reason))) => {
-                format!("stopped: {}", wire_name(reason))
+                match &h.finish_by_end {
+                    // `outside = "exit"`: why the window "closed" for the next node.
+                    Some(held) if *reason == crate::vocab::StopReason::OutsideWindow => format!(
+                        "stopped: {} (finish-by-end: {})",
+                        wire_name(reason),
+                        held.describe()
+                    ),
+                    _ => format!("stopped: {}", wire_name(reason)),
+                }
             }
             Some(RunEnd::Finished(outcome)) => wire_name(outcome).replace('-', " "),
             Some(RunEnd::Refused(reason)) => format!("refused: {reason}"),
@@ -190,6 +198,11 @@ impl RunReport {
                 why: match &w.cause {
                     WaitCause::Window { window, reopens_at } => format!(
                         "outside the maintenance window ({window}); reopens {}",
+                        reopens_at.as_deref().unwrap_or("not within a year")
+                    ),
+                    WaitCause::FinishByEnd { held, reopens_at } => format!(
+                        "finish-by-end: {}; the next window opens {}",
+                        held.describe(),
                         reopens_at.as_deref().unwrap_or("not within a year")
                     ),
                     WaitCause::Paused(d) => {
