@@ -127,6 +127,7 @@ fn main() {
         tz: utc.clone(),
         tz_name: "Europe/Berlin".into(),
         outside: OutsideWindow::Wait,
+        finish_by_end: false,
     };
     let monthly = Window {
         spec: WindowSpec::Cron {
@@ -136,6 +137,7 @@ fn main() {
         tz: utc,
         tz_name: "Europe/Berlin".into(),
         outside: OutsideWindow::Wait,
+        finish_by_end: false,
     };
     // Friday noon: the daily window reopens Monday night, the monthly one in a week.
     let now: jiff::Timestamp = "2026-11-27T12:00:00Z".parse().unwrap();
@@ -151,4 +153,16 @@ fn main() {
         );
     }
     println!("  (the scheduler searches for the next opening once per closing, not every second)");
+    // finish-by-end: while the window is open, its close is computed every second.
+    let inside: jiff::Timestamp = "2026-12-01T01:30:00Z".parse().unwrap(); // Tue 02:30 Berlin
+    for (name, w) in [
+        ("mon-thu 01:00-05:00", &daily),
+        ("cron 0 1 1 * * for 4h", &monthly),
+    ] {
+        let (t, close) = time(100, || w.closes_at(inside));
+        println!(
+            "  {name:<22} closes_at {t:>9.1?} (-> {})",
+            close.map(|t| t.to_string()).unwrap_or_default()
+        );
+    }
 }

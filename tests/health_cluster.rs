@@ -245,13 +245,17 @@ async fn a_failing_probe_after_drain_aborts_before_the_remote_command() {
     kubectl_ok(&["uncordon", &n1]);
 }
 
+/// A firing alert refuses a run's start, and later the resume of a run that crashed mid-way
+/// (the run stays resumable); once the alert clears each goes on, and the resume finishes the
+/// crashed node without running its command again.
 #[tokio::test]
-async fn a_firing_prometheus_alert_refuses_to_start_the_run_and_when_it_clears_the_run_starts() {
+async fn a_firing_prometheus_alert_refuses_a_start_and_a_resume_and_once_it_clears_each_goes_on() {
     let e = env();
     let suite = unique("alert").replace('-', "_");
     let mut nodes = TestNodes::new(&suite.replace('_', "-"));
-    let n1 = format!("{}-n1", suite.replace('_', "-"));
+    let [n1, n2] = ["n1", "n2"].map(|n| format!("{}-{n}", suite.replace('_', "-")));
     nodes.add(&n1, &[], &[], "v1.35.4");
+    nodes.add(&n2, &[], &[], "v1.35.4");
     let value = Arc::new(AtomicU32::new(1));
     let port = serve_metric("rollgate_test_alerting", Arc::clone(&value), suite.clone());
     std::fs::write(
@@ -274,12 +278,15 @@ async fn a_firing_prometheus_alert_refuses_to_start_the_run_and_when_it_clears_t
         }
     };
     eventually("the alert to fire", MINUTE, firing(true)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let markers = dir.path().join("markers");
     let playbook = format!(
-        "name = \"alert\"\n[[phase]]\nname = \"all\"\nnodes = [\"{n1}\"]\n[command]\nrun = \"true\"\n\
+        "name = \"alert\"\n[[phase]]\nname = \"all\"\nnodes = [\"{n1}\", \"{n2}\"]\n\
+         [command]\nrun = 'echo \"$ROLLGATE_NODE\" >> {}; echo upgrading; sleep 1'\n\
          [[probe]]\nname = \"no-alerts\"\nkind = \"prometheus\"\nalerts-matching = \"^Broken_{suite}$\"\nwhen = [\"before-run\"]\n{}",
+        markers.display(),
         scope(&suite, "rollgate-unwatched")
     );
-    let dir = tempfile::tempdir().unwrap();
     let (code, _, stderr) = finish(spawn(rollgate_run(dir.path(), "#alert", &playbook)));
     assert_eq!(code, 5, "{stderr}");
     assert!(
@@ -290,9 +297,64 @@ async fn a_firing_prometheus_alert_refuses_to_start_the_run_and_when_it_clears_t
 
     value.store(0, Ordering::SeqCst);
     eventually("the alert to clear", MINUTE, firing(false)).await;
-    let (code, events, stderr) = finish(spawn(rollgate_run(dir.path(), "#alert", &playbook)));
+    // The run starts; the failpoint holds it right after node 1's command, and it dies there.
+    let lock = unique("alert-lock");
+    let mut cmd = rollgate_run(dir.path(), "#alert", &playbook);
+    cmd.env("ROLLGATE_FAILPOINT", "pause-after:command")
+        .env("ROLLGATE_LOCK_NAME", &lock)
+        .args(["--lock-duration", "3s"]);
+    let mut child = spawn(cmd);
+    let state = dir.path().to_owned();
+    eventually("node 1's command to finish", MINUTE, || {
+        let (state, n1) = (state.clone(), n1.clone());
+        async move { journal_has(&state, &n1, "step-finished", "command") }
+    })
+    .await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    tokio::time::sleep(Duration::from_secs(4)).await; // the dead runner's lock expires
+    let resume = || {
+        let mut cmd = rollgate(dir.path());
+        cmd.arg("--config")
+            .arg(config(dir.path(), "#alert"))
+            .env(TOKEN_VAR, &env().slack_token)
+            .env("ROLLGATE_LOCK_NAME", &lock)
+            .args(["--log-format", "json", "resume"]);
+        cmd
+    };
+
+    // The alert fires again: the resume is refused, nothing more changes, the run stays
+    // resumable.
+    value.store(1, Ordering::SeqCst);
+    eventually("the alert to fire again", MINUTE, firing(true)).await;
+    let (code, _, stderr) = finish(spawn(resume()));
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.contains("refusing to start") && stderr.contains(&format!("Broken_{suite}")),
+        "{stderr}"
+    );
+    assert!(!unschedulable(&n2), "node 2 was not started");
+    let mut status = rollgate(dir.path());
+    status.args(["status", "-o", "json"]);
+    let (_, stdout, _) = run_rollgate(status, MINUTE);
+    let status: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        !status["state"].as_str().unwrap().starts_with("refused"),
+        "a refused resume leaves the run resumable: {status}"
+    );
+
+    value.store(0, Ordering::SeqCst);
+    eventually("the alert to clear again", MINUTE, firing(false)).await;
+    let (code, events, stderr) = finish(spawn(resume()));
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(named(&events, "node-done").len(), 1);
+    assert_eq!(named(&events, "node-done").len(), 2, "{stderr}");
+    assert!(!unschedulable(&n1) && !unschedulable(&n2));
+    let ran = std::fs::read_to_string(&markers).unwrap();
+    assert_eq!(
+        (ran.matches(&n1).count(), ran.matches(&n2).count()),
+        (1, 1),
+        "each command ran once: {ran}"
+    );
     let _ = std::fs::remove_file(e.prometheus_rules_dir.join(format!("{suite}.yml")));
     let _ = std::fs::remove_file(e.prometheus_targets_dir.join(format!("{suite}.json")));
     http_post(&format!("{}/-/reload", e.prometheus_url), "");

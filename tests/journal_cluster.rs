@@ -497,3 +497,108 @@ async fn early_exits_release_the_lock_and_mark_a_run_that_never_started() {
     assert!(stderr.contains("never started"), "{stderr}");
     assert!(!unschedulable(&names[0]), "nothing was changed");
 }
+
+/// `skip-upgraded` across a crash: a node already at the target is left out when the run
+/// starts and stays out when it is resumed; the node the run was upgrading when it died (its
+/// command had upgraded it, it was still cordoned) is finished, not skipped, and its command
+/// does not run again; the node not started yet is upgraded by the resume.
+#[tokio::test]
+async fn skip_upgraded_keeps_its_choice_across_a_crash_and_resume_finishes_the_node_it_had_upgraded()
+ {
+    let suite = unique("jskip");
+    let (_nodes, names) = TestNodes::numbered(&suite, 3);
+    let ns = TestNamespace::new("jskip");
+    let target = "v1.36.3";
+    let at_target = &names[0];
+    kubectl_ok(&[
+        "patch",
+        "node",
+        at_target,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!("{{\"status\":{{\"nodeInfo\":{{\"kubeletVersion\":\"{target}\"}}}}}}"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let markers = dir.path().join("markers");
+    let playbook = write_playbook(
+        dir.path(),
+        &format!(
+            "name = \"skip\"\ntarget-kubelet-version = \"{target}\"\nskip-upgraded = true\n\
+             [[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\n\
+             [command]\nrun = 'echo \"$ROLLGATE_NODE\" >> {}; exec {}'\nenv = {{ FAKE_UPGRADE_SECONDS = \"1\" }}\n{}",
+            markers.display(),
+            env().state_dir.join("bin/kwok-node-upgrade").display(),
+            monitor_scope(&suite, &ns.0)
+        ),
+    );
+    let lock = unique("jskip-lock");
+    let mut cmd = rollgate(dir.path());
+    // The runner dies right after the first upgraded node is Ready again, still cordoned.
+    cmd.env("ROLLGATE_FAILPOINT", "pause-after:wait-ready")
+        .env("ROLLGATE_LOCK_NAME", &lock)
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--yes",
+            "--lock-duration",
+            "3s",
+        ])
+        .arg(&playbook)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let upgrading = names[1].clone();
+    let state = dir.path().to_owned();
+    eventually("node 2 to be upgraded and Ready", MINUTE, || {
+        let (state, node) = (state.clone(), upgrading.clone());
+        async move { journal_has(&state, &node, "step-finished", "wait-ready") }
+    })
+    .await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(unschedulable(&upgrading), "it died with node 2 cordoned");
+    assert_eq!(
+        kubectl_ok(&[
+            "get",
+            "node",
+            &upgrading,
+            "-o",
+            "jsonpath={.status.nodeInfo.kubeletVersion}"
+        ]),
+        target,
+        "node 2 reports the target now"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await; // the dead runner's lock expires
+
+    let mut resume = rollgate(dir.path());
+    resume
+        .env("ROLLGATE_LOCK_NAME", &lock)
+        .args(["--log-format", "json", "resume"]);
+    let (code, _, stderr) = run_rollgate(resume, 2 * MINUTE);
+    assert_eq!(code, 0, "{stderr}");
+    let done = |node: &str| {
+        journal_events(dir.path(), node)
+            .iter()
+            .any(|e| e["event"] == "node-done")
+    };
+    assert!(done(&names[1]) && done(&names[2]), "{stderr}");
+    assert!(
+        journal_events(dir.path(), at_target).is_empty(),
+        "the node at the target never entered the run: {stderr}"
+    );
+    for n in &names {
+        assert!(!unschedulable(n), "{n} ends schedulable");
+    }
+    let ran = std::fs::read_to_string(&markers).unwrap();
+    assert_eq!(
+        names
+            .iter()
+            .map(|n| ran.matches(n.as_str()).count())
+            .collect::<Vec<_>>(),
+        [0, 1, 1],
+        "node 1 skipped, each other command ran once: {ran}"
+    );
+}

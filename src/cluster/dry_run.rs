@@ -5,7 +5,7 @@ use super::StepContext;
 use super::node::ssh_address;
 use crate::drain::filter::{PodAction, classify_pods};
 use crate::drain::{self, DrainReport};
-use crate::engine::{NodeJob, NodeSteps, StepError};
+use crate::engine::{DrainOutcome, NodeJob, NodeSteps, StepError};
 use crate::remote;
 use crate::vocab::node_marks::CORDONED_BY;
 use crate::vocab::{RunEvent, Step};
@@ -44,7 +44,7 @@ impl NodeSteps for DryRunSteps {
         Ok(())
     }
 
-    async fn drain(&self, job: &NodeJob) -> Result<DrainReport, StepError> {
+    async fn drain(&self, job: &NodeJob) -> Result<DrainOutcome, StepError> {
         let pods = drain::pods_on_node(&self.clients.api, &job.node, &self.playbook.drain)
             .await
             .map_err(|e| StepError::new(e.to_string()))?;
@@ -68,7 +68,7 @@ impl NodeSteps for DryRunSteps {
                 ),
             }
         }
-        Ok(report)
+        Ok(DrainOutcome::Drained(report))
     }
 
     async fn run_command(&self, job: &NodeJob) -> Result<(), StepError> {
@@ -81,15 +81,7 @@ impl NodeSteps for DryRunSteps {
         let cmd = &self.playbook.command;
         let env = BTreeMap::new();
         let record = remote::record_dir(&self.run_id, &job.node);
-        let inv = remote::RemoteInvocation {
-            address: &address,
-            user: cmd.user.as_deref(),
-            run: &cmd.run,
-            env: &env,
-            timeout: cmd.timeout,
-            record: &record,
-            sudo: cmd.sudo,
-        };
+        let inv = remote::RemoteInvocation::for_command(cmd, &address, &env, &record);
         let words = remote::describe_words(&inv);
         let user = cmd
             .user
@@ -123,6 +115,18 @@ impl NodeSteps for DryRunSteps {
             job,
             format!(
                 "PATCH node {}: spec.unschedulable=false, remove rollgate.dev annotations",
+                job.node
+            ),
+        );
+        Ok(())
+    }
+
+    async fn hand_back(&self, job: &NodeJob) -> Result<(), StepError> {
+        // A dry run's drain never times out: this is only said for completeness.
+        self.say(
+            job,
+            format!(
+                "PATCH node {}: spec.unschedulable=false, remove rollgate.dev annotations (skipped, not upgraded)",
                 job.node
             ),
         );

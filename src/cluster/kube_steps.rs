@@ -1,5 +1,5 @@
 //! [`KubeSteps`], the real steps: cordon with a record of who cordoned, drain, remote command,
-//! wait for Ready, uncordon, settle. Its readiness waits are in [`ready`], its settle in
+//! wait for Ready, uncordon, settle; and giving a skipped node back. Its readiness waits are in [`ready`], its settle in
 //! [`settle`].
 
 mod ready;
@@ -10,8 +10,8 @@ pub use settle::replicas_to_wait_for;
 use super::marks::annotation;
 use super::node::{boot_id, kubelet_version, ssh_address};
 use super::{CordonOwner, StepContext, cordon_owner};
-use crate::drain::{self, DrainReport};
-use crate::engine::{NodeJob, NodeSteps, StepError};
+use crate::drain::{self, DrainError, DrainReport};
+use crate::engine::{DrainOutcome, NodeJob, NodeSteps, StepError};
 use crate::remote;
 use crate::vocab::node_marks::*;
 use crate::vocab::{RunEvent, Step};
@@ -215,21 +215,25 @@ impl NodeSteps for KubeSteps {
         Ok(())
     }
 
-    async fn drain(&self, job: &NodeJob) -> Result<DrainReport, StepError> {
+    async fn drain(&self, job: &NodeJob) -> Result<DrainOutcome, StepError> {
         self.mark_step(&job.node, Step::Drain).await?;
         let before = self.ready_replicas_on(&job.node).await;
         self.ready_before
             .lock()
             .expect("lock")
             .insert(job.node.clone(), before);
-        drain::drain(
+        match drain::drain(
             &self.clients.drain,
             &job.node,
             &self.playbook.drain,
             &self.sink,
         )
         .await
-        .map_err(|e| StepError::new(e.to_string()))
+        {
+            Ok(report) => Ok(DrainOutcome::Drained(report)),
+            Err(DrainError::HeldByBudget(held)) => Ok(DrainOutcome::HeldByBudget(held)),
+            Err(e) => Err(StepError::new(e.to_string())),
+        }
     }
 
     async fn run_command(&self, job: &NodeJob) -> Result<(), StepError> {
@@ -252,15 +256,7 @@ impl NodeSteps for KubeSteps {
         let env = self.command_env(job, &address);
         let cmd = &self.playbook.command;
         let record = remote::record_dir(&self.run_id, &job.node);
-        let inv = remote::RemoteInvocation {
-            address: &address,
-            user: cmd.user.as_deref(),
-            run: &cmd.run,
-            env: &env,
-            timeout: cmd.timeout,
-            record: &record,
-            sudo: cmd.sudo,
-        };
+        let inv = remote::RemoteInvocation::for_command(cmd, &address, &env, &record);
         let sink = self.sink.clone();
         let node_name = job.node.clone();
         // A node whose command failed before (in the run resumed): a new attempt.
@@ -317,28 +313,13 @@ impl NodeSteps for KubeSteps {
         let node = self
             .ensure_up(job, Step::Uncordon, "before uncordoning it")
             .await?;
-        let precordoned = annotation(&node, PRECORDONED).is_some();
-        let clear = json!({CORDONED_BY: null, STEP: null, REASON: null, FAILED_STEP: null, PRECORDONED: null, BOOT_ID: null, LAST_RUN: format!("{} {}", self.run_id, now())});
-        let owner = cordon_owner(&node);
-        if precordoned || matches!(owner, CordonOwner::Other(_)) {
-            let who = match owner {
-                CordonOwner::Other(who) => format!(" (by {who})"),
-                _ => String::new(),
-            };
-            self.sink.emit(RunEvent::Warning {
-                node: Some(job.node.clone()),
-                message: format!("left cordoned: it was cordoned before this run{who}"),
-            });
-            self.patch(&job.node, json!({"metadata": {"annotations": clear}}))
-                .await?;
-        } else {
-            self.patch(
-                &job.node,
-                json!({"spec": {"unschedulable": null}, "metadata": {"annotations": clear}}),
-            )
-            .await?;
-        }
-        Ok(())
+        self.give_back(job, &node, Some(format!("{} {}", self.run_id, now())))
+            .await
+    }
+
+    async fn hand_back(&self, job: &NodeJob) -> Result<(), StepError> {
+        let node = self.get(&job.node).await?;
+        self.give_back(job, &node, None).await
     }
 
     async fn settle(&self, job: &NodeJob, drained: &DrainReport) -> Result<(), StepError> {
@@ -374,10 +355,45 @@ impl NodeSteps for KubeSteps {
 const MAX_SETTLE_RESTARTS: usize = 3;
 
 impl KubeSteps {
+    /// Uncordons the node (unless it was cordoned before this run) and clears rollgate's marks;
+    /// `last_run` (`RUN_ID TIME`) records a node this run finished.
+    async fn give_back(
+        &self,
+        job: &NodeJob,
+        node: &Node,
+        last_run: Option<String>,
+    ) -> Result<(), StepError> {
+        let precordoned = annotation(node, PRECORDONED).is_some();
+        let mut clear = json!({CORDONED_BY: null, STEP: null, REASON: null, FAILED_STEP: null, PRECORDONED: null, BOOT_ID: null});
+        if let Some(last_run) = last_run {
+            clear[LAST_RUN] = json!(last_run);
+        }
+        let owner = cordon_owner(node);
+        if precordoned || matches!(owner, CordonOwner::Other(_)) {
+            let who = match owner {
+                CordonOwner::Other(who) => format!(" (by {who})"),
+                _ => String::new(),
+            };
+            self.sink.emit(RunEvent::Warning {
+                node: Some(job.node.clone()),
+                message: format!("left cordoned: it was cordoned before this run{who}"),
+            });
+            self.patch(&job.node, json!({"metadata": {"annotations": clear}}))
+                .await?;
+        } else {
+            self.patch(
+                &job.node,
+                json!({"spec": {"unschedulable": null}, "metadata": {"annotations": clear}}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn record_failure(&self, job: &NodeJob, step: Step, reason: &str) {
         // Annotation values are bounded; keep the message readable.
         let reason: String = reason.chars().take(1000).collect();
-        let patch = json!({"metadata": {"annotations": {STEP: "failed", FAILED_STEP: step.name(), REASON: reason}}});
+        let patch = json!({"metadata": {"annotations": {STEP: STEP_FAILED, FAILED_STEP: step.name(), REASON: reason}}});
         if let Err(e) = self.patch(&job.node, patch).await {
             self.sink.emit(RunEvent::Warning {
                 node: Some(job.node.clone()),

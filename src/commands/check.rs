@@ -58,8 +58,13 @@ pub fn summary(path: &Path, pb: &Playbook) -> String {
         };
         let _ = writeln!(
             s,
-            "  maintenance window: {}; outside it: {outside}",
-            w.describe()
+            "  maintenance window: {}; outside it: {outside}{}",
+            w.describe(),
+            if w.finish_by_end {
+                "; finish-by-end: a node starts only if its p95 (see `rollgate preflight`) ends before the window closes"
+            } else {
+                ""
+            }
         );
     }
     if let Some(d) = pb.deadline {
@@ -91,6 +96,7 @@ pub fn summary(path: &Path, pb: &Playbook) -> String {
         match dr.on_pdb_timeout {
             PdbTimeoutPolicy::Fail => "fail the node",
             PdbTimeoutPolicy::DisableEviction => "delete the pods",
+            PdbTimeoutPolicy::Skip => "skip the node (uncordoned, without its command)",
         }
     );
     let c = &pb.command;

@@ -41,14 +41,10 @@ async fn check_command_records(
             continue;
         };
         let env = Default::default();
+        // Only the record is read: the command itself is not sent.
         let inv = remote::RemoteInvocation {
-            address: &address,
-            user: playbook.command.user.as_deref(),
             run: "",
-            env: &env,
-            timeout: playbook.command.timeout,
-            record: &record,
-            sudo: playbook.command.sudo,
+            ..remote::RemoteInvocation::for_command(&playbook.command, &address, &env, &record)
         };
         match remote::probe(&config.ssh, &inv).await {
             Ok(RecordState::NoRecord) if playbook.command.safe_to_rerun => eprintln!(
@@ -156,8 +152,9 @@ pub async fn resume(
             .await
             .map_err(cannot)?;
         eprintln!(
-            "resuming run {run_id} from its journal: {} node(s) done, {} to pick up where they stopped",
+            "resuming run {run_id} from its journal: {} node(s) done, {} skipped, {} to pick up where they stopped",
             points.done.len(),
+            points.skipped.len(),
             points.from.len()
         );
         let options = RunOptions {

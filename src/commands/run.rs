@@ -13,6 +13,7 @@ use crate::journal::ResumePoints;
 use crate::vocab::{Outcome, RunEvent, Stamped, Step, StopReason};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub async fn run(config: Config, args: &RunArgs) -> Result<u8, Failure> {
     let config = Arc::new(config);
@@ -58,7 +59,8 @@ pub(super) async fn plan_and_run(
     let mut playbook = load_playbook_with(&playbook_file, &config)?;
     if resume.is_some() {
         // The nodes a resume picks up are finished whatever version they report now (their
-        // command may have upgraded them): `skip-upgraded` applies when a run starts.
+        // command may have upgraded them): `skip-upgraded` applies when a run starts, and the
+        // nodes it left out then stay out (a resume keeps to the run's planned nodes).
         playbook.skip_upgraded = false;
     }
     let playbook = Arc::new(playbook);
@@ -71,8 +73,16 @@ pub(super) async fn plan_and_run(
         .map_err(connect_failure)?;
     let (snapshot, mut report) = survey(&clients, &playbook).await?;
     if let Some(r) = &resume {
-        // Finished nodes are skipped; the rest keep the plan's order.
-        report.without(&r.done, &playbook);
+        // Finished and skipped nodes are left out, and nodes the run did not plan at its
+        // start; the rest keep the plan's order.
+        report.keep_only(
+            |n| {
+                !r.done.contains(n)
+                    && !r.skipped.contains(n)
+                    && (r.planned.is_empty() || r.planned.contains(n))
+            },
+            &playbook,
+        );
     }
     if !interaction.json {
         eprint!("{}", render_table(&report));
@@ -120,6 +130,19 @@ pub(super) async fn plan_and_run(
         eprintln!("not started: nothing was changed");
         return Ok(exit::INTERRUPTED);
     }
+    let node_estimate = finish_by_end_estimate(&config, &playbook, &options);
+    if let Some(e) = node_estimate
+        && !interaction.json
+    {
+        eprintln!(
+            "finish-by-end: a node needs {} (p95{}); none starts with less of the window left",
+            humantime::format_duration(Duration::from_secs(e.p95.as_secs())),
+            match e.from_runs {
+                0 => ", default step times: no earlier run of this playbook".to_owned(),
+                n => format!(" from {n} earlier run(s)"),
+            }
+        );
+    }
     let request = RunRequest {
         config,
         playbook,
@@ -130,16 +153,43 @@ pub(super) async fn plan_and_run(
         resume,
         interaction,
         notify,
+        node_estimate,
         preflight: Some(preflight),
     };
     let end = driver::run(request, clients).await?;
     print_end(&end, interaction.json)
 }
 
+/// With `[window] finish-by-end` (and a window the run obeys), a node's expected p95 duration
+/// from the pre-flight ETA's history, computed once for the run.
+fn finish_by_end_estimate(
+    config: &Config,
+    playbook: &crate::playbook::Playbook,
+    options: &RunOptions,
+) -> Option<crate::window::NodeEstimate> {
+    let applies = playbook.window.as_ref().is_some_and(|w| w.finish_by_end)
+        && !options.ignore_window
+        && !options.dry_run;
+    applies.then(|| {
+        crate::preflight::eta::node_estimate(
+            &crate::driver::state_dir::RunsDir::new(&config.state_dir),
+            playbook,
+        )
+    })
+}
+
 /// Prints how the run ended: nodes left cordoned and how to continue, where the logs and the
 /// report are; a journal that could not be written is the run's error.
 fn print_end(end: &RunEnd, json: bool) -> Result<u8, Failure> {
     let (summary, run_id) = (&end.summary, &end.run_id);
+    if !summary.skipped.is_empty() {
+        eprintln!(
+            "nodes skipped (on-pdb-timeout = \"skip\"): uncordoned without their command, NOT upgraded; a new run includes them again:"
+        );
+        for (node, why) in &summary.skipped {
+            eprintln!("  {node}: {why}");
+        }
+    }
     if !summary.failed.is_empty() || !summary.abandoned.is_empty() {
         eprintln!("nodes left cordoned:");
         for (node, step, reason) in &summary.failed {

@@ -154,11 +154,18 @@ pub async fn status(
             n.state,
             n.step.as_deref().unwrap_or("-"),
             n.since.as_deref().unwrap_or("-"),
-            n.last_error.as_deref().unwrap_or("")
+            match (&n.last_error, &n.skipped) {
+                (Some(e), _) => e.clone(),
+                (None, Some(why)) => format!("skipped: {why}"),
+                (None, None) => String::new(),
+            }
         );
     }
     for d in &status.decisions {
         println!("  gate: {d}");
+    }
+    if let Some(held) = &status.finish_by_end {
+        println!("  finish-by-end: {held}");
     }
     if let Some(t) = crate::journal::skipped_text(&status.skipped_lines) {
         println!("  journal: {t} (torn by a crash or a full disk)");

@@ -13,7 +13,8 @@
 //! - One timeout bounds the whole drain. Its error names every pod still on the node and why
 //!   (the budget blocking it, the last retry cause, the finalizer holding it...); with
 //!   `on-pdb-timeout = "disable-eviction"` the pods a budget blocks are deleted instead (bounded
-//!   by their grace period).
+//!   by their grace period); with `on-pdb-timeout = "skip"` a timeout that budgets alone explain
+//!   is [`DrainError::HeldByBudget`] (the node is then skipped, see `engine::node`).
 
 //!
 //! Inside: [`filter`] (which pods, pure), [`budget`] (which PDBs block now, pure), [`eviction`]
@@ -38,7 +39,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use pod_task::Drainer;
 use pods::{delete_pod, uid_of, wait_deleted};
-use progress::{Progress, ProgressMap, still_there};
+use progress::{Progress, ProgressMap, budgets_holding, still_there};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -61,6 +62,34 @@ pub struct DrainReport {
     pub deleted: Vec<String>,
 }
 
+/// A drain timeout that PodDisruptionBudgets alone explain (`on-pdb-timeout = "skip"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldByBudget {
+    pub timeout: Duration,
+    /// The budgets blocking (`namespace/name`), sorted.
+    pub pdbs: Vec<String>,
+    /// The pods they block (`namespace/name`).
+    pub held: Vec<String>,
+    /// Every pod still on the node, and why (blocked, or queued behind the blocked ones).
+    pub pods: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for HeldByBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "drain timed out after {:?}: PodDisruptionBudget {} allowed no eviction; still on the node: {}",
+            self.timeout,
+            self.pdbs.join(", "),
+            self.pods
+                .iter()
+                .map(|(p, why)| format!("{p} ({why})"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
     #[error("drain refused, nothing was evicted: {}", .0.iter().map(|(p, r)| format!("{p}: {r}")).collect::<Vec<_>>().join("; "))]
@@ -71,6 +100,9 @@ pub enum DrainError {
         timeout: Duration,
         pods: Vec<(String, String)>,
     },
+    /// Only with `on-pdb-timeout = "skip"`: the node is to be given back without its command.
+    #[error("{0}")]
+    HeldByBudget(HeldByBudget),
     #[error("the API server refused the eviction of {pod}: {source}")]
     Eviction {
         pod: String,
@@ -86,7 +118,7 @@ fn timeout_hint(pods: &[(String, String)]) -> &'static str {
         .iter()
         .any(|(_, why)| why.contains("blocked by PodDisruptionBudget"))
     {
-        ". A budget allows no disruption until its pods are Ready elsewhere; raise [drain] timeout, or set on-pdb-timeout = \"disable-eviction\" to delete the blocked pods"
+        ". A budget allows no disruption until its pods are Ready elsewhere; raise [drain] timeout, or set on-pdb-timeout = \"disable-eviction\" to delete the blocked pods (or \"skip\" to leave the node for a later run)"
     } else {
         ""
     }
@@ -225,18 +257,31 @@ pub async fn drain(
     }
     let map = progress.lock().expect("lock");
     let now = Instant::now();
-    Err(DrainError::Timeout {
-        timeout,
-        pods: remaining
+    let pods = remaining
+        .iter()
+        .map(|p| {
+            (
+                pod_key(p),
+                still_there(map.get(&uid_of(p)), p, now, opts.eviction_concurrency),
+            )
+        })
+        .collect();
+    if opts.on_pdb_timeout == PdbTimeoutPolicy::Skip
+        && let Some(pdbs) = budgets_holding(remaining.iter().map(|p| map.get(&uid_of(p))))
+    {
+        let held = remaining
             .iter()
-            .map(|p| {
-                (
-                    pod_key(p),
-                    still_there(map.get(&uid_of(p)), p, now, opts.eviction_concurrency),
-                )
-            })
-            .collect(),
-    })
+            .filter(|p| matches!(map.get(&uid_of(p)), Some(Progress::Blocked { .. })))
+            .map(pod_key)
+            .collect();
+        return Err(DrainError::HeldByBudget(HeldByBudget {
+            timeout,
+            pdbs: pdbs.into_iter().collect(),
+            held,
+            pods,
+        }));
+    }
+    Err(DrainError::Timeout { timeout, pods })
 }
 
 #[cfg(test)]
@@ -260,7 +305,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "drain timed out after 300s with 2 pod(s) still on the node: shop/web-1 (eviction blocked by PodDisruptionBudget shop/web: no); shop/web-2 (evicted 3s ago, not deleted yet). A budget allows no disruption until its pods are Ready elsewhere; raise [drain] timeout, or set on-pdb-timeout = \"disable-eviction\" to delete the blocked pods"
+            "drain timed out after 300s with 2 pod(s) still on the node: shop/web-1 (eviction blocked by PodDisruptionBudget shop/web: no); shop/web-2 (evicted 3s ago, not deleted yet). A budget allows no disruption until its pods are Ready elsewhere; raise [drain] timeout, or set on-pdb-timeout = \"disable-eviction\" to delete the blocked pods (or \"skip\" to leave the node for a later run)"
         );
     }
 }

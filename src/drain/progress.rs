@@ -2,7 +2,7 @@
 
 use crate::vocab::RetryCause;
 use k8s_openapi::api::core::v1::Pod;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -81,6 +81,26 @@ pub(super) fn still_there(
     }
 }
 
+/// The budgets that explain a drain timeout, when they explain all of it: at least one pod
+/// still there is blocked by a PodDisruptionBudget, and every other one only waits for an
+/// eviction slot (which the blocked pods hold). None when anything else keeps a pod: evicted
+/// but not terminating, retried for another cause, already terminating, unanswered.
+pub(super) fn budgets_holding<'a>(
+    progress: impl IntoIterator<Item = Option<&'a Progress>>,
+) -> Option<BTreeSet<String>> {
+    let mut pdbs = BTreeSet::new();
+    for p in progress {
+        match p {
+            Some(Progress::Blocked { pdb, .. }) => {
+                pdbs.insert(pdb.clone());
+            }
+            None | Some(Progress::Queued) => {}
+            Some(_) => return None,
+        }
+    }
+    (!pdbs.is_empty()).then_some(pdbs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +147,44 @@ mod tests {
                 expected,
                 "{progress:?}"
             );
+        }
+    }
+
+    #[test]
+    fn only_budgets_blocking_and_pods_queued_behind_them_make_a_timeout_the_budgets_doing() {
+        let blocked = |pdb: &str| Progress::Blocked {
+            pdb: pdb.into(),
+            message: "no".into(),
+        };
+        let evicted = Progress::Evicted { at: Instant::now() };
+        let retrying = Progress::Retrying {
+            cause: RetryCause::Throttled,
+            message: "slow down".into(),
+            attempts: 2,
+        };
+        let (a, b) = (blocked("ns/a"), blocked("ns/b"));
+        let set = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
+        type Case<'a> = (Vec<Option<&'a Progress>>, Option<BTreeSet<String>>);
+        let cases: Vec<Case> = vec![
+            (vec![Some(&a)], set(&["ns/a"])),
+            (vec![Some(&a), Some(&b), Some(&a)], set(&["ns/a", "ns/b"])),
+            (
+                vec![Some(&a), Some(&Progress::Queued), None],
+                set(&["ns/a"]),
+            ),
+            // Nothing blocked: not a budget's doing.
+            (vec![], None),
+            (vec![Some(&Progress::Queued)], None),
+            // A pod that does not terminate, a retry, a pod already terminating, a request
+            // never answered: a failure even beside a blocked pod.
+            (vec![Some(&a), Some(&evicted)], None),
+            (vec![Some(&retrying), Some(&a)], None),
+            (vec![Some(&a), Some(&Progress::Terminating)], None),
+            (vec![Some(&a), Some(&Progress::Evicting)], None),
+            (vec![Some(&Progress::Deleted)], None),
+        ];
+        for (progress, want) in cases {
+            assert_eq!(budgets_holding(progress.clone()), want, "{progress:?}");
         }
     }
 }

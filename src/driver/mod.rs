@@ -83,6 +83,9 @@ pub struct RunRequest {
     /// Where notifications go (secrets already read from the environment, see
     /// [`notify::resolve`]).
     pub notify: Vec<notify::Target>,
+    /// A node's expected duration (the pre-flight ETA's, from earlier runs), for a window with
+    /// `finish-by-end`; None without one.
+    pub node_estimate: Option<crate::window::NodeEstimate>,
     /// What the pre-flight checks said over the plan's nodes (None: not run). Recorded and
     /// told with the run's first message; a blocker refuses the run before anything changes.
     pub preflight: Option<PreflightSummary>,
@@ -198,6 +201,7 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         resume,
         interaction,
         notify: notify_targets,
+        node_estimate,
         preflight,
     } = request;
     let RunOptions {
@@ -231,6 +235,7 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         window: window.filter(|_| !ignore_window),
         deadline,
         clock,
+        node_estimate,
     };
     let mut running = Running {
         // One runner per cluster (a dry run changes nothing and takes no lock).

@@ -1,7 +1,9 @@
 //! The rollout engine: walks the plan's phases and waves, with up to `concurrency` nodes out
 //! of service at once (nodes in flight, and failed nodes left cordoned), each through
 //! [`Step::ALL`] in order. A failed node is counted by the failure budget and, through the
-//! guard, exempt from the health gates for the rest of the run. It owns the run state (what is in flight, what
+//! guard, exempt from the health gates for the rest of the run. A node whose drain budgets
+//! held past the timeout under `on-pdb-timeout = "skip"` is given back and skipped: not a
+//! failure, and it takes no slot. It owns the run state (what is in flight, what
 //! failed, why the run stops) in one loop that `select!`s over node completions and stop
 //! requests; node tasks talk to it only through their results and the [`EventSink`].
 //!
@@ -11,12 +13,12 @@
 
 mod node;
 
-use crate::vocab::{EventSink, Outcome, RunEvent, Step, StopReason};
+use crate::vocab::{EventSink, FinishByEnd, Outcome, RunEvent, Step, StopReason};
 
-use crate::drain::DrainReport;
+use crate::drain::{DrainReport, HeldByBudget};
 use crate::health::{Guard, HealthState};
 use crate::plan::Plan;
-use crate::window::{OutsideWindow, Schedule};
+use crate::window::{OutsideWindow, Schedule, TooLate};
 use node::{fail_node, panic_message, upgrade_node};
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,10 +47,20 @@ pub struct NodeJob {
     pub from: Step,
 }
 
+/// How a drain step ended, when it did not fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DrainOutcome {
+    /// The pods the drain takes are gone.
+    Drained(DrainReport),
+    /// `on-pdb-timeout = "skip"`: PodDisruptionBudgets held pods past the drain timeout: the
+    /// node is given back ([`NodeSteps::hand_back`]) without its command, and skipped.
+    HeldByBudget(HeldByBudget),
+}
+
 /// The side effects of one node's upgrade. Each call is bounded by its own timeout.
 pub trait NodeSteps: Send + Sync + 'static {
     fn cordon(&self, job: &NodeJob) -> impl Future<Output = Result<(), StepError>> + Send;
-    fn drain(&self, job: &NodeJob) -> impl Future<Output = Result<DrainReport, StepError>> + Send;
+    fn drain(&self, job: &NodeJob) -> impl Future<Output = Result<DrainOutcome, StepError>> + Send;
     fn run_command(&self, job: &NodeJob) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Returns a detail for the event (e.g. the kubelet version now reported).
     fn wait_ready(&self, job: &NodeJob) -> impl Future<Output = Result<String, StepError>> + Send;
@@ -58,6 +70,9 @@ pub trait NodeSteps: Send + Sync + 'static {
         job: &NodeJob,
         drained: &DrainReport,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Gives a node back without its upgrade (it was not taken down): uncordoned unless it was
+    /// cordoned before the run, rollgate's marks cleared, no `last-run` recorded.
+    fn hand_back(&self, job: &NodeJob) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Records the failure on the node (it stays cordoned). Best effort: errors are reported as warnings.
     fn mark_failed(
         &self,
@@ -83,6 +98,8 @@ pub struct RunSummary {
     pub outcome: Outcome,
     pub done: Vec<String>,
     pub failed: Vec<(String, Step, String)>,
+    /// Nodes given back without their command (`on-pdb-timeout = "skip"`), with why.
+    pub skipped: Vec<(String, String)>,
     pub not_started: Vec<String>,
     /// Nodes in flight when the run was stopped immediately, with the step they were in.
     pub abandoned: Vec<(String, Option<Step>)>,
@@ -109,6 +126,8 @@ pub struct Engine<S: NodeSteps> {
 /// Why a node task ended before its last step.
 enum NodeStop {
     Failed(Step, StepError),
+    /// Given back without its command (`on-pdb-timeout = "skip"`), with why.
+    Skipped(String),
     /// The journal could not record the start of this step: it was not run.
     Unrecorded(Step),
 }
@@ -196,6 +215,7 @@ impl<S: NodeSteps> Engine<S> {
         let mut stop_reason: Option<StopReason> = None;
         let mut done = Vec::new();
         let mut failed: Vec<(String, Step, String)> = Vec::new();
+        let mut skipped: Vec<(String, String)> = Vec::new();
         let mut abandoned = Vec::new();
         let mut unrecorded = Vec::new();
         let mut started_nodes = std::collections::HashSet::new();
@@ -265,16 +285,23 @@ impl<S: NodeSteps> Engine<S> {
                     let timing = schedule.borrow_and_update().clone();
                     let (stop_for_time, closed) = match &timing {
                         Schedule::Open => (None, false),
+                        // finish-by-end is about the next node: none left in this wave, nothing to hold.
+                        Schedule::TooLate(_) if queue.peek().is_none() => (None, false),
                         Schedule::DeadlinePassed { .. } => (Some(StopReason::Deadline), true),
-                        Schedule::Closed { .. } if outside == OutsideWindow::Exit => {
+                        Schedule::Closed { .. } | Schedule::TooLate(_)
+                            if outside == OutsideWindow::Exit =>
+                        {
                             (Some(StopReason::OutsideWindow), true)
                         }
-                        Schedule::Closed { .. } => (None, true),
+                        Schedule::Closed { .. } | Schedule::TooLate(_) => (None, true),
                     };
                     if let Some(reason) = stop_for_time
                         && stop_reason.is_none()
                     {
                         stop_reason = Some(reason);
+                        if let (Schedule::TooLate(late), Some(node)) = (&timing, queue.peek()) {
+                            self.sink.emit(finish_by_end(late, node));
+                        }
                         self.sink.emit(RunEvent::Stopping { reason });
                     }
                     if !closed && closed_reported {
@@ -354,12 +381,20 @@ impl<S: NodeSteps> Engine<S> {
                             reason: StopReason::NodeFailures,
                         });
                     }
-                    if let Schedule::Closed { reopens_at } = &timing
+                    let reopens = match &timing {
+                        Schedule::Closed { reopens_at } => Some(*reopens_at),
+                        Schedule::TooLate(late) => Some(late.reopens_at),
+                        _ => None,
+                    };
+                    if let Some(reopens_at) = &reopens
                         && in_flight.is_empty()
                         && !closed_reported
                         && stop_reason.is_none()
-                        && queue.peek().is_some()
+                        && let Some(node) = queue.peek()
                     {
+                        if let Schedule::TooLate(late) = &timing {
+                            self.sink.emit(finish_by_end(late, node));
+                        }
                         self.sink.emit(RunEvent::WindowClosed {
                             window: window.clone(),
                             reopens_at: reopens_at.map(|t| t.to_string()),
@@ -426,6 +461,8 @@ impl<S: NodeSteps> Engine<S> {
                             self.guard.collected(&node);
                             match result {
                                 Ok(()) => done.push(node),
+                                // Not a failure: no budget counts it, and it is back in service.
+                                Err(NodeStop::Skipped(why)) => skipped.push((node, why)),
                                 Err(NodeStop::Unrecorded(step)) => {
                                     self.sink.emit(RunEvent::Warning {
                                         node: Some(node.clone()),
@@ -495,6 +532,7 @@ impl<S: NodeSteps> Engine<S> {
             outcome,
             done: done.len(),
             failed: failed.len(),
+            skipped: skipped.len(),
             not_started: not_started.len(),
             elapsed_ms: started.elapsed().as_millis() as u64,
         });
@@ -502,11 +540,23 @@ impl<S: NodeSteps> Engine<S> {
             outcome,
             done,
             failed,
+            skipped,
             not_started,
             abandoned,
             unrecorded,
         }
     }
+}
+
+/// Why `finish-by-end` holds `node` back, as the event that says so.
+fn finish_by_end(late: &TooLate, node: &str) -> RunEvent {
+    RunEvent::FinishByEnd(FinishByEnd {
+        node: node.to_owned(),
+        needs_secs: late.needs.p95.as_secs(),
+        from_runs: late.needs.from_runs,
+        closes_at: late.closes_at.to_string(),
+        closes_in_secs: late.closes_in.as_secs(),
+    })
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! One node's walk through [`Step::ALL`] (from where a resumed run picks it up): each step
 //! announced in the journal before it runs, the steps the step table marks interruptible
 //! stopped at once by a gate abort or a lost lock, the others run to their end first; the
-//! probes due after each step; a failure recorded on the node, as an event and with the guard.
+//! probes due after each step; a failure recorded on the node, as an event and with the guard;
+//! a drain that budgets held past its timeout (`on-pdb-timeout = "skip"`) gives the node back
+//! and skips it.
 
-use super::{NodeJob, NodeResult, NodeSteps, NodeStop, StepError};
-use crate::drain::DrainReport;
+use super::{DrainOutcome, NodeJob, NodeResult, NodeSteps, NodeStop, StepError};
+use crate::drain::{DrainReport, HeldByBudget};
 use crate::health::{Guard, HealthState};
 use crate::vocab::{EventSink, RunEvent, Step};
 use std::future::Future;
@@ -73,6 +75,8 @@ enum Done {
     Detail(String),
     /// What the drain did (settle waits for its pods' workloads).
     Drained(DrainReport),
+    /// Budgets held pods past the drain timeout (`on-pdb-timeout = "skip"`).
+    HeldByBudget(HeldByBudget),
 }
 
 /// Runs one step's side effect.
@@ -84,7 +88,10 @@ async fn run_step<S: NodeSteps>(
 ) -> Result<Done, StepError> {
     match step {
         Step::Cordon => steps.cordon(job).await.map(|_| Done::Nothing),
-        Step::Drain => steps.drain(job).await.map(Done::Drained),
+        Step::Drain => steps.drain(job).await.map(|d| match d {
+            DrainOutcome::Drained(report) => Done::Drained(report),
+            DrainOutcome::HeldByBudget(held) => Done::HeldByBudget(held),
+        }),
         Step::Command => steps.run_command(job).await.map(|_| Done::Nothing),
         Step::WaitReady => steps.wait_ready(job).await.map(Done::Detail),
         Step::Uncordon => steps.uncordon(job).await.map(|_| Done::Nothing),
@@ -135,19 +142,23 @@ pub(super) async fn upgrade_node<S: NodeSteps>(
             } else {
                 work.await
             };
-            let result = done.map(|done| match done {
-                Done::Nothing => None,
-                Done::Detail(detail) => Some(detail),
-                Done::Drained(report) => {
+            let result = match done {
+                Ok(Done::HeldByBudget(held)) => {
+                    return skip_node(steps.as_ref(), job, held, &sink, &guard, &lock).await;
+                }
+                Ok(Done::Nothing) => Ok(None),
+                Ok(Done::Detail(detail)) => Ok(Some(detail)),
+                Ok(Done::Drained(report)) => {
                     let detail = format!(
                         "{} evicted, {} skipped",
                         report.evicted.len(),
                         report.skipped.len()
                     );
                     drained = report;
-                    Some(detail)
+                    Ok(Some(detail))
                 }
-            });
+                Err(e) => Err(e),
+            };
             if let Ok(detail) = &result {
                 sink.emit(RunEvent::StepFinished {
                     node: job.node.clone(),
@@ -172,6 +183,45 @@ pub(super) async fn upgrade_node<S: NodeSteps>(
         elapsed_ms: elapsed_ms(started),
     });
     (job.node, Ok(()))
+}
+
+/// Skips a node whose drain budgets held past the timeout (`on-pdb-timeout = "skip"`): gives
+/// it back (it was never taken down), then records the skip. The journal's drain span stays
+/// open until then, so a crash in between makes a resume drain the node again (never run its
+/// command). A node that cannot be given back, or a run that lost the lock (it writes nothing
+/// more to the cluster), fails the node instead, as any drain failure does.
+async fn skip_node<S: NodeSteps>(
+    steps: &S,
+    job: NodeJob,
+    held: HeldByBudget,
+    sink: &EventSink,
+    guard: &Guard,
+    lock: &watch::Receiver<Option<String>>,
+) -> NodeResult {
+    let reason = held.to_string();
+    let handed_back = match lock_lost_error(lock) {
+        Some(e) => Err(StepError::new(format!("{reason}; not given back: {}", e.0))),
+        None => steps.hand_back(&job).await.map_err(|e| {
+            StepError::new(format!(
+                "{reason}; on-pdb-timeout = \"skip\" could not give the node back: {}",
+                e.0
+            ))
+        }),
+    };
+    if let Err(err) = handed_back {
+        let lost = lock.borrow().is_some();
+        fail_node(steps, &job, Step::Drain, &err, sink, guard, lost).await;
+        return (job.node, Err(NodeStop::Failed(Step::Drain, err)));
+    }
+    // Back in service: watched like any other node.
+    guard.set_step(&job.node, None);
+    sink.emit(RunEvent::NodeSkipped {
+        node: job.node.clone(),
+        reason: reason.clone(),
+        pdbs: held.pdbs,
+        pods: held.held,
+    });
+    (job.node, Err(NodeStop::Skipped(reason)))
 }
 
 /// Records a node's failure: on the node (unless this run lost the cluster lock: it then writes

@@ -8,7 +8,7 @@
 //! at the last record before the restart), old headers without the later fields.
 
 use super::{Header, Records};
-use crate::vocab::{GateDecision, Outcome, RunEvent, Stamped, Step};
+use crate::vocab::{FinishByEnd, GateDecision, Outcome, RunEvent, Stamped, Step};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::SystemTime;
@@ -24,6 +24,9 @@ pub enum NodeState {
     InProgress,
     Done,
     Failed,
+    /// Given back without its command: budgets held its drain past the timeout
+    /// (`on-pdb-timeout = "skip"`). A recorded outcome: resume leaves it, a new run includes it.
+    Skipped,
     /// In flight when the run was stopped immediately: left as it was.
     Abandoned,
 }
@@ -36,6 +39,7 @@ impl NodeState {
             NodeState::InProgress => "in-progress",
             NodeState::Done => "done",
             NodeState::Failed => "failed",
+            NodeState::Skipped => "skipped",
             NodeState::Abandoned => "abandoned",
         }
     }
@@ -67,6 +71,16 @@ pub struct StepSpan {
     pub detail: Option<String>,
 }
 
+/// Why a node was skipped (`on-pdb-timeout = "skip"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skip {
+    pub reason: String,
+    /// The budgets that held it (`namespace/name`).
+    pub pdbs: Vec<String>,
+    /// The pods they held (`namespace/name`).
+    pub pods: Vec<String>,
+}
+
 /// One node's history: the one model of a node's state that status, resume and report read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeHistory {
@@ -86,6 +100,8 @@ pub struct NodeHistory {
     /// The failed step and why (the latest, when resumed runs failed it more than once);
     /// cleared when the node starts again.
     pub failure: Option<(Step, String)>,
+    /// Why it was skipped; cleared when the node starts again.
+    pub skip: Option<Skip>,
     /// Whether the last span is still open (during the fold only: it closes them all at the end).
     open: bool,
 }
@@ -101,6 +117,7 @@ impl NodeHistory {
             since: None,
             duration_ms: None,
             failure: None,
+            skip: None,
             open: false,
         }
     }
@@ -142,6 +159,12 @@ pub enum WaitCause {
     },
     /// A gate paused the run.
     Paused(GateDecision),
+    /// The window was open, but `finish-by-end` held the next node back: by its p95 it would
+    /// not have ended before the window closed.
+    FinishByEnd {
+        held: FinishByEnd,
+        reopens_at: Option<String>,
+    },
 }
 
 /// A stretch when no node could start.
@@ -202,6 +225,9 @@ pub struct RunHistory {
     /// Why the run was refused before it ever started (it cannot be resumed). A resume refused
     /// later leaves no mark here.
     pub refused: Option<String>,
+    /// The node `finish-by-end` holds back now, and why (the run waits for the next window, or
+    /// stopped); cleared when a node starts, the window reopens or the run is resumed.
+    pub finish_by_end: Option<FinishByEnd>,
 }
 
 /// The name a unit variant has in the journal (`gate-abort`, `succeeded-with-failures`).
@@ -240,6 +266,7 @@ impl RunHistory {
             waits: vec![],
             failures: vec![],
             refused: None,
+            finish_by_end: None,
         };
         for record in &journal.records {
             history.apply(record);
@@ -288,14 +315,17 @@ impl RunHistory {
                     self.close_all(self.last_ms);
                 }
                 self.state = RunState::Running;
+                self.finish_by_end = None;
             }
             NodeStarted { node, phase } => {
+                self.finish_by_end = None;
                 if !self.actual.contains(node) {
                     self.actual.push(node.clone());
                 }
                 let n = self.node(node);
                 n.state = NodeState::InProgress;
                 n.failure = None;
+                n.skip = None;
                 if n.phase.is_empty() {
                     n.phase = phase.clone();
                 }
@@ -341,6 +371,24 @@ impl RunHistory {
                     at_ms: ms,
                 });
             }
+            NodeSkipped {
+                node,
+                reason,
+                pdbs,
+                pods,
+            } => {
+                let n = self.node(node);
+                // Its drain timed out.
+                n.close(ms, SpanEnd::Failed, Some(reason));
+                n.ended(ms, NodeState::Skipped);
+                n.step = None;
+                n.since = Some(at);
+                n.skip = Some(Skip {
+                    reason: reason.clone(),
+                    pdbs: pdbs.clone(),
+                    pods: pods.clone(),
+                });
+            }
             NodeAbandoned { node, .. } => {
                 let n = self.node(node);
                 n.close(ms, SpanEnd::Interrupted, None);
@@ -358,20 +406,29 @@ impl RunHistory {
             Resumed | WindowOpened => {
                 self.state = RunState::Running;
                 self.close_wait(ms);
+                self.finish_by_end = None;
             }
             WindowClosed { window, reopens_at } => {
                 self.state = RunState::WaitingForWindow {
                     reopens_at: reopens_at.clone(),
                 };
-                self.waits.push(Wait {
-                    from_ms: ms,
-                    to_ms: None,
-                    cause: WaitCause::Window {
+                let cause = match &self.finish_by_end {
+                    Some(held) => WaitCause::FinishByEnd {
+                        held: held.clone(),
+                        reopens_at: reopens_at.clone(),
+                    },
+                    None => WaitCause::Window {
                         window: window.clone(),
                         reopens_at: reopens_at.clone(),
                     },
+                };
+                self.waits.push(Wait {
+                    from_ms: ms,
+                    to_ms: None,
+                    cause,
                 });
             }
+            FinishByEnd(held) => self.finish_by_end = Some(held.clone()),
             DeadlineSet { deadline } => self.deadline = Some(deadline.clone()),
             // Before the first start: the run never started. After it: a resume that its
             // before-run gate (or monitor) refused changed nothing, so the run stays where it

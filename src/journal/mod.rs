@@ -25,7 +25,7 @@ pub use cluster_copy::{
     prune_cluster_copies, restore_from_cluster, status_from_cluster,
 };
 pub use fold::{
-    Failure, NodeHistory, NodeState, RunEnd, RunHistory, RunState, SpanEnd, StepSpan, Wait,
+    Failure, NodeHistory, NodeState, RunEnd, RunHistory, RunState, Skip, SpanEnd, StepSpan, Wait,
     WaitCause, wire_name,
 };
 pub use records::{Records, skipped_text};

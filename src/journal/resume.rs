@@ -12,8 +12,14 @@ use std::path::{Path, PathBuf};
 pub struct ResumePoints {
     pub run_id: String,
     pub playbook_file: PathBuf,
+    /// The nodes the run planned at its start (its header): a resume upgrades no other node,
+    /// whatever the selectors match now (nodes `skip-upgraded` left out stay out). Empty in
+    /// journals written before the plan was recorded: no restriction.
+    pub planned: BTreeSet<String>,
     /// Finished nodes: skipped.
     pub done: BTreeSet<String>,
+    /// Nodes the run skipped (`on-pdb-timeout = "skip"`): a recorded outcome, left as they are.
+    pub skipped: BTreeSet<String>,
     /// Nodes that had started: the step they start from now.
     pub from: HashMap<String, Step>,
     /// Nodes whose remote command may have started (they start from the command step, which
@@ -108,6 +114,7 @@ pub fn resume_points(path: &Path, command_done: &[String]) -> Result<ResumePoint
     let mut points = ResumePoints {
         run_id: header.run_id.clone(),
         playbook_file: header.playbook_file.clone(),
+        planned: header.nodes.iter().map(|(node, _)| node.clone()).collect(),
         deadline: history.deadline.as_deref().and_then(|d| d.parse().ok()),
         lock_name: header.lock_name.clone(),
         lock_duration: header
@@ -119,6 +126,10 @@ pub fn resume_points(path: &Path, command_done: &[String]) -> Result<ResumePoint
     for node in &history.nodes {
         if node.state == NodeState::Done {
             points.done.insert(node.name.clone());
+            continue;
+        }
+        if node.state == NodeState::Skipped {
+            points.skipped.insert(node.name.clone());
             continue;
         }
         let Some(last) = node.steps.last() else {
@@ -150,9 +161,6 @@ pub struct NodeRecord {
     pub last_run: Option<String>,
 }
 
-/// The `rollgate.dev/step` value of a node whose step failed.
-const FAILED_MARK: &str = "failed";
-
 /// Moves each unfinished node's resume point forward to what its annotations prove about this
 /// run. A node whose annotations say its command started, where the journal does not know it,
 /// is treated like one interrupted in its command (uncertain: its record on the node decides).
@@ -163,7 +171,7 @@ pub fn reconcile_with_nodes(
 ) -> Result<(), String> {
     let index = |s: Step| Step::ALL.iter().position(|x| *x == s).expect("a step");
     for r in records {
-        if points.done.contains(&r.node) {
+        if points.done.contains(&r.node) || points.skipped.contains(&r.node) {
             continue;
         }
         let ours = r.cordoned_by.as_deref() == Some(points.run_id.as_str());
@@ -171,7 +179,7 @@ pub fn reconcile_with_nodes(
             .last_run
             .as_deref()
             .is_some_and(|l| l.split_whitespace().next() == Some(points.run_id.as_str()));
-        let failed_here = r.step.as_deref() == Some(FAILED_MARK);
+        let failed_here = r.step.as_deref() == Some(crate::vocab::node_marks::STEP_FAILED);
         let step_name = if failed_here {
             r.failed_step.as_deref()
         } else {

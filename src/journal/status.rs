@@ -15,6 +15,9 @@ pub struct NodeStatus {
     pub step: Option<String>,
     pub since: Option<String>,
     pub last_error: Option<String>,
+    /// Why it was skipped (`on-pdb-timeout = "skip"`), naming the budgets and pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -26,6 +29,9 @@ pub struct RunStatus {
     pub state: String,
     pub nodes: BTreeMap<String, NodeStatus>,
     pub decisions: Vec<String>,
+    /// `[window] finish-by-end`: the node it holds back now and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_by_end: Option<String>,
     /// Journal lines that do not parse (torn by a crash or a full disk), 1-based: skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_lines: Vec<usize>,
@@ -82,6 +88,7 @@ impl RunStatus {
                         step: n.step.map(|s| s.name().to_owned()),
                         since: n.since.map(time),
                         last_error: n.failure.as_ref().map(|(_, reason)| reason.clone()),
+                        skipped: n.skip.as_ref().map(|s| s.reason.clone()),
                     };
                     (n.name.clone(), status)
                 })
@@ -91,6 +98,7 @@ impl RunStatus {
                 .iter()
                 .map(|(_, d)| format!("{} by {}: {}", wire_name(&d.decision), d.signal, d.evidence))
                 .collect(),
+            finish_by_end: history.finish_by_end.as_ref().map(|h| h.describe()),
             skipped_lines: history.skipped.clone(),
         }
     }

@@ -57,6 +57,7 @@ pub(super) fn journaled(e: &RunEvent) -> bool {
         | StepFinished { .. }
         | NodeDone { .. }
         | NodeFailed { .. }
+        | NodeSkipped { .. }
         | NodeAbandoned { .. }
         | Stopping { .. }
         | GateDecision { .. }
@@ -64,6 +65,7 @@ pub(super) fn journaled(e: &RunEvent) -> bool {
         | Resumed
         | WindowClosed { .. }
         | WindowOpened
+        | FinishByEnd(_)
         | DeadlineSet { .. }
         | RunFinished { .. }
         | Preflight { .. }

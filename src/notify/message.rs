@@ -1,6 +1,6 @@
 //! What to say at each run event, as plain data: no IO and nothing channel-specific. A
 //! [`Narrator`] follows one run's events and turns the few worth telling people (run started,
-//! node done or failed, gate decisions, pause and resume, the maintenance window, the end)
+//! node done, failed or skipped, gate decisions, pause and resume, the maintenance window, the end)
 //! into [`Message`]s; channels decide how to deliver them. The pre-flight summary goes with the
 //! run's own message (verdict per check, blockers and warnings, short); a run that pre-flight
 //! refuses gets one message saying so and naming the blockers.
@@ -45,6 +45,8 @@ pub struct Narrator {
     total: usize,
     done: usize,
     failed: usize,
+    /// Nodes given back without their command (`on-pdb-timeout = "skip"`).
+    skipped: usize,
     /// The node that took longest, and how long.
     slowest: Option<(String, u64)>,
     /// The pre-flight summary, said with the run's own message: (text, verdicts field).
@@ -137,6 +139,7 @@ impl Narrator {
             total: 0,
             done: 0,
             failed: 0,
+            skipped: 0,
             slowest: None,
             preflight: None,
         }
@@ -144,9 +147,23 @@ impl Narrator {
 
     fn header(&self, state: &str) -> String {
         format!(
-            "rollgate run `{}`: *{}* ({state}) — {}/{} nodes done, {} failed",
-            self.run_id, self.playbook, self.done, self.total, self.failed
+            "rollgate run `{}`: *{}* ({state}) — {}/{} nodes done, {} failed{}",
+            self.run_id,
+            self.playbook,
+            self.done,
+            self.total,
+            self.failed,
+            self.skipped_text()
         )
+    }
+
+    /// `, 2 skipped` (nothing when none was).
+    fn skipped_text(&self) -> String {
+        if self.skipped > 0 {
+            format!(", {} skipped", self.skipped)
+        } else {
+            String::new()
+        }
     }
 
     /// The run's own message (new or updated) with the progress as fields, and the pre-flight
@@ -162,6 +179,7 @@ impl Narrator {
                 ("done", self.done.to_string()),
                 ("total", self.total.to_string()),
                 ("failed", self.failed.to_string()),
+                ("skipped", self.skipped.to_string()),
             ],
         };
         if let Some((text, verdicts)) = &self.preflight {
@@ -308,6 +326,31 @@ impl Narrator {
                     self.root(Place::UpdateRoot, name, "running"),
                 ]
             }
+            RunEvent::NodeSkipped {
+                node,
+                reason,
+                pdbs,
+                pods,
+            } => {
+                self.skipped += 1;
+                vec![
+                    Self::reply(
+                        name,
+                        format!(
+                            "node `{node}` SKIPPED: PodDisruptionBudget {} held {} past the drain timeout.\nIt was uncordoned without its command (on-pdb-timeout = \"skip\"): it is NOT upgraded; the run goes on. Relax the budget (or scale the workload up), then a new run includes it again.\n{reason}",
+                            pdbs.join(", "),
+                            pods.join(", ")
+                        ),
+                        vec![
+                            ("node", node.clone()),
+                            ("reason", reason.clone()),
+                            ("pdbs", pdbs.join(",")),
+                            ("pods", pods.join(",")),
+                        ],
+                    ),
+                    self.root(Place::UpdateRoot, name, "running"),
+                ]
+            }
             RunEvent::GateDecision { decision } => vec![Self::reply(
                 name,
                 self.gate(decision),
@@ -343,6 +386,18 @@ impl Narrator {
                 ),
                 self.root(Place::UpdateRoot, name, "waiting for the window"),
             ],
+            RunEvent::FinishByEnd(held) => vec![Self::reply(
+                name,
+                format!(
+                    "not started (finish-by-end): {}; no node may be in flight when it closes",
+                    held.describe()
+                ),
+                vec![
+                    ("node", held.node.clone()),
+                    ("p95_secs", held.needs_secs.to_string()),
+                    ("closes_in_secs", held.closes_in_secs.to_string()),
+                ],
+            )],
             RunEvent::WindowOpened => vec![
                 Self::reply(
                     name,
@@ -372,6 +427,7 @@ impl Narrator {
                     ("outcome", kebab(outcome)),
                     ("done", self.done.to_string()),
                     ("failed", self.failed.to_string()),
+                    ("skipped", self.skipped.to_string()),
                     ("not_started", not_started.to_string()),
                     ("elapsed_ms", elapsed_ms.to_string()),
                 ];
@@ -387,10 +443,11 @@ impl Narrator {
                     Self::reply(
                         name,
                         format!(
-                            "run {state} after {}: {} done, {} failed, {not_started} not started{slowest}{report}",
+                            "run {state} after {}: {} done, {} failed{}, {not_started} not started{slowest}{report}",
                             short_duration(*elapsed_ms),
                             self.done,
-                            self.failed
+                            self.failed,
+                            self.skipped_text()
                         ),
                         fields,
                     ),

@@ -80,6 +80,9 @@ pub enum PdbTimeoutPolicy {
     Fail,
     /// Delete the blocked pods instead of evicting them (`kubectl drain --disable-eviction`).
     DisableEviction,
+    /// Give the node back without its command (uncordoned, rollgate's marks cleared) and go
+    /// on: recorded as skipped, with the budgets and pods that held it, not as a failure.
+    Skip,
 }
 
 /// kubectl-drain options; the same names and defaults where kubectl has them.

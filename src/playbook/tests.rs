@@ -174,6 +174,14 @@ fn every_error_names_file_line_key_and_hint() {
             "`drain.on-pdb-timeout`: unknown value \"disable_eviction\"\n  hint: did you mean \"disable-eviction\"?",
         ),
         (
+            phase("[drain]\non-pdb-timeout = \"skp\""),
+            "`drain.on-pdb-timeout`: unknown value \"skp\"\n  hint: did you mean \"skip\"?",
+        ),
+        (
+            phase("[drain]\non-pdb-timeout = \"uncordon\""),
+            "`drain.on-pdb-timeout`: unknown value \"uncordon\"\n  hint: use one of: fail, disable-eviction, skip",
+        ),
+        (
             phase("[drain]\npod-selector = \"a b\""),
             "`drain.pod-selector`: invalid label selector",
         ),
@@ -312,6 +320,19 @@ fn defaults_are_safe() {
     assert!(!pb.command.safe_to_rerun);
     assert_eq!(pb.drain.timeout, std::time::Duration::from_secs(300));
     assert_eq!(pb.max_failed_nodes, None);
+}
+
+#[test]
+fn each_pdb_timeout_policy_parses() {
+    for (name, want) in [
+        ("fail", PdbTimeoutPolicy::Fail),
+        ("disable-eviction", PdbTimeoutPolicy::DisableEviction),
+        ("skip", PdbTimeoutPolicy::Skip),
+    ] {
+        let text = phase(&format!("[drain]\non-pdb-timeout = \"{name}\""));
+        let pb = parse(Path::new("p.toml"), &text).unwrap();
+        assert_eq!(pb.drain.on_pdb_timeout, want, "{name}");
+    }
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //!
 //! - a budget that can never allow an eviction (`maxUnavailable: 0`, `minAvailable` at or above
 //!   the pods it covers) or allows none now because its workload is short — blocker (a warning
-//!   with `on-pdb-timeout = "disable-eviction"`: the pods are deleted past the drain timeout);
+//!   with `on-pdb-timeout = "disable-eviction"`: the pods are deleted past the drain timeout;
+//!   with `on-pdb-timeout = "skip"`: the node will be skipped, not upgraded);
 //! - a budget that lets the node's pods go only a few at a time — info, with the rounds;
 //! - pods the drain options refuse (no controller, emptyDir data, DaemonSet) — blocker;
 //! - single-replica workloads without a budget: the drain means downtime for them — warning;
@@ -90,7 +91,6 @@ pub fn check(
     opts: &DrainOptions,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    let deletes_past_timeout = opts.on_pdb_timeout == PdbTimeoutPolicy::DisableEviction;
     // Pods per controller (kind/namespace/name), for single-replica workloads.
     let mut replicas: BTreeMap<String, usize> = BTreeMap::new();
     for pod in pods {
@@ -177,19 +177,25 @@ pub fn check(
                 })
             });
             if let Some(why) = blocked {
-                let (severity, fix) = if deletes_past_timeout {
-                    (
+                let (severity, fix) = match opts.on_pdb_timeout {
+                    PdbTimeoutPolicy::DisableEviction => (
                         Severity::Warning,
                         "on-pdb-timeout = \"disable-eviction\" deletes these pods past the drain timeout, bypassing the budget".to_owned(),
-                    )
-                } else {
-                    (
+                    ),
+                    PdbTimeoutPolicy::Skip => (
+                        Severity::Warning,
+                        format!(
+                            "the node will be skipped (on-pdb-timeout = \"skip\"): after the drain waits {} it is uncordoned without its command, not upgraded; relax the budget (or scale the workload up) before the run to upgrade it",
+                            humantime::format_duration(opts.timeout)
+                        ),
+                    ),
+                    PdbTimeoutPolicy::Fail => (
                         Severity::Blocker,
                         format!(
                             "relax the budget (or scale the workload up) before the run; the drain would wait {} and fail the node",
                             humantime::format_duration(opts.timeout)
                         ),
-                    )
+                    ),
                 };
                 out.push(
                     Finding::new(
@@ -352,6 +358,19 @@ mod tests {
             .expect("the unmanaged pod");
         assert_eq!(loner.severity, Severity::Blocker);
         assert!(loner.fix.contains("force"), "{loner:?}");
+        // With on-pdb-timeout = "skip" the budget only warns: the node will be skipped.
+        let skip = DrainOptions {
+            on_pdb_timeout: PdbTimeoutPolicy::Skip,
+            ..opts()
+        };
+        let found = check(&plan(&[&["n1"]], 1), &pods[..2], &pdbs, &skip);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].severity, Severity::Warning);
+        assert_eq!(found[0].node.as_deref(), Some("n1"));
+        assert!(
+            found[0].fix.starts_with("the node will be skipped"),
+            "{found:#?}"
+        );
         let min = [pdb("db", "db", json!({"minAvailable": "100%"}), 0)];
         let found = check(&plan(&[&["n1"]], 1), &pods[..2], &min, &opts());
         assert!(

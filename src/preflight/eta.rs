@@ -2,14 +2,18 @@
 //! playbook (their journals in the state directory): p50 and p95 per step, the expected
 //! duration per wave (rounds of `concurrency` nodes) and for the run, and whether it fits the
 //! maintenance window and the deadline. Without history, [`DEFAULT_STEP_SECS`] apply.
+//! [`node_estimate`] is the same figure for one node, handed to a run whose window has
+//! `finish-by-end` (`finish_by`: the forecast's verdicts about it).
 
 use super::{Check, Finding, Severity};
 use crate::plan::Plan;
 use crate::vocab::Step;
-use jiff::{Timestamp, ToSpan};
+use jiff::Timestamp;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+mod finish_by;
 
 /// A step's typical duration (p50) when no earlier run of the playbook says otherwise, in
 /// seconds; the p95 is twice that. Settle adds the playbook's `settle.soak`.
@@ -110,6 +114,28 @@ pub fn history(
     (samples, from_runs)
 }
 
+/// One node's expected durations (p50, p95): each step's, summed.
+fn per_node(steps: &BTreeMap<String, StepTime>) -> (f64, f64) {
+    (
+        steps.values().map(|s| s.p50_secs).sum(),
+        steps.values().map(|s| s.p95_secs).sum(),
+    )
+}
+
+/// A node's slow-case duration for `[window] finish-by-end`, from the same history and
+/// defaults as the forecast; computed once when a run starts.
+pub fn node_estimate(
+    runs: &crate::driver::state_dir::RunsDir,
+    playbook: &crate::playbook::Playbook,
+) -> crate::window::NodeEstimate {
+    let (samples, from_runs) = history(runs, &playbook.name);
+    let (_, p95) = per_node(&step_times(samples, playbook.settle.soak));
+    crate::window::NodeEstimate {
+        p95: Duration::from_secs_f64(p95),
+        from_runs,
+    }
+}
+
 /// One wave's expected duration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WaveEta {
@@ -144,12 +170,24 @@ pub struct Forecast {
     /// How long until the deadline from then (None without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u64>,
+    /// `[window] finish-by-end`: a node starts only while its p95 fits before the close.
+    pub finish_by_end: bool,
+    /// With finish-by-end: the window after this one, for a node that does not fit in what is
+    /// left of this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_window: Option<NextWindow>,
+}
+
+/// When a window opens (RFC 3339) and how long it stays open.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NextWindow {
+    pub opens_at: String,
+    pub open_secs: u64,
 }
 
 impl Forecast {
     pub fn new(steps: BTreeMap<String, StepTime>, history_runs: usize, plan: &Plan) -> Self {
-        let per_node_p50_secs: f64 = steps.values().map(|s| s.p50_secs).sum();
-        let per_node_p95_secs: f64 = steps.values().map(|s| s.p95_secs).sum();
+        let (per_node_p50_secs, per_node_p95_secs) = per_node(&steps);
         let mut waves = Vec::new();
         for phase in &plan.phases {
             for wave in &phase.waves {
@@ -176,6 +214,8 @@ impl Forecast {
             window_set: false,
             window_open_secs: None,
             deadline_secs: None,
+            finish_by_end: false,
+            next_window: None,
         }
     }
 
@@ -190,7 +230,17 @@ impl Forecast {
         self.window_set = window.is_some();
         self.starts_at = start.map(|s| s.to_string());
         if let (Some(w), Some(start)) = (window, start) {
-            self.window_open_secs = Some(open_for(w, start).as_secs());
+            let open = open_for(w, start);
+            self.window_open_secs = Some(open.as_secs());
+            self.finish_by_end = w.finish_by_end;
+            if w.finish_by_end
+                && let Some(next) = w.next_open(start + open)
+            {
+                self.next_window = Some(NextWindow {
+                    opens_at: next.to_string(),
+                    open_secs: open_for(w, next).as_secs(),
+                });
+            }
         }
         if let Some(d) = deadline {
             let from = start.unwrap_or(now);
@@ -237,13 +287,21 @@ impl Forecast {
         };
         if let Some(open) = self.window_open_secs {
             // Waiting for the next window is what `outside = "wait"` is for: slow, not blocked.
-            let (consequence, worst) = match outside {
-                Some(crate::window::OutsideWindow::Exit) => (
+            let (consequence, worst) = match (outside, self.finish_by_end) {
+                (Some(crate::window::OutsideWindow::Exit), false) => (
                     "it stops when the window closes and needs `rollgate resume` in the next one",
                     Severity::Blocker,
                 ),
-                _ => (
+                (Some(crate::window::OutsideWindow::Exit), true) => (
+                    "it stops before the first node that would not end before the window closes (finish-by-end) and needs `rollgate resume` in the next one",
+                    Severity::Blocker,
+                ),
+                (_, false) => (
                     "it waits, holding the lock, for the next window",
+                    Severity::Warning,
+                ),
+                (_, true) => (
+                    "a node that would not end before the window closes (finish-by-end) waits, holding the lock, for the next window",
                     Severity::Warning,
                 ),
             };
@@ -257,6 +315,7 @@ impl Forecast {
                 Severity::Blocker,
             );
         }
+        out.extend(self.finish_by_end_findings(outside));
         out
     }
 
@@ -293,6 +352,12 @@ impl Forecast {
                 self.starts_at.as_deref().unwrap_or("never within a year"),
                 human(open as f64)
             ));
+            if self.finish_by_end {
+                out.push_str(&format!(
+                    "       finish-by-end: a node starts only while its p95 ({}) is left before the close\n",
+                    human(self.per_node_p95_secs)
+                ));
+            }
         }
         if let Some(d) = self.deadline_secs {
             out.push_str(&format!("       deadline: in {}\n", human(d as f64)));
@@ -301,16 +366,12 @@ impl Forecast {
     }
 }
 
-/// How long the window stays open from `start` (scanning by the minute, up to 8 days).
+/// How long the window stays open from `start` (8 days for one that does not close).
 fn open_for(window: &crate::window::Window, start: Timestamp) -> Duration {
-    let mut minutes: i64 = 0;
-    while minutes < 8 * 24 * 60 {
-        match start.checked_add((minutes + 1).minutes()) {
-            Ok(t) if window.is_open(t) => minutes += 1,
-            _ => break,
-        }
-    }
-    Duration::from_secs(((minutes + 1) * 60) as u64)
+    window
+        .closes_at(start)
+        .and_then(|end| Duration::try_from(end.duration_since(start)).ok())
+        .unwrap_or(Duration::from_secs(8 * 24 * 3600))
 }
 
 /// `5400` → `1h30m`.
@@ -327,8 +388,9 @@ fn human(secs: f64) -> String {
 mod tests {
     use super::*;
     use crate::plan::{PhasePlan, Wave};
+    use jiff::ToSpan;
 
-    fn plan(nodes: usize, concurrency: usize) -> Plan {
+    pub(super) fn plan(nodes: usize, concurrency: usize) -> Plan {
         Plan {
             phases: vec![PhasePlan {
                 name: "workers".into(),

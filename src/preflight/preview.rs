@@ -9,7 +9,7 @@ use crate::drain::filter::{PodAction, classify_pods};
 use crate::plan::{self, NodeFacts, Plan, PlanError};
 use crate::playbook::Playbook;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Serialize)]
 pub struct NodePreview {
@@ -49,16 +49,16 @@ pub struct WindowPreview {
 }
 
 impl PlanReport {
-    /// Leaves out the nodes a resumed run finished (the rest keep the plan's order) and
-    /// estimates again for the nodes left.
-    pub fn without(&mut self, done: &BTreeSet<String>, playbook: &Playbook) {
+    /// Keeps only the nodes `keep` says (a resumed run leaves out those it finished; the rest
+    /// keep the plan's order) and estimates again for them.
+    pub fn keep_only(&mut self, keep: impl Fn(&str) -> bool, playbook: &Playbook) {
         for phase in &mut self.plan.phases {
             for wave in &mut phase.waves {
-                wave.nodes.retain(|n| !done.contains(n));
+                wave.nodes.retain(|n| keep(n));
             }
             phase.waves.retain(|w| !w.nodes.is_empty());
         }
-        self.nodes.retain(|n, _| !done.contains(n));
+        self.nodes.retain(|n, _| keep(n));
         let (worst, least) = plan::estimate(playbook, &self.plan);
         self.estimate_worst_secs = worst.as_secs();
         self.estimate_min_secs = least.as_secs();

@@ -118,6 +118,26 @@ pub struct RemoteInvocation<'a> {
     pub sudo: bool,
 }
 
+impl<'a> RemoteInvocation<'a> {
+    /// The playbook's command on one node: at `address`, with `env`, its record in `record`.
+    pub fn for_command(
+        command: &'a crate::playbook::RemoteCommand,
+        address: &'a str,
+        env: &'a BTreeMap<String, String>,
+        record: &'a str,
+    ) -> Self {
+        Self {
+            address,
+            user: command.user.as_deref(),
+            run: &command.run,
+            env,
+            timeout: command.timeout,
+            record,
+            sudo: command.sudo,
+        }
+    }
+}
+
 /// What the wrapper reports while the command runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteEvent {

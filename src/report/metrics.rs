@@ -41,7 +41,7 @@ impl Metrics {
         let nodes = IntGaugeVec::new(
             opts(
                 "rollgate_nodes",
-                "Nodes per phase and state (total, in_progress, done, failed).",
+                "Nodes per phase and state (total, in_progress, done, failed, skipped).",
                 run_id,
             ),
             &["phase", "state"],
@@ -210,7 +210,7 @@ impl Metrics {
                 self.nodes
                     .with_label_values(&[phase.as_str(), "total"])
                     .add(nodes.len() as i64);
-                for s in ["in_progress", "done", "failed"] {
+                for s in ["in_progress", "done", "failed", "skipped"] {
                     self.nodes.with_label_values(&[phase.as_str(), s]).add(0);
                 }
                 for n in nodes {
@@ -245,15 +245,17 @@ impl Metrics {
             RunEvent::EvictionBlocked { pdb, .. } => {
                 self.pdb_blocks.with_label_values(&[pdb.as_str()]).inc()
             }
-            RunEvent::NodeDone { node, .. } | RunEvent::NodeFailed { node, .. } => {
+            RunEvent::NodeDone { node, .. }
+            | RunEvent::NodeFailed { node, .. }
+            | RunEvent::NodeSkipped { node, .. } => {
                 let phase = self.phase_of.get(node).cloned().unwrap_or_default();
                 self.nodes
                     .with_label_values(&[phase.as_str(), "in_progress"])
                     .dec();
-                let state = if matches!(event, RunEvent::NodeDone { .. }) {
-                    "done"
-                } else {
-                    "failed"
+                let state = match event {
+                    RunEvent::NodeDone { .. } => "done",
+                    RunEvent::NodeSkipped { .. } => "skipped",
+                    _ => "failed",
                 };
                 self.nodes.with_label_values(&[phase.as_str(), state]).inc();
                 if let Some(old) = self.in_flight.remove(node) {
@@ -378,4 +380,49 @@ pub async fn serve(
             });
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_nodes_are_counted_apart_from_done_and_failed_ones() {
+        let metrics = Metrics::new("r1");
+        let mut m = metrics.lock().unwrap();
+        m.handle(&RunEvent::WaveStarted {
+            phase: "all".into(),
+            wave: None,
+            nodes: vec!["a".into(), "b".into()],
+        });
+        for node in ["a", "b"] {
+            m.handle(&RunEvent::NodeStarted {
+                node: node.into(),
+                phase: "all".into(),
+            });
+        }
+        m.handle(&RunEvent::NodeSkipped {
+            node: "a".into(),
+            reason: "held".into(),
+            pdbs: vec!["ns/db".into()],
+            pods: vec!["ns/db-0".into()],
+        });
+        m.handle(&RunEvent::NodeDone {
+            node: "b".into(),
+            elapsed_ms: 1,
+        });
+        let text = m.render();
+        let value = |state: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("rollgate_nodes{") && l.contains(&format!("state=\"{state}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(value("skipped").as_deref(), Some("1"), "{text}");
+        assert_eq!(value("done").as_deref(), Some("1"), "{text}");
+        assert_eq!(value("failed").as_deref(), Some("0"), "{text}");
+        assert_eq!(value("in_progress").as_deref(), Some("0"), "{text}");
+    }
 }

@@ -194,6 +194,10 @@ impl Consumer for Terminal {
                 self.finish_bar(node);
                 self.println(format!("FAILED {node} at {step}: {reason}\n   the node stays cordoned; see `kubectl describe node {node}` (rollgate.dev/reason)"));
             }
+            RunEvent::NodeSkipped { node, reason, .. } => {
+                self.finish_bar(node);
+                self.println(format!("SKIPPED {node}: {reason}\n   uncordoned without its command (on-pdb-timeout = \"skip\"): NOT upgraded; a new run includes it again"));
+            }
             RunEvent::NodeAbandoned { node, step } => {
                 self.finish_bar(node);
                 let step = step.map(|s| s.name()).unwrap_or("?");
@@ -212,6 +216,7 @@ impl Consumer for Terminal {
                 outcome,
                 done,
                 failed,
+                skipped,
                 not_started,
                 elapsed_ms,
             } => {
@@ -228,8 +233,13 @@ impl Consumer for Terminal {
                             .unwrap_or_default()
                     ),
                 };
+                let skipped = if *skipped > 0 {
+                    format!(", {skipped} skipped")
+                } else {
+                    String::new()
+                };
                 self.println(format!(
-                    "run {what} in {}: {done} done, {failed} failed, {not_started} not started",
+                    "run {what} in {}: {done} done, {failed} failed{skipped}, {not_started} not started",
                     short_duration(*elapsed_ms)
                 ));
             }
@@ -293,6 +303,10 @@ impl Consumer for Terminal {
                     .as_ref()
                     .map(|t| format!(" at {t}"))
                     .unwrap_or_else(|| " (not within a year!)".into())
+            )),
+            RunEvent::FinishByEnd(held) => self.println(format!(
+                "NOT STARTED (finish-by-end): {}; no node may be in flight when it closes",
+                held.describe()
             )),
             RunEvent::DeadlineSet { deadline } => {
                 self.println(format!("deadline: no node starts after {deadline}"))

@@ -67,6 +67,38 @@ pub enum StopReason {
     JournalUnwritable,
 }
 
+/// `[window] finish-by-end`: a node that does not start although the window is open, because
+/// by its p95 duration it would still be in flight when the window closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishByEnd {
+    pub node: String,
+    /// The node's expected duration, slow case (p95 of each step, summed), in seconds.
+    pub needs_secs: u64,
+    /// Earlier runs of the playbook the p95 comes from; 0: the documented default step times.
+    pub from_runs: usize,
+    /// When the window closes (RFC 3339), and how long that was from the decision.
+    pub closes_at: String,
+    pub closes_in_secs: u64,
+}
+
+impl FinishByEnd {
+    /// `node n2 would need 12m (p95 from 3 earlier runs), the window closes in 8m (at ...)`.
+    pub fn describe(&self) -> String {
+        let d = |s: u64| humantime::format_duration(std::time::Duration::from_secs(s)).to_string();
+        let source = match self.from_runs {
+            0 => "p95 of the default step times: no earlier run".to_owned(),
+            n => format!("p95 from {n} earlier run(s)"),
+        };
+        format!(
+            "node {} would need {} ({source}), the window closes in {} (at {})",
+            self.node,
+            d(self.needs_secs),
+            d(self.closes_in_secs),
+            self.closes_at
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
@@ -160,6 +192,18 @@ pub enum RunEvent {
         step: Step,
         reason: String,
     },
+    /// `on-pdb-timeout = "skip"`: the drain timed out because PodDisruptionBudgets held pods,
+    /// so the node was given back (uncordoned, rollgate's marks cleared) without its command.
+    /// Not a failure: the run goes on; a new run includes the node again.
+    NodeSkipped {
+        node: String,
+        /// Why, with each pod still on the node.
+        reason: String,
+        /// The budgets that held it (`namespace/name`).
+        pdbs: Vec<String>,
+        /// The pods they held (`namespace/name`).
+        pods: Vec<String>,
+    },
     /// Nodes in flight when the run was stopped immediately: left as they were.
     NodeAbandoned {
         node: String,
@@ -195,6 +239,9 @@ pub enum RunEvent {
         reopens_at: Option<String>,
     },
     WindowOpened,
+    /// `finish-by-end` holds this node back (the run then waits for the next window, or stops
+    /// with `outside = "exit"`): said before the `window-closed` or `stopping` it causes.
+    FinishByEnd(FinishByEnd),
     /// A resume gave the run a new deadline (RFC 3339); later resumes keep it.
     DeadlineSet {
         deadline: String,
@@ -232,6 +279,10 @@ pub enum RunEvent {
         outcome: Outcome,
         done: usize,
         failed: usize,
+        /// Skipped nodes (`on-pdb-timeout = "skip"`): not failures. Left out when none (as in
+        /// journals written before it existed).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        skipped: usize,
         not_started: usize,
         elapsed_ms: u64,
     },
@@ -254,11 +305,17 @@ impl RunEvent {
             | DryRunAction { node, .. }
             | NodeDone { node, .. }
             | NodeFailed { node, .. }
-            | NodeAbandoned { node, .. } => Some(node),
+            | NodeSkipped { node, .. }
+            | NodeAbandoned { node, .. }
+            | FinishByEnd(self::FinishByEnd { node, .. }) => Some(node),
             Warning { node, .. } => node.as_deref(),
             _ => None,
         }
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// An event with the time it happened.

@@ -9,7 +9,7 @@ mod preflight;
 mod sink;
 mod step;
 
-pub use event::{Outcome, RetryCause, RunEvent, Stamped, StopReason, Stream};
+pub use event::{FinishByEnd, Outcome, RetryCause, RunEvent, Stamped, StopReason, Stream};
 pub use health::{
     Decision, GateDecision, ProbeOutcome, ProbeWhen, Problem, ProblemKind, when_name,
 };

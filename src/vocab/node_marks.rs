@@ -4,6 +4,8 @@
 pub const CORDONED_BY: &str = "rollgate.dev/cordoned-by";
 pub const PRECORDONED: &str = "rollgate.dev/precordoned";
 pub const STEP: &str = "rollgate.dev/step";
+/// The [`STEP`] value of a node whose step failed ([`FAILED_STEP`] says which).
+pub const STEP_FAILED: &str = "failed";
 pub const REASON: &str = "rollgate.dev/reason";
 pub const FAILED_STEP: &str = "rollgate.dev/failed-step";
 pub const LAST_RUN: &str = "rollgate.dev/last-run";

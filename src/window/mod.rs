@@ -7,7 +7,8 @@
 //! file (re-read every check), so tests can open and close windows at will.
 //!
 //! Inside: `days` (day names, times of day, time zones), `cron` (five-field cron), `raw` (the
-//! `[window]` table as written and its validation).
+//! `[window]` table as written and its validation), `finish_by` (`finish-by-end`: no node
+//! starts that would, by its p95, still be in flight when the window closes).
 
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
@@ -18,10 +19,12 @@ use tokio::sync::watch;
 
 mod cron;
 mod days;
+mod finish_by;
 mod raw;
 
 pub use cron::Cron;
 pub use days::{parse_days, parse_time, parse_timezone};
+pub use finish_by::{NodeEstimate, TooLate, too_late};
 pub use raw::{RawWindow, WindowError};
 
 use days::{DAY_NAMES, weekday_index};
@@ -100,6 +103,8 @@ pub struct Window {
     pub tz: TimeZone,
     pub tz_name: String,
     pub outside: OutsideWindow,
+    /// `finish-by-end = true`: a node starts only if its p95 ends before the window closes.
+    pub finish_by_end: bool,
 }
 
 /// How far ahead to look for the next opening (a yearly cron still fits).
@@ -225,6 +230,9 @@ pub enum Schedule {
     DeadlinePassed {
         deadline: Timestamp,
     },
+    /// `finish-by-end`: the window is open, but a node started now would not end (by its p95)
+    /// before it closes: treated as closed.
+    TooLate(TooLate),
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +240,8 @@ pub struct Scheduler {
     pub window: Option<Window>,
     pub deadline: Option<Timestamp>,
     pub clock: Clock,
+    /// A node's expected duration, for a window with `finish-by-end` (ignored without one).
+    pub node_estimate: Option<NodeEstimate>,
 }
 
 impl Scheduler {
@@ -249,6 +259,10 @@ impl Scheduler {
             Some(w) if !w.is_open(now) => Schedule::Closed {
                 reopens_at: w.next_open(now),
             },
+            Some(w) if w.finish_by_end => self
+                .node_estimate
+                .and_then(|needs| too_late(w, now, needs))
+                .map_or(Schedule::Open, Schedule::TooLate),
             _ => Schedule::Open,
         }
     }

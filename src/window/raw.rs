@@ -15,6 +15,7 @@ pub struct RawWindow {
     duration: Option<toml::Spanned<String>>,
     timezone: Option<toml::Spanned<String>>,
     outside: Option<toml::Spanned<String>>,
+    finish_by_end: Option<bool>,
 }
 
 /// A problem in a `[window]` table: where, what, and a hint.
@@ -160,6 +161,7 @@ impl RawWindow {
                 tz,
                 tz_name,
                 outside,
+                finish_by_end: self.finish_by_end.unwrap_or(false),
             }),
             _ => Err(errors),
         }

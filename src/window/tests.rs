@@ -15,6 +15,7 @@ fn daily(days: &[&str], start: &str, end: &str, tz: &str) -> Window {
         tz: parse_timezone(tz).unwrap(),
         tz_name: tz.into(),
         outside: OutsideWindow::Wait,
+        finish_by_end: false,
     }
 }
 
@@ -66,6 +67,7 @@ fn a_cron_window_is_open_for_its_duration_after_each_match() {
         tz: TimeZone::UTC,
         tz_name: "UTC".into(),
         outside: OutsideWindow::Exit,
+        finish_by_end: false,
     };
     assert!(!w.is_open(at("2026-11-25T01:29:00Z")));
     assert!(w.is_open(at("2026-11-25T01:30:00Z")));
@@ -134,6 +136,7 @@ async fn the_watch_follows_the_injected_clock_through_close_and_reopen() {
         window: Some(daily(&["mon-fri"], "01:00", "05:00", "UTC")),
         deadline: Some(at("2026-11-27T00:00:00Z")),
         clock: Clock::File(file.clone()),
+        node_estimate: None,
     };
     let mut rx = scheduler.watch(Duration::from_secs(1));
     assert_eq!(*rx.borrow_and_update(), Schedule::Open);
@@ -162,6 +165,7 @@ fn the_deadline_wins_over_the_window() {
         window: Some(daily(&["mon-sun"], "01:00", "05:00", "UTC")),
         deadline: Some(at("2026-11-25T02:00:00Z")),
         clock: Clock::System,
+        node_estimate: None,
     };
     assert_eq!(s.state_at(at("2026-11-25T01:30:00Z")), Schedule::Open);
     assert_eq!(
@@ -220,5 +224,112 @@ fn parse_errors_read_as_before_they_were_typed() {
     assert!(
         zone.starts_with("unknown time zone \"Mars/Olympus\": "),
         "{zone}"
+    );
+}
+
+fn estimate(minutes: u64) -> NodeEstimate {
+    NodeEstimate {
+        p95: Duration::from_secs(minutes * 60),
+        from_runs: 1,
+    }
+}
+
+#[test]
+fn a_window_closes_at_its_end_whatever_its_form() {
+    let w = daily(&["mon-fri"], "01:00", "05:00", "Europe/Berlin");
+    assert_eq!(
+        w.closes_at(at("2026-11-25T03:52:30Z")),
+        Some(at("2026-11-25T04:00:00Z"))
+    );
+    assert_eq!(w.closes_at(at("2026-11-25T04:00:00Z")), None, "closed");
+    let overnight = daily(&["fri"], "22:00", "04:00", "UTC");
+    assert_eq!(
+        overnight.closes_at(at("2026-11-27T22:30:00Z")),
+        Some(at("2026-11-28T04:00:00Z"))
+    );
+    assert_eq!(
+        overnight.closes_at(at("2026-11-28T03:00:00Z")),
+        Some(at("2026-11-28T04:00:00Z"))
+    );
+    let cron = |text: &str, minutes: u64| Window {
+        spec: WindowSpec::Cron {
+            cron: Cron::parse(text).unwrap(),
+            duration: Duration::from_secs(minutes * 60),
+        },
+        tz: TimeZone::UTC,
+        tz_name: "UTC".into(),
+        outside: OutsideWindow::Wait,
+        finish_by_end: true,
+    };
+    assert_eq!(
+        cron("30 1 * * *", 120).closes_at(at("2026-11-25T02:10:20Z")),
+        Some(at("2026-11-25T03:30:00Z"))
+    );
+    // Openings every hour for 90 minutes overlap: one long opening until the last one ends.
+    assert_eq!(
+        cron("0 1-3 * * *", 90).closes_at(at("2026-11-25T01:10:00Z")),
+        Some(at("2026-11-25T04:30:00Z"))
+    );
+    // Always open: it never closes.
+    assert_eq!(
+        cron("* * * * *", 10).closes_at(at("2026-11-25T01:10:00Z")),
+        None
+    );
+}
+
+#[test]
+fn finish_by_end_holds_a_node_whose_p95_passes_the_close() {
+    let w = daily(&["mon-fri"], "01:00", "05:00", "UTC");
+    // 8 minutes left: a 12-minute node does not start, a 5-minute one does.
+    let now = at("2026-11-25T04:52:00Z");
+    let held = too_late(&w, now, estimate(12)).expect("too late");
+    assert_eq!(held.closes_at, at("2026-11-25T05:00:00Z"));
+    assert_eq!(held.closes_in, Duration::from_secs(8 * 60));
+    assert_eq!(held.needs, estimate(12));
+    assert_eq!(held.reopens_at, Some(at("2026-11-26T01:00:00Z")));
+    assert_eq!(too_late(&w, now, estimate(5)), None);
+    // Exactly enough is enough.
+    assert_eq!(too_late(&w, now, estimate(8)), None);
+    // A closed window is the window's own rule, not finish-by-end.
+    assert_eq!(too_late(&w, at("2026-11-25T06:00:00Z"), estimate(12)), None);
+}
+
+#[test]
+fn the_scheduler_applies_finish_by_end_only_when_the_window_asks_for_it() {
+    let mut window = daily(&["mon-fri"], "01:00", "05:00", "UTC");
+    let mut s = Scheduler {
+        window: Some(window.clone()),
+        deadline: None,
+        clock: Clock::System,
+        node_estimate: Some(estimate(12)),
+    };
+    let late = at("2026-11-25T04:52:00Z");
+    assert_eq!(s.state_at(late), Schedule::Open, "finish-by-end is off");
+    window.finish_by_end = true;
+    s.window = Some(window);
+    assert!(
+        matches!(s.state_at(late), Schedule::TooLate(t) if t.closes_in == Duration::from_secs(480)),
+        "{:?}",
+        s.state_at(late)
+    );
+    assert_eq!(s.state_at(at("2026-11-25T04:40:00Z")), Schedule::Open);
+    assert!(matches!(
+        s.state_at(at("2026-11-25T05:10:00Z")),
+        Schedule::Closed { .. }
+    ));
+    s.node_estimate = None;
+    assert_eq!(s.state_at(late), Schedule::Open, "no estimate, no hold");
+}
+
+#[test]
+fn finish_by_end_is_read_from_the_window_table() {
+    let text = "days = [\"mon-fri\"]\nstart = \"01:00\"\nend = \"05:00\"\nfinish-by-end = true\n";
+    let raw: RawWindow = toml::from_str(text).unwrap();
+    assert!(raw.validate(0..text.len()).unwrap().finish_by_end);
+    let text = "start = \"01:00\"\nend = \"05:00\"\n";
+    let raw: RawWindow = toml::from_str(text).unwrap();
+    assert!(
+        !raw.validate(0..text.len()).unwrap().finish_by_end,
+        "off by default"
     );
 }

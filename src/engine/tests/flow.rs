@@ -155,3 +155,71 @@ async fn a_panicking_node_task_fails_that_node_at_its_step() {
         |e| matches!(e, RunEvent::NodeFailed { node, step: Step::Drain, .. } if node == "w-1")
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_held_by_a_budget_is_given_back_skipped_and_not_counted_as_a_failure() {
+    // Failure budget 0, concurrency 1: a failure would stop the run, a node left cordoned
+    // would fill the only slot.
+    let p = plan(&[("w", 1, 0, &[&["w-1", "w-2", "w-3"]])]);
+    let fake = Fake {
+        held: vec!["w-1", "w-2"],
+        step_time: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let (summary, fake, events) = run(fake, &p, Some(0)).await;
+    assert_eq!(summary.outcome, Outcome::Succeeded);
+    assert_eq!(summary.done, vec!["w-3"]);
+    assert!(summary.failed.is_empty(), "{summary:?}");
+    let skipped: Vec<&str> = summary.skipped.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(skipped, ["w-1", "w-2"]);
+    assert!(summary.skipped[0].1.contains("PodDisruptionBudget shop/db"));
+    let log = fake.log.lock().unwrap().clone();
+    let w1: Vec<&String> = log.iter().filter(|l| l.starts_with("w-1:")).collect();
+    assert_eq!(
+        w1,
+        ["w-1:cordon", "w-1:drain", "w-1:hand-back"],
+        "given back, its command never run"
+    );
+    assert_eq!(fake.in_service_out.lock().unwrap().0, 0, "every node back");
+    assert!(events.iter().any(|e| matches!(e,
+        RunEvent::NodeSkipped { node, pdbs, pods, .. }
+            if node == "w-1" && pdbs == &["shop/db"] && pods == &["shop/db-0"])));
+    assert!(
+        !events.iter().any(
+            |e| matches!(e, RunEvent::StepFinished { node, step: Step::Drain, .. } if node == "w-1")
+        ),
+        "the drain did not finish"
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        RunEvent::RunFinished {
+            done: 1,
+            failed: 0,
+            skipped: 2,
+            ..
+        }
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_node_that_cannot_be_given_back_fails_at_its_drain() {
+    let p = plan(&[("w", 1, 0, &[&["w-1", "w-2"]])]);
+    let fake = Fake {
+        held: vec!["w-1"],
+        hand_back_fails: vec!["w-1"],
+        step_time: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let (summary, fake, _) = run(fake, &p, None).await;
+    assert_eq!(summary.outcome, Outcome::Stopped(StopReason::NodeFailures));
+    assert!(summary.skipped.is_empty());
+    let (node, step, reason) = &summary.failed[0];
+    assert_eq!((node.as_str(), *step), ("w-1", Step::Drain));
+    assert!(
+        reason.contains("PodDisruptionBudget shop/db")
+            && reason.contains("could not give the node back: the API server said no"),
+        "{reason}"
+    );
+    let log = fake.log.lock().unwrap().clone();
+    assert!(log.contains(&"w-1:mark-failed-at-drain".to_string()));
+}

@@ -22,6 +22,10 @@ struct Fake {
     in_service_out: Mutex<(usize, usize)>, // (current, max) nodes between cordon and uncordon
     fail: Vec<(&'static str, Step)>,
     panic_at: Option<(&'static str, Step)>,
+    /// Nodes whose drain budgets hold past the timeout (`on-pdb-timeout = "skip"`).
+    held: Vec<&'static str>,
+    /// Nodes that cannot be given back.
+    hand_back_fails: Vec<&'static str>,
     step_time: Duration,
     /// Called as each step runs (node, step).
     on_step: Option<OnStep>,
@@ -63,10 +67,28 @@ impl NodeSteps for Fake {
         }
         self.step(job, Step::Cordon).await
     }
-    async fn drain(&self, job: &NodeJob) -> Result<DrainReport, StepError> {
-        self.step(job, Step::Drain)
-            .await
-            .map(|_| DrainReport::default())
+    async fn drain(&self, job: &NodeJob) -> Result<DrainOutcome, StepError> {
+        self.step(job, Step::Drain).await?;
+        if self.held.contains(&job.node.as_str()) {
+            return Ok(DrainOutcome::HeldByBudget(crate::drain::HeldByBudget {
+                timeout: Duration::from_secs(3),
+                pdbs: vec!["shop/db".into()],
+                held: vec!["shop/db-0".into()],
+                pods: vec![("shop/db-0".into(), "blocked".into())],
+            }));
+        }
+        Ok(DrainOutcome::Drained(DrainReport::default()))
+    }
+    async fn hand_back(&self, job: &NodeJob) -> Result<(), StepError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{}:hand-back", job.node));
+        self.in_service_out.lock().unwrap().0 -= 1;
+        if self.hand_back_fails.contains(&job.node.as_str()) {
+            return Err(StepError::new("the API server said no"));
+        }
+        Ok(())
     }
     async fn run_command(&self, job: &NodeJob) -> Result<(), StepError> {
         self.step(job, Step::Command).await

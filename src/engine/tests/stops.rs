@@ -177,3 +177,104 @@ async fn a_stop_asked_for_while_the_step_prompt_waits_is_obeyed_before_the_node_
     );
     drop(stop_tx);
 }
+
+/// What the scheduler says with `finish-by-end` when a node's p95 (12m) passes the close (8m).
+fn too_late() -> Schedule {
+    let ts = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    Schedule::TooLate(crate::window::TooLate {
+        needs: crate::window::NodeEstimate {
+            p95: Duration::from_secs(720),
+            from_runs: 2,
+        },
+        closes_at: ts("2026-11-25T05:00:00Z"),
+        closes_in: Duration::from_secs(480),
+        reopens_at: Some(ts("2026-11-26T01:00:00Z")),
+    })
+}
+
+/// Sends "too late" once node `a` has started; with `reopen`, opens again 10 minutes later.
+fn too_late_after_first_node(
+    reopen: bool,
+) -> impl FnOnce(watch::Sender<Schedule>, Arc<Fake>) -> tokio::task::JoinHandle<()> {
+    move |tx, fake| {
+        tokio::spawn(async move {
+            while !fake.log.lock().unwrap().iter().any(|l| l == "a:cordon") {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = tx.send(too_late());
+            if reopen {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                let _ = tx.send(Schedule::Open);
+            }
+            tx.closed().await;
+        })
+    }
+}
+
+fn held_node(events: &[RunEvent]) -> Option<(usize, crate::vocab::FinishByEnd)> {
+    events.iter().enumerate().find_map(|(i, e)| match e {
+        RunEvent::FinishByEnd(h) => Some((i, h.clone())),
+        _ => None,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn finish_by_end_holds_the_next_node_says_why_and_waits_for_the_next_window() {
+    let p = plan(&[("w", 1, 0, &[&["a", "b"]])]);
+    let (summary, fake, events) =
+        run_scheduled(&p, OutsideWindow::Wait, too_late_after_first_node(true)).await;
+    assert_eq!(summary.outcome, Outcome::Succeeded);
+    let log = fake.log.lock().unwrap().clone();
+    let a_done = log.iter().position(|l| l == "a:settle").unwrap();
+    let b_start = log.iter().position(|l| l == "b:cordon").unwrap();
+    assert!(a_done < b_start, "{log:?}");
+    let (at, held) = held_node(&events).expect("finish-by-end event");
+    assert_eq!(
+        (held.node.as_str(), held.needs_secs, held.closes_in_secs),
+        ("b", 720, 480)
+    );
+    assert!(
+        matches!(&events[at + 1], RunEvent::WindowClosed { reopens_at: Some(t), .. } if t == "2026-11-26T01:00:00Z"),
+        "{events:?}"
+    );
+    let b_started = events
+        .iter()
+        .position(|e| matches!(e, RunEvent::NodeStarted { node, .. } if node == "b"))
+        .unwrap();
+    let opened = events
+        .iter()
+        .position(|e| matches!(e, RunEvent::WindowOpened))
+        .unwrap();
+    assert!(at < opened && opened < b_started, "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn finish_by_end_with_outside_exit_stops_before_the_next_node_and_says_why() {
+    let p = plan(&[("w", 1, 0, &[&["a", "b", "c"]])]);
+    let (summary, _, events) =
+        run_scheduled(&p, OutsideWindow::Exit, too_late_after_first_node(false)).await;
+    assert_eq!(summary.outcome, Outcome::Stopped(StopReason::OutsideWindow));
+    assert_eq!(summary.done, ["a"]);
+    assert_eq!(summary.not_started, ["b", "c"]);
+    let (at, held) = held_node(&events).expect("finish-by-end event");
+    assert_eq!(held.node, "b");
+    assert!(
+        matches!(
+            events[at + 1],
+            RunEvent::Stopping {
+                reason: StopReason::OutsideWindow
+            }
+        ),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn finish_by_end_does_not_stop_a_run_with_no_node_left_to_start() {
+    // The last node is in flight when it becomes too late: nothing is held, the run succeeds.
+    let p = plan(&[("w", 1, 0, &[&["a"]])]);
+    let (summary, _, events) =
+        run_scheduled(&p, OutsideWindow::Exit, too_late_after_first_node(false)).await;
+    assert_eq!(summary.outcome, Outcome::Succeeded);
+    assert!(held_node(&events).is_none(), "{events:?}");
+}

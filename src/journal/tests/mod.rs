@@ -79,6 +79,10 @@ fn resume_points_follow_the_last_step_of_each_node() {
         &Header {
             run_id: "r1".into(),
             playbook_file: "/p.toml".into(),
+            nodes: vec![
+                ("done".into(), "all".into()),
+                ("draining".into(), "all".into()),
+            ],
             ..Default::default()
         },
     )
@@ -128,6 +132,8 @@ fn resume_points_follow_the_last_step_of_each_node() {
     let p = resume_points(&path, &["in-command".into()]).unwrap();
     assert!(p.uncertain.is_empty());
     assert_eq!(p.run_id, "r1");
+    // The nodes the run planned at its start (its header): a resume keeps to them.
+    assert_eq!(p.planned.iter().collect::<Vec<_>>(), ["done", "draining"]);
     assert!(p.done.contains("done") && !p.from.contains_key("done"));
     assert_eq!(p.from["draining"], Step::Cordon);
     assert_eq!(p.from["commanded"], Step::WaitReady);
@@ -468,4 +474,125 @@ fn a_node_started_again_after_a_failed_command_is_retried_and_its_old_error_clea
     let points = resume_points(&path, &[]).unwrap();
     assert!(points.retry.is_empty());
     assert_eq!(points.uncertain.iter().collect::<Vec<_>>(), ["a"]);
+}
+
+#[test]
+fn a_skipped_node_is_a_recorded_outcome_that_resume_leaves_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::create(dir.path(), &header(&["a", "b", "c"])).unwrap();
+    let skipped = RunEvent::NodeSkipped {
+        node: "a".into(),
+        reason: "drain timed out after 3s: PodDisruptionBudget shop/db allowed no eviction".into(),
+        pdbs: vec!["shop/db".into()],
+        pods: vec!["shop/db-0".into()],
+    };
+    for e in [
+        RunEvent::RunStarted {
+            run_id: "r1".into(),
+            playbook: "p".into(),
+            nodes: 3,
+            dry_run: false,
+            by: None,
+        },
+        RunEvent::NodeStarted {
+            node: "a".into(),
+            phase: "w".into(),
+        },
+        started("a", Step::Cordon),
+        started("a", Step::Drain),
+        skipped,
+        // b: the run died after giving it back, before recording the skip.
+        RunEvent::NodeStarted {
+            node: "b".into(),
+            phase: "w".into(),
+        },
+        started("b", Step::Drain),
+    ] {
+        j.record(&stamped(e)).unwrap();
+    }
+    let path = dir.path().join(FILE);
+    let history = RunHistory::read(&path).unwrap();
+    let a = &history.nodes[0];
+    assert_eq!(a.state, NodeState::Skipped);
+    assert_eq!(a.step, None);
+    let skip = a.skip.as_ref().expect("why it was skipped");
+    assert_eq!(
+        (skip.pdbs.as_slice(), skip.pods.as_slice()),
+        (&["shop/db".to_owned()][..], &["shop/db-0".to_owned()][..])
+    );
+    assert_eq!(
+        a.steps.last().map(|s| (s.step, s.end)),
+        Some((Step::Drain, SpanEnd::Failed))
+    );
+    assert!(
+        a.failure.is_none() && history.failures.is_empty(),
+        "not a failure"
+    );
+    let status = RunStatus::from_journal(&path).unwrap();
+    assert_eq!(status.nodes["a"].state.name(), "skipped");
+    assert!(
+        status.nodes["a"]
+            .skipped
+            .as_deref()
+            .unwrap()
+            .contains("shop/db")
+    );
+    assert_eq!(status.nodes["a"].last_error, None);
+
+    let mut points = resume_points(&path, &[]).unwrap();
+    assert_eq!(points.skipped.iter().collect::<Vec<_>>(), ["a"]);
+    assert!(!points.from.contains_key("a") && !points.done.contains("a"));
+    // b's skip was not recorded: drained again from the start (its command never runs
+    // before a drain that finished).
+    assert_eq!(points.from["b"], Step::Cordon);
+    // Annotations a failed hand back would leave do not bring a skipped node back.
+    let record = NodeRecord {
+        node: "a".into(),
+        cordoned_by: Some("r1".into()),
+        step: Some("drain".into()),
+        ..Default::default()
+    };
+    reconcile_with_nodes(&mut points, &[record], &[]).unwrap();
+    assert!(!points.from.contains_key("a"), "{points:?}");
+}
+
+#[test]
+fn status_says_which_node_finish_by_end_holds_back_until_a_node_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::create(dir.path(), &header(&["a", "b"])).unwrap();
+    let path = dir.path().join(FILE);
+    for event in [
+        RunEvent::FinishByEnd(crate::vocab::FinishByEnd {
+            node: "a".into(),
+            needs_secs: 90,
+            from_runs: 0,
+            closes_at: "2026-11-25T05:00:00Z".into(),
+            closes_in_secs: 45,
+        }),
+        RunEvent::WindowClosed {
+            window: "daily 01:00-05:00 UTC".into(),
+            reopens_at: Some("2026-11-26T01:00:00Z".into()),
+        },
+    ] {
+        j.record(&stamped(event)).unwrap();
+    }
+    let status = RunStatus::from_journal(&path).unwrap();
+    assert_eq!(
+        status.state,
+        "waiting for the maintenance window (reopens 2026-11-26T01:00:00Z)"
+    );
+    assert_eq!(
+        status.finish_by_end.as_deref(),
+        Some(
+            "node a would need 1m 30s (p95 of the default step times: no earlier run), the window closes in 45s (at 2026-11-25T05:00:00Z)"
+        )
+    );
+    j.record(&stamped(RunEvent::WindowOpened)).unwrap();
+    j.record(&stamped(RunEvent::NodeStarted {
+        node: "a".into(),
+        phase: "w".into(),
+    }))
+    .unwrap();
+    let status = RunStatus::from_journal(&path).unwrap();
+    assert_eq!(status.finish_by_end, None);
 }

@@ -44,10 +44,12 @@ fn kind(e: &RunEvent) -> usize {
         WatchRestored { .. } => 28,
         RunFinished { .. } => 29,
         ReportWritten { .. } => 30,
-        Preflight { .. } => 31,
+        NodeSkipped { .. } => 31,
+        FinishByEnd(_) => 32,
+        Preflight { .. } => 33,
     }
 }
-const KINDS: usize = 32;
+const KINDS: usize = 34;
 
 fn decision() -> GateDecision {
     GateDecision {
@@ -169,6 +171,12 @@ fn one_of_each() -> Vec<RunEvent> {
             step: Step::Command,
             reason: n("exit 3"),
         },
+        NodeSkipped {
+            node: n("w-4"),
+            reason: n("drain timed out after 3s: PodDisruptionBudget shop/db allowed no eviction"),
+            pdbs: vec![n("shop/db"), n("shop/web")],
+            pods: vec![n("shop/db-0")],
+        },
         NodeAbandoned {
             node: n("w-2"),
             step: Some(Step::Settle),
@@ -214,6 +222,13 @@ fn one_of_each() -> Vec<RunEvent> {
             reopens_at: None,
         },
         WindowOpened,
+        FinishByEnd(crate::vocab::FinishByEnd {
+            node: n("w-2"),
+            needs_secs: 720,
+            from_runs: 3,
+            closes_at: n("2026-11-26T05:00:00Z"),
+            closes_in_secs: 480,
+        }),
         DeadlineSet {
             deadline: n("2026-11-26T06:00:00Z"),
         },
@@ -264,6 +279,7 @@ fn one_of_each() -> Vec<RunEvent> {
             outcome: Outcome::Stopped(StopReason::GateAbort),
             done: 1,
             failed: 1,
+            skipped: 0,
             not_started: 0,
             elapsed_ms: 70_000,
         },
@@ -271,6 +287,7 @@ fn one_of_each() -> Vec<RunEvent> {
             outcome: Outcome::SucceededWithFailures,
             done: 2,
             failed: 1,
+            skipped: 1,
             not_started: 0,
             elapsed_ms: 80_000,
         },
@@ -335,7 +352,7 @@ fn every_event_written_through_the_journal_reads_back_equal() {
     assert_eq!(
         kinds,
         [
-            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29, 31
+            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29, 31, 32, 33
         ]
         .into()
     );

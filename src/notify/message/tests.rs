@@ -59,6 +59,7 @@ fn the_final_message_sums_up_the_run_names_the_slowest_node_and_links_the_report
         outcome: Outcome::Succeeded,
         done: 3,
         failed: 0,
+        skipped: 0,
         not_started: 0,
         elapsed_ms: 80_000,
     });
@@ -79,6 +80,7 @@ fn the_final_message_sums_up_the_run_names_the_slowest_node_and_links_the_report
             ("outcome", "succeeded".to_owned()),
             ("done", "3".into()),
             ("failed", "0".into()),
+            ("skipped", "0".into()),
             ("not_started", "0".into()),
             ("elapsed_ms", "80000".into()),
             ("slowest_node", "b".into()),
@@ -228,6 +230,7 @@ fn every_way_a_run_ends_has_its_own_words() {
             outcome,
             done: 0,
             failed: 0,
+            skipped: 0,
             not_started: 1,
             elapsed_ms: 500,
         });
@@ -382,4 +385,72 @@ fn a_run_refused_by_preflight_is_one_message_naming_the_blockers() {
         field(m, "blockers"),
         Some("[drain-blockers] n1 PodDisruptionBudget ns/db: maxUnavailable is 0")
     );
+}
+
+#[test]
+fn a_skipped_node_is_told_with_its_budgets_and_pods_and_counted_apart_from_failures() {
+    let mut t = narrator(None);
+    started(&mut t, 2);
+    let skipped = t.messages(&RunEvent::NodeSkipped {
+        node: "n1".into(),
+        reason: "drain timed out after 3s: ...".into(),
+        pdbs: vec!["shop/db".into()],
+        pods: vec!["shop/db-0".into()],
+    });
+    let text = replies(&skipped)[0];
+    assert!(
+        text.starts_with(
+            "node `n1` SKIPPED: PodDisruptionBudget shop/db held shop/db-0 past the drain timeout."
+        ) && text.contains("without its command")
+            && text.contains("NOT upgraded"),
+        "{text}"
+    );
+    assert_eq!(skipped[0].event, "node-skipped");
+    assert_eq!(field(&skipped[0], "pdbs"), Some("shop/db"));
+    assert_eq!(field(&skipped[0], "pods"), Some("shop/db-0"));
+    assert_eq!(
+        skipped[1].text,
+        "rollgate run `r1`: *p* (running) — 0/2 nodes done, 0 failed, 1 skipped"
+    );
+    t.messages(&RunEvent::NodeDone {
+        node: "n2".into(),
+        elapsed_ms: 1000,
+    });
+    let last = t.messages(&RunEvent::RunFinished {
+        outcome: Outcome::Succeeded,
+        done: 1,
+        failed: 0,
+        skipped: 1,
+        not_started: 0,
+        elapsed_ms: 5000,
+    });
+    assert!(
+        last[1]
+            .text
+            .starts_with("run finished after 5.0s: 1 done, 0 failed, 1 skipped, 0 not started"),
+        "{}",
+        last[1].text
+    );
+    assert_eq!(field(&last[1], "skipped"), Some("1"));
+    assert_eq!(field(&last[1], "failed"), Some("0"));
+}
+
+#[test]
+fn a_finish_by_end_hold_is_said_in_the_thread_with_its_figures() {
+    let mut t = narrator(None);
+    started(&mut t, 2);
+    let held = t.messages(&RunEvent::FinishByEnd(crate::vocab::FinishByEnd {
+        node: "w-2".into(),
+        needs_secs: 720,
+        from_runs: 3,
+        closes_at: "2026-11-25T05:00:00Z".into(),
+        closes_in_secs: 480,
+    }));
+    assert_eq!(
+        replies(&held),
+        [
+            "not started (finish-by-end): node w-2 would need 12m (p95 from 3 earlier run(s)), the window closes in 8m (at 2026-11-25T05:00:00Z); no node may be in flight when it closes"
+        ]
+    );
+    assert_eq!(field(&held[0], "p95_secs"), Some("720"));
 }

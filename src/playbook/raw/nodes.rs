@@ -189,6 +189,7 @@ impl Validator<'_> {
                 &[
                     ("fail", PdbTimeoutPolicy::Fail),
                     ("disable-eviction", PdbTimeoutPolicy::DisableEviction),
+                    ("skip", PdbTimeoutPolicy::Skip),
                 ],
             ),
             eviction_concurrency,

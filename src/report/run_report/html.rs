@@ -58,7 +58,7 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;paddin
 td.text{white-space:normal;min-width:200px}\
 th{background:#f4f4f4}.legend span{display:inline-block;margin-right:14px}\
 .sw{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}\
-.state-failed,.state-abandoned{color:#c62828;font-weight:bold}.state-interrupted{color:#ef6c00}\
+.state-failed,.state-abandoned{color:#c62828;font-weight:bold}.state-interrupted,.state-skipped{color:#ef6c00}\
 svg text{font:12px system-ui,sans-serif;fill:#333}";
 
 const WIDTH: u64 = 1100;
@@ -202,6 +202,12 @@ fn timeline(r: &RunReport, out: &mut String) {
 
 pub fn render(r: &RunReport) -> String {
     let (done, failed, not_started) = r.counts();
+    let skipped = r.skipped();
+    let skipped_stat = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!("<span><b>{}</b> skipped</span>", skipped.len())
+    };
     let badge = match r.outcome.as_str() {
         "succeeded" => "ok",
         o if o.starts_with("stopped") => "bad",
@@ -213,7 +219,7 @@ pub fn render(r: &RunReport) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>rollgate run {id}</title><style>{CSS}</style></head><body>\n\
          <h1>rollgate run {id} <span class=\"badge {badge}\">{outcome}</span>{dry}</h1>\n\
          <p class=\"meta\">playbook <b>{pb}</b> ({file}) · started by {who} · {start} → {end}{resumed}{torn}</p>\n\
-         <p class=\"stats\"><span><b>{done}</b> done</span><span><b>{failed}</b> failed</span><span><b>{not_started}</b> not started</span>\
+         <p class=\"stats\"><span><b>{done}</b> done</span><span><b>{failed}</b> failed</span>{skipped_stat}<span><b>{not_started}</b> not started</span>\
          <span>total <b>{total}</b></span><span>per node: average <b>{avg}</b>, min {min}, max {max}</span></p>\n<h2>Timeline</h2>\n",
         id = esc(&r.run_id),
         outcome = esc(&r.outcome),
@@ -291,9 +297,7 @@ pub fn render(r: &RunReport) -> String {
                 .map_or("-".into(), |s| format!("+{}", short_duration(s.start_ms))),
             dur(n.duration_ms),
             esc(&steps.join(", ")),
-            n.failure
-                .as_ref()
-                .map_or(String::new(), |(s, why)| format!("at {s}: {}", esc(why))),
+            super::RunReport::note(n).map_or(String::new(), |t| esc(&t)),
         );
     }
     out.push_str("</table>\n<h2>Plan vs actual order</h2>\n");
@@ -357,6 +361,20 @@ pub fn render(r: &RunReport) -> String {
                 esc(&g.signal),
                 esc(&g.evidence),
                 esc(&in_flight.join(", "))
+            );
+        }
+        out.push_str("</table>\n");
+    }
+    if !skipped.is_empty() {
+        out.push_str("<h2>Skipped nodes</h2>\n<p>Uncordoned without their command (<code>on-pdb-timeout = \"skip\"</code>): not upgraded, not failures; a new run includes them again.</p>\n<table><tr><th>node</th><th>PodDisruptionBudget</th><th>pods</th><th>reason</th></tr>\n");
+        for (node, skip) in &skipped {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"text\">{}</td></tr>",
+                esc(node),
+                esc(&skip.pdbs.join(", ")),
+                esc(&skip.pods.join(", ")),
+                esc(&skip.reason)
             );
         }
         out.push_str("</table>\n");

@@ -1,5 +1,5 @@
 //! The report as a short Markdown summary: the run, a table with a row per node, the order,
-//! gate decisions and failures. Text from the journal is escaped so it cannot break the table
+//! gate decisions, skipped nodes and failures. Text from the journal is escaped so it cannot break the table
 //! or inject markup.
 
 use super::RunReport;
@@ -69,9 +69,15 @@ pub fn render(r: &RunReport) -> String {
             String::new()
         }
     );
+    let skipped = r.skipped();
+    let skipped_count = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!(", {} skipped", skipped.len())
+    };
     let _ = writeln!(
         out,
-        "- Nodes: {done} done, {failed} failed, {not_started} not started"
+        "- Nodes: {done} done, {failed} failed{skipped_count}, {not_started} not started"
     );
     if let (Some(avg), Some((min_n, min)), Some((max_n, max))) = (d.average_ms, &d.min, &d.max) {
         let _ = writeln!(
@@ -98,9 +104,7 @@ pub fn render(r: &RunReport) -> String {
             esc(&n.phase),
             super::state_name(n.state),
             n.duration_ms.map_or("-".into(), short_duration),
-            n.failure
-                .as_ref()
-                .map_or(String::new(), |(s, why)| format!("at {s}: {}", esc(why)))
+            super::RunReport::note(n).map_or(String::new(), |t| esc(&t))
         );
     }
     let names = |v: &mut dyn Iterator<Item = &String>| v.map(|n| esc(n)).collect::<Vec<_>>();
@@ -142,6 +146,19 @@ pub fn render(r: &RunReport) -> String {
                 esc(&g.decision),
                 esc(&g.signal),
                 esc(&g.evidence)
+            );
+        }
+    }
+    if !skipped.is_empty() {
+        out.push_str("\n## Skipped nodes\n\nUncordoned without their command (`on-pdb-timeout = \"skip\"`): not upgraded, not failures; a new run includes them again.\n\n");
+        for (node, skip) in &skipped {
+            let _ = writeln!(
+                out,
+                "- {}: held by PodDisruptionBudget {} (pods {}): {}",
+                esc(node),
+                esc(&skip.pdbs.join(", ")),
+                esc(&skip.pods.join(", ")),
+                esc(&skip.reason)
             );
         }
     }

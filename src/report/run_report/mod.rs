@@ -26,6 +26,7 @@ pub fn state_name(state: NodeState) -> &'static str {
     match state {
         NodeState::Done => "done",
         NodeState::Failed => "failed",
+        NodeState::Skipped => "skipped",
         NodeState::Abandoned => "abandoned",
         NodeState::InProgress => "interrupted",
         NodeState::Pending => "not started",
@@ -118,6 +119,24 @@ impl RunReport {
         )
     }
 
+    /// The nodes skipped (`on-pdb-timeout = "skip"`), with why: listed apart from failures.
+    pub fn skipped(&self) -> Vec<(&str, &crate::journal::Skip)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Skipped)
+            .filter_map(|n| Some((n.name.as_str(), n.skip.as_ref()?)))
+            .collect()
+    }
+
+    /// What a node's "failure" column says: its failure, or why it was skipped.
+    pub fn note(n: &NodeReport) -> Option<String> {
+        match (&n.failure, &n.skip) {
+            (Some((step, why)), _) => Some(format!("at {step}: {why}")),
+            (None, Some(skip)) => Some(format!("skipped: {}", skip.reason)),
+            (None, None) => None,
+        }
+    }
+
     /// Reads and parses a journal file.
     pub fn load(journal: &Path) -> Result<Self, String> {
         let text = std::fs::read(journal)
@@ -142,7 +161,15 @@ impl RunReport {
         let outcome = match &h.last_end {
             None => "no end recorded (crashed or still running)".to_owned(),
             Some(RunEnd::Finished(crate::vocab::Outcome::Stopped(reason))) => {
-                format!("stopped: {}", wire_name(reason))
+                match &h.finish_by_end {
+                    // `outside = "exit"`: why the window "closed" for the next node.
+                    Some(held) if *reason == crate::vocab::StopReason::OutsideWindow => format!(
+                        "stopped: {} (finish-by-end: {})",
+                        wire_name(reason),
+                        held.describe()
+                    ),
+                    _ => format!("stopped: {}", wire_name(reason)),
+                }
             }
             Some(RunEnd::Finished(outcome)) => wire_name(outcome).replace('-', " "),
             Some(RunEnd::Refused(reason)) => format!("refused: {reason}"),
@@ -171,6 +198,11 @@ impl RunReport {
                 why: match &w.cause {
                     WaitCause::Window { window, reopens_at } => format!(
                         "outside the maintenance window ({window}); reopens {}",
+                        reopens_at.as_deref().unwrap_or("not within a year")
+                    ),
+                    WaitCause::FinishByEnd { held, reopens_at } => format!(
+                        "finish-by-end: {}; the next window opens {}",
+                        held.describe(),
                         reopens_at.as_deref().unwrap_or("not within a year")
                     ),
                     WaitCause::Paused(d) => {

@@ -81,6 +81,7 @@ fn run_finished(outcome: Outcome) -> RunEvent {
         outcome,
         done: 2,
         failed: 1,
+        skipped: 0,
         not_started: 0,
         elapsed_ms: 23000,
     }
@@ -388,6 +389,82 @@ fn window_waits_and_pauses_are_shown_with_their_reason_and_length() {
     );
 }
 
+fn held(node: &str) -> RunEvent {
+    RunEvent::FinishByEnd(crate::vocab::FinishByEnd {
+        node: node.into(),
+        needs_secs: 720,
+        from_runs: 2,
+        closes_at: "2026-11-25T05:00:00Z".into(),
+        closes_in_secs: 480,
+    })
+}
+
+#[test]
+fn a_finish_by_end_hold_says_which_node_needs_how_long_and_how_long_was_left() {
+    // outside = "wait": the hold, then the wait it causes, until the next window.
+    let mut events = vec![(0.0, run_started(None))];
+    events.extend(node_steps("a", 0.0));
+    events.push((7.0, held("b")));
+    events.push((
+        7.0,
+        RunEvent::WindowClosed {
+            window: "mon-fri 01:00-05:00 UTC".into(),
+            reopens_at: Some("2026-11-26T01:00:00Z".into()),
+        },
+    ));
+    let r = RunReport::from_journal(&journal(&header(), &events)).unwrap();
+    let why = &r.waits[0].why;
+    assert_eq!(
+        why,
+        "finish-by-end: node b would need 12m (p95 from 2 earlier run(s)), the window closes in 8m (at 2026-11-25T05:00:00Z); the next window opens 2026-11-26T01:00:00Z"
+    );
+    // A later plain close is not blamed on it: a node started in between.
+    events.push((60.0, RunEvent::WindowOpened));
+    events.extend(node_steps("b", 61.0));
+    events.push((
+        70.0,
+        RunEvent::WindowClosed {
+            window: "mon-fri 01:00-05:00 UTC".into(),
+            reopens_at: None,
+        },
+    ));
+    let r = RunReport::from_journal(&journal(&header(), &events)).unwrap();
+    assert!(
+        r.waits[1].why.starts_with("outside the maintenance window"),
+        "{:?}",
+        r.waits
+    );
+    // outside = "exit": the hold, then the stop; the outcome says why.
+    let mut events = vec![(0.0, run_started(None))];
+    events.extend(node_steps("a", 0.0));
+    events.push((7.0, held("b")));
+    events.push((
+        7.0,
+        RunEvent::Stopping {
+            reason: StopReason::OutsideWindow,
+        },
+    ));
+    events.push((
+        8.0,
+        RunEvent::RunFinished {
+            outcome: Outcome::Stopped(StopReason::OutsideWindow),
+            done: 1,
+            failed: 0,
+            skipped: 0,
+            not_started: 1,
+            elapsed_ms: 8000,
+        },
+    ));
+    let r = RunReport::from_journal(&journal(&header(), &events)).unwrap();
+    assert!(
+        r.outcome
+            .starts_with("stopped: outside-window (finish-by-end: node b would need 12m"),
+        "{}",
+        r.outcome
+    );
+    assert!(markdown::render(&r).contains("finish-by-end: node b"));
+}
+
 /// Moved from the journal's tests (the journal does not depend on the report): a journal with a
 /// torn line in its middle, written and reopened by [`Journal`], reports as status and resume do.
 #[test]
@@ -443,4 +520,54 @@ fn a_run_refused_before_it_started_is_reported_as_refused() {
     let r = RunReport::from_journal(&journal(&header(), &events)).unwrap();
     assert!(r.outcome.starts_with("refused"), "{}", r.outcome);
     assert_eq!(r.counts(), (0, 0, 3));
+}
+
+#[test]
+fn a_skipped_node_is_listed_apart_from_failures_with_its_budget_and_pods() {
+    let events = [
+        (0.0, run_started(None)),
+        (1.0, node_started("a", "cp")),
+        (1.0, step(true, "a", Step::Cordon)),
+        (1.5, step(false, "a", Step::Cordon)),
+        (1.5, step(true, "a", Step::Drain)),
+        (
+            4.5,
+            RunEvent::NodeSkipped {
+                node: "a".into(),
+                reason: "drain timed out after 3s: PodDisruptionBudget shop/db allowed no eviction"
+                    .into(),
+                pdbs: vec!["shop/db".into()],
+                pods: vec!["shop/db-0".into()],
+            },
+        ),
+        (5.0, node_started("b", "workers")),
+        (11.0, node_done("b")),
+        (12.0, run_finished(Outcome::Succeeded)),
+    ];
+    let r = RunReport::from_journal(&journal(&header(), &events)).unwrap();
+    assert_eq!(r.outcome, "succeeded");
+    assert!(r.failures.is_empty());
+    let skipped = r.skipped();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].0, "a");
+    assert_eq!(state_name(r.nodes[0].state), "skipped");
+    let md = markdown::render(&r);
+    assert!(
+        md.contains("- Nodes: 1 done, 0 failed, 1 skipped, 1 not started"),
+        "{md}"
+    );
+    assert!(
+        md.contains("## Skipped nodes")
+            && md.contains("- a: held by PodDisruptionBudget shop/db (pods shop/db-0)"),
+        "{md}"
+    );
+    assert!(md.contains("| a | cp | skipped |"), "{md}");
+    assert!(!md.contains("## Failures"), "{md}");
+    let html = html::render(&r);
+    assert!(
+        html.contains("<h2>Skipped nodes</h2>")
+            && html.contains("<td>shop/db</td><td>shop/db-0</td>")
+            && html.contains("<b>1</b> skipped"),
+        "{html}"
+    );
 }
