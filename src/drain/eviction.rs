@@ -102,6 +102,10 @@ pub fn classify(answer: Option<&Status>) -> Answer {
     }
 }
 
+/// How long an eviction a budget refused waits before it is tried again (kubectl's interval),
+/// unless the server asks for longer.
+pub const BUDGET_RETRY: Duration = Duration::from_secs(5);
+
 /// How long to wait before the `attempt`-th retry (1 = the first) after this answer, before
 /// jitter. A PDB block waits 5 s as kubectl does (longer if the server asks); a budget or pod
 /// conflict 1 s (the apiserver has already retried for 10 s); throttling and server errors back
@@ -111,7 +115,7 @@ pub fn retry_delay(answer: &Answer, attempt: u32) -> Duration {
     let capped = |d: Duration| d.min(Duration::from_secs(30));
     match answer {
         Answer::Blocked { retry_after, .. } => {
-            capped(retry_after.unwrap_or_default().max(Duration::from_secs(5)))
+            capped(retry_after.unwrap_or_default().max(BUDGET_RETRY))
         }
         Answer::Retry {
             cause, retry_after, ..

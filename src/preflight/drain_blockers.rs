@@ -6,7 +6,8 @@
 //!   the pods it covers) or allows none now because its workload is short — blocker (a warning
 //!   with `on-pdb-timeout = "disable-eviction"`: the pods are deleted past the drain timeout;
 //!   with `on-pdb-timeout = "skip"`: the node will be skipped, not upgraded);
-//! - a budget that lets the node's pods go only a few at a time — info, with the rounds;
+//! - a budget that lets the node's pods go only a few at a time — info, with the rounds and
+//!   the extra time they take at least (a refused eviction is retried after 5 s);
 //! - pods the drain options refuse (no controller, emptyDir data, DaemonSet) — blocker;
 //! - single-replica workloads without a budget: the drain means downtime for them — warning;
 //! - one budget covering pods on several nodes drained at once in one wave (the wave
@@ -209,13 +210,17 @@ pub fn check(
                 );
             } else if computed && allowed > 0 && (node_pods.len() as i32) > allowed {
                 let rounds = (node_pods.len() as i32 + allowed - 1) / allowed;
+                // Each round after the first starts with a refused eviction, retried after
+                // the budget's retry interval at the earliest.
+                let extra = crate::drain::eviction::BUDGET_RETRY * (rounds - 1) as u32;
                 out.push(
                     Finding::new(
                         Check::DrainBlockers,
                         Severity::Info,
                         format!(
-                            "it allows {allowed} eviction(s) at a time for the node's {} pod(s): the drain goes in {rounds} rounds, each waiting for replacements to become Ready",
-                            node_pods.len()
+                            "it allows {allowed} eviction(s) at a time for the node's {} pod(s): the drain goes in {rounds} rounds, each waiting for replacements to become Ready: at least {} more than an unbudgeted drain, plus the replacements' start-up",
+                            node_pods.len(),
+                            humantime::format_duration(extra)
                         ),
                     )
                     .node(node)
@@ -393,7 +398,10 @@ mod tests {
             .iter()
             .find(|f| f.severity == Severity::Info)
             .expect("info");
-        assert!(info.message.contains("2 rounds"), "{info:?}");
+        assert!(
+            info.message.contains("2 rounds") && info.message.contains("at least 5s more"),
+            "{info:?}"
+        );
         assert!(
             found
                 .iter()
