@@ -50,18 +50,6 @@ fn run(dir: &Path, channel: &str, playbook: &Path, extra: &[&str]) -> (i32, Vec<
     (code, events(&stderr), stderr)
 }
 
-fn kubelet(name: &str) -> String {
-    kubectl_ok(&[
-        "get",
-        "node",
-        name,
-        "-o",
-        "jsonpath={.status.nodeInfo.kubeletVersion}",
-    ])
-    .trim()
-    .to_owned()
-}
-
 /// The keys of a node's `rollgate.dev/` annotations.
 fn rollgate_annotations(node: &str) -> Vec<String> {
     annotations(node)
@@ -120,16 +108,7 @@ async fn a_node_held_by_a_budget_is_uncordoned_without_its_command_and_the_run_g
     // One pod of Deployment `held` on one of the two nodes (either could take it: capacity is
     // no blocker), its PDB `maxUnavailable: 0`: it never allows an eviction.
     deployment_with_pdb(&ns.0, "held", &suite, 1, 0);
-    let on = kubectl_ok(&[
-        "-n",
-        &ns.0,
-        "get",
-        "pods",
-        "-l",
-        "app=held",
-        "-o",
-        "jsonpath={.items[0].spec.nodeName}",
-    ]);
+    let on = node_of_app(&ns.0, "held");
     // n1 holds the pod and goes first: the run must go on past it to n2.
     let (n1, n2) = if on.trim() == a { (a, b) } else { (b, a) };
     assert_eq!(on.trim(), n1);

@@ -442,16 +442,7 @@ async fn run_refuses_a_node_whose_budget_never_allows_an_eviction_and_starts_whe
     let ns = TestNamespace::new("prerun");
     // One pod on the test's nodes whose budget allows no eviction ever.
     deployment_with_pdb(&ns.0, "db", &suite, 1, 0);
-    let db_node = kubectl_ok(&[
-        "-n",
-        &ns.0,
-        "get",
-        "pods",
-        "-l",
-        "app=db",
-        "-o",
-        "jsonpath={.items[0].spec.nodeName}",
-    ]);
+    let db_node = node_of_app(&ns.0, "db");
     let dir = tempfile::tempdir().unwrap();
     let book = write_playbook_in(
         dir.path(),

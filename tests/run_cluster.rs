@@ -19,18 +19,6 @@ fn run(dir: &Path, playbook: &Path, extra: &[&str]) -> (i32, Vec<Value>, String)
     (code, events(&stderr), stderr)
 }
 
-fn kubelet(name: &str) -> String {
-    kubectl_ok(&[
-        "get",
-        "node",
-        name,
-        "-o",
-        "jsonpath={.status.nodeInfo.kubeletVersion}",
-    ])
-    .trim()
-    .to_owned()
-}
-
 /// The largest number of nodes in flight at once, from NodeStarted / NodeDone / NodeFailed events.
 fn max_in_flight(events: &[Value], nodes: &[String]) -> usize {
     let (mut now, mut max) = (0usize, 0usize);

@@ -700,3 +700,32 @@ pub fn upgrade_script() -> String {
         .display()
         .to_string()
 }
+
+/// The kubelet version a node reports.
+pub fn kubelet(node: &str) -> String {
+    kubectl_ok(&[
+        "get",
+        "node",
+        node,
+        "-o",
+        "jsonpath={.status.nodeInfo.kubeletVersion}",
+    ])
+    .trim()
+    .to_owned()
+}
+
+/// The node the first pod labelled `app=APP` in `ns` runs on.
+pub fn node_of_app(ns: &str, app: &str) -> String {
+    kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        &format!("app={app}"),
+        "-o",
+        "jsonpath={.items[0].spec.nodeName}",
+    ])
+    .trim()
+    .to_owned()
+}
