@@ -523,3 +523,61 @@ async fn a_drain_timeout_names_each_pod_left_and_why() {
         "{log}"
     );
 }
+
+/// Issue 13, item 1: a refused eviction is retried as soon as its budget allows one again, not
+/// only after the fixed 5 s retry. Six pods of one Deployment on the drained node, a budget of
+/// `maxUnavailable: 1`: each replacement started on the other node frees the budget within a
+/// second or two (kwok starts pods at once), and the drain says how many retries the budget's
+/// status woke.
+#[tokio::test]
+async fn a_refused_eviction_is_retried_as_soon_as_its_budget_allows_one() {
+    let suite = unique("pdbwake");
+    let (_nodes, names) = TestNodes::numbered(&suite, 2);
+    let ns = TestNamespace::new("pdbwake");
+    // All six pods on n1: n2 is cordoned while they are scheduled.
+    kubectl_ok(&["cordon", &names[1]]);
+    deployment_with_pdb(&ns.0, "web", &suite, 6, 1);
+    kubectl_ok(&["uncordon", &names[1]]);
+    assert_eq!(pods_by_node(&ns.0, "web").get(&names[0]), Some(&6));
+    let dir = tempfile::tempdir().unwrap();
+    let playbook = write_playbook_in(
+        dir.path(),
+        &format!(
+            "name = \"pdbwake\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\"]\n\
+             [drain]\ntimeout = \"2m\"\n[command]\nrun = 'echo upgrading; sleep 1'\n",
+            names[0]
+        ),
+        &ns.0,
+    );
+    let mut cmd = rollgate(dir.path());
+    cmd.args(["--log-format", "json", "run", "--yes"])
+        .arg(&playbook);
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || run_rollgate(cmd, 3 * MINUTE))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let events = events(&stderr);
+    assert!(
+        !named(&events, "eviction-blocked").is_empty(),
+        "the budget refused evictions: {stderr}"
+    );
+    let drained = named(&events, "step-finished")
+        .into_iter()
+        .find(|e| e["step"] == "drain")
+        .expect("the drain finished");
+    let detail = drained["detail"].as_str().unwrap();
+    let woken: u32 = detail
+        .split(", ")
+        .find_map(|part| {
+            part.strip_suffix(" refused eviction(s) retried as soon as their budget allowed")
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retry woken by the budget: {detail}"));
+    assert!(woken >= 1, "{detail}");
+    assert!(detail.starts_with("6 evicted"), "{detail}");
+    assert_eq!(pods_by_node(&ns.0, "web").get(&names[1]), Some(&6));
+    eprintln!(
+        "drain: {detail} in {} ms",
+        drained["elapsed_ms"].as_u64().unwrap()
+    );
+}

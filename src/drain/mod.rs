@@ -5,7 +5,8 @@
 //! - Evictions run concurrently, at most `eviction-concurrency` at once. The client used here
 //!   has kube's built-in retry off ([`crate::cluster::Clients::drain`]): this loop owns retries.
 //!   What each answer means is [`eviction::classify`]: a PodDisruptionBudget block is retried
-//!   every 5 s; a budget conflict (409, concurrent drains under one budget), a pod conflict,
+//!   as soon as the budget's status allows a disruption again ([`budget_watch`]), at the
+//!   latest after 5 s; a budget conflict (409, concurrent drains under one budget), a pod conflict,
 //!   API throttling (429 without a budget cause) and server errors are retried too. Each cause
 //!   is reported once per pod ([`RunEvent::EvictionBlocked`], [`RunEvent::EvictionRetried`]).
 //! - Deletion is awaited by watch, UID-aware (a replacement with the same name does not count),
@@ -22,6 +23,7 @@
 //! (why a pod is still there), `pods` (listing, deleting and watching pods).
 
 pub mod budget;
+pub mod budget_watch;
 pub mod eviction;
 pub mod filter;
 mod pod_task;
@@ -60,6 +62,9 @@ pub struct DrainReport {
     pub skipped: Vec<(String, String)>,
     /// Pods deleted because a PDB blocked their eviction past the timeout (`disable-eviction`).
     pub deleted: Vec<String>,
+    /// Refused evictions retried as soon as their budget allowed one again, before the fixed
+    /// retry interval ([`budget_watch`]).
+    pub woken_by_budget: u32,
 }
 
 /// A drain timeout that PodDisruptionBudgets alone explain (`on-pdb-timeout = "skip"`).
@@ -190,6 +195,8 @@ pub async fn drain(
         opts,
         sink,
         progress: Arc::clone(&progress),
+        budgets: budget_watch::BudgetWatches::new(client.clone()),
+        woken_by_budget: Default::default(),
     };
     // Owned pods: futures over borrowed stream items trip the compiler's Send inference.
     let mut all: Vec<(Pod, bool)> = Vec::with_capacity(to_evict.len() + to_wait.len());
@@ -199,7 +206,12 @@ pub async fn drain(
         .map(|(pod, evict)| drainer.drain_one(pod, evict))
         .buffer_unordered(opts.eviction_concurrency)
         .collect::<Vec<_>>();
-    if let Ok(results) = tokio::time::timeout(opts.timeout, work).await {
+    let finished = tokio::time::timeout(opts.timeout, work).await;
+    report.woken_by_budget = drainer
+        .woken_by_budget
+        .load(std::sync::atomic::Ordering::Relaxed);
+    drop(drainer); // its budget watches end here
+    if let Ok(results) = finished {
         for r in results {
             r?;
         }

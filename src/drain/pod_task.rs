@@ -1,6 +1,7 @@
 //! One pod's drain: post its eviction until it is accepted, the pod is gone, or retrying cannot
 //! help (each retry cause reported once), then wait for the pod to be gone.
 
+use super::budget_watch::{BudgetWatches, Woken};
 use super::eviction::{self, Answer};
 use super::pods::{jittered, uid_of, wait_deleted};
 use super::progress::{Progress, ProgressMap};
@@ -12,6 +13,7 @@ use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Preconditions};
 use kube::api::{Api, PostParams};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 /// One node's drain: what every pod task shares.
@@ -21,6 +23,11 @@ pub(super) struct Drainer<'a> {
     pub(super) opts: &'a DrainOptions,
     pub(super) sink: &'a EventSink,
     pub(super) progress: ProgressMap,
+    /// The watches of the budgets that refused evictions: a refused eviction is retried as
+    /// soon as its budget allows one again.
+    pub(super) budgets: BudgetWatches,
+    /// Retries a budget's status woke before the fixed retry interval passed.
+    pub(super) woken_by_budget: AtomicU32,
 }
 
 /// How a pod's eviction ended.
@@ -88,6 +95,8 @@ impl Drainer<'_> {
         let mut reported: BTreeSet<RetryCause> = BTreeSet::new();
         let mut reported_block = false;
         loop {
+            // Set when a named budget refused: the retry waits for it (bounded by `delay`).
+            let mut refused_by = None;
             let result = api
                 .create_subresource::<_, serde_json::Value>(
                     "eviction",
@@ -143,6 +152,9 @@ impl Drainer<'_> {
                     });
                 }
                 Answer::Blocked { pdb, message, .. } => {
+                    if let Some(name) = pdb {
+                        refused_by = Some((name.clone(), self.budgets.seen(&ns, name)));
+                    }
                     let pdb = format!("{ns}/{}", pdb.as_deref().unwrap_or("(unnamed)"));
                     if !reported_block {
                         self.sink.emit(RunEvent::EvictionBlocked {
@@ -190,7 +202,14 @@ impl Drainer<'_> {
                     jittered(eviction::retry_delay(&answer, *n))
                 }
             };
-            tokio::time::sleep(delay).await;
+            match refused_by {
+                Some((name, seen)) => {
+                    if self.budgets.wait(&ns, &name, &seen, delay).await == Woken::ByBudget {
+                        self.woken_by_budget.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => tokio::time::sleep(delay).await,
+            }
         }
     }
 }

@@ -149,11 +149,17 @@ pub(super) async fn upgrade_node<S: NodeSteps>(
                 Ok(Done::Nothing) => Ok(None),
                 Ok(Done::Detail(detail)) => Ok(Some(detail)),
                 Ok(Done::Drained(report)) => {
-                    let detail = format!(
+                    let mut detail = format!(
                         "{} evicted, {} skipped",
                         report.evicted.len(),
                         report.skipped.len()
                     );
+                    if report.woken_by_budget > 0 {
+                        detail.push_str(&format!(
+                            ", {} refused eviction(s) retried as soon as their budget allowed",
+                            report.woken_by_budget
+                        ));
+                    }
                     drained = report;
                     Ok(Some(detail))
                 }
