@@ -399,11 +399,24 @@ async fn an_api_outage_pauses_the_run_within_blind_after_and_it_resumes_once_the
         .args(["--lock-duration", "5m"]);
     let child = spawn(cmd);
     let first = names[0].clone();
-    eventually("node 1 to run its command", MINUTE, || {
-        let first = first.clone();
-        async move { annotation(&first, "rollgate.dev/step") == "command" }
+    // The cut comes while the command runs and prints (its output in the node's log), not as
+    // its step starts: an outage at the very start of the step is another case (the step's
+    // own writes to the node fail; see the issue note).
+    let runs_dir = dir.path().join("runs");
+    eventually("node 1's command to print", MINUTE, || {
+        let node_log = std::fs::read_to_string(runs_dir.join("latest"))
+            .map(|id| {
+                runs_dir
+                    .join(id.trim())
+                    .join("nodes")
+                    .join(format!("{first}.log"))
+            })
+            .and_then(std::fs::read_to_string)
+            .unwrap_or_default();
+        async move { node_log.contains("upgrading 2") }
     })
     .await;
+    assert_eq!(annotation(&first, "rollgate.dev/step"), "command");
     let cut = Instant::now();
     proxy.cut();
     let runs = dir.path().join("runs");
