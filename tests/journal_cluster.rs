@@ -533,35 +533,11 @@ async fn skip_upgraded_keeps_its_choice_across_a_crash_and_resume_finishes_the_n
         ),
     );
     let lock = unique("jskip-lock");
-    let mut cmd = rollgate(dir.path());
     // The runner dies right after the first upgraded node is Ready again, still cordoned.
-    cmd.env("ROLLGATE_FAILPOINT", "pause-after:wait-ready")
-        .env("ROLLGATE_LOCK_NAME", &lock)
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--yes",
-            "--lock-duration",
-            "3s",
-        ])
-        .arg(&playbook)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
     let upgrading = names[1].clone();
-    let state = dir.path().to_owned();
-    eventually("node 2 to be upgraded and Ready", MINUTE, || {
-        let (state, node) = (state.clone(), upgrading.clone());
-        async move { journal_has(&state, &node, "step-finished", "wait-ready") }
-    })
-    .await;
-    child.kill().unwrap();
-    let _ = child.wait();
+    crash_run_after(dir.path(), &playbook, &lock, &upgrading, "wait-ready").await;
     assert!(unschedulable(&upgrading), "it died with node 2 cordoned");
     assert_eq!(kubelet(&upgrading), target, "node 2 reports the target now");
-    tokio::time::sleep(Duration::from_secs(4)).await; // the dead runner's lock expires
 
     let mut resume = rollgate(dir.path());
     resume

@@ -701,34 +701,10 @@ async fn resume_checks_the_nodes_left_a_blocker_refuses_it_and_the_run_stays_res
     );
     let lock = unique("preres");
     // The run stops dead right after node 1's cordon (the failpoint holds it), then dies.
-    let mut cmd = rollgate(dir.path());
-    cmd.env("ROLLGATE_FAILPOINT", "pause-after:cordon")
-        .env("ROLLGATE_LOCK_NAME", &lock)
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--yes",
-            "--lock-duration",
-            "3s",
-        ])
-        .arg(&book)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let (state, n1) = (dir.path().to_owned(), names[0].clone());
-    eventually("node 1 cordoned", MINUTE, || {
-        let (state, n1) = (state.clone(), n1.clone());
-        async move { journal_has(&state, &n1, "step-finished", "cordon") }
-    })
-    .await;
-    child.kill().unwrap();
-    let _ = child.wait();
+    crash_run_after(dir.path(), &book, &lock, &names[0], "cordon").await;
     assert!(unschedulable(&names[0]), "rollgate's cordon stays");
     // Meanwhile node 2 gets a pod whose budget never allows its eviction.
     held_by_pdb(&ns.0, &names[1]);
-    tokio::time::sleep(Duration::from_secs(4)).await; // the killed runner's lock expires
     let resume = || {
         let mut cmd = rollgate(dir.path());
         cmd.env("ROLLGATE_LOCK_NAME", &lock)

@@ -729,3 +729,44 @@ pub fn node_of_app(ns: &str, app: &str) -> String {
     .trim()
     .to_owned()
 }
+
+/// A crash at exactly one step boundary: starts `rollgate run --yes PLAYBOOK` holding the
+/// cluster lock `lock` for 3 s, lets the failpoint hold it right after the first node (`node`)
+/// finished `step`, SIGKILLs it there, and returns once the dead runner's lock has expired.
+pub async fn crash_run_after(
+    state_dir: &Path,
+    playbook: &Path,
+    lock: &str,
+    node: &str,
+    step: &str,
+) {
+    let mut cmd = rollgate(state_dir);
+    cmd.env("ROLLGATE_FAILPOINT", format!("pause-after:{step}"))
+        .env("ROLLGATE_LOCK_NAME", lock)
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--yes",
+            "--lock-duration",
+            "3s",
+        ])
+        .arg(playbook)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let (state, node, step) = (state_dir.to_owned(), node.to_owned(), step.to_owned());
+    eventually(
+        &format!("{node} to finish {step}"),
+        Duration::from_secs(60),
+        || {
+            let (state, node, step) = (state.clone(), node.clone(), step.clone());
+            async move { journal_has(&state, &node, "step-finished", &step) }
+        },
+    )
+    .await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    tokio::time::sleep(Duration::from_secs(4)).await; // the dead runner's lock expires
+}
