@@ -8,7 +8,7 @@
 //! at the last record before the restart), old headers without the later fields.
 
 use super::{Header, Records};
-use crate::vocab::{FinishByEnd, GateDecision, Outcome, RunEvent, Stamped, Step};
+use crate::vocab::{FinishByEnd, GateDecision, Outcome, PreflightSummary, RunEvent, Stamped, Step};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::SystemTime;
@@ -228,6 +228,8 @@ pub struct RunHistory {
     /// The node `finish-by-end` holds back now, and why (the run waits for the next window, or
     /// stopped); cleared when a node starts, the window reopens or the run is resumed.
     pub finish_by_end: Option<FinishByEnd>,
+    /// What the pre-flight checks said before each start and resume: (ms from the start, summary).
+    pub preflight: Vec<(u64, PreflightSummary)>,
 }
 
 /// The name a unit variant has in the journal (`gate-abort`, `succeeded-with-failures`).
@@ -267,6 +269,7 @@ impl RunHistory {
             failures: vec![],
             refused: None,
             finish_by_end: None,
+            preflight: vec![],
         };
         for record in &journal.records {
             history.apply(record);
@@ -445,7 +448,8 @@ impl RunHistory {
             }
             // In the journal but no state of their own (a pre-flight refusal is the
             // `RunRefused` after it).
-            WaveStarted { .. } | Stopping { .. } | Preflight { .. } => {}
+            Preflight { summary } => self.preflight.push((ms, summary.clone())),
+            WaveStarted { .. } | Stopping { .. } => {}
             // Not journaled (see `writer::journaled`): nothing to fold if one is found.
             PodEvicted { .. }
             | PodSkipped { .. }

@@ -342,6 +342,25 @@ pub fn render(r: &RunReport) -> String {
         }
         out.push_str("</table>\n");
     }
+    if !r.preflight.is_empty() {
+        out.push_str(
+            "<h2>Pre-flight</h2>\n<table><tr><th>at</th><th>checks</th><th>findings</th></tr>\n",
+        );
+        for p in &r.preflight {
+            let _ = writeln!(
+                out,
+                "<tr><td>+{}</td><td>{}</td><td class=\"text\">{}</td></tr>",
+                short_duration(p.at_ms),
+                esc(&p.verdicts.join(", ")),
+                p.findings
+                    .iter()
+                    .map(|f| esc(f))
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            );
+        }
+        out.push_str("</table>\n");
+    }
     out.push_str("<h2>Gate decisions</h2>\n");
     if r.gates.is_empty() {
         out.push_str("<p>None: no gate fired.</p>\n");

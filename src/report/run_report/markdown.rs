@@ -136,6 +136,20 @@ pub fn render(r: &RunReport) -> String {
             );
         }
     }
+    if !r.preflight.is_empty() {
+        out.push_str("\n## Pre-flight\n\n");
+        for p in &r.preflight {
+            let _ = writeln!(
+                out,
+                "- +{}: {}",
+                short_duration(p.at_ms),
+                esc(&p.verdicts.join(", "))
+            );
+            for f in &p.findings {
+                let _ = writeln!(out, "  - {}", esc(f));
+            }
+        }
+    }
     if !r.gates.is_empty() {
         out.push_str("\n## Gate decisions\n\n");
         for g in &r.gates {

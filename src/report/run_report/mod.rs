@@ -89,7 +89,46 @@ pub struct RunReport {
     pub failures: Vec<Failure>,
     pub gates: Vec<Gate>,
     pub waits: Vec<Wait>,
+    /// What the pre-flight checks said before the start and each resume.
+    pub preflight: Vec<Preflight>,
     pub durations: Durations,
+}
+
+/// The pre-flight checks before one start or resume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preflight {
+    pub at_ms: u64,
+    /// `check: verdict` for each check (with why a check was skipped).
+    pub verdicts: Vec<String>,
+    /// Blockers then warnings, one line each (`[check] node object: message`), marked.
+    pub findings: Vec<String>,
+}
+
+impl Preflight {
+    fn from_summary(at_ms: u64, s: &crate::vocab::PreflightSummary) -> Self {
+        Self {
+            at_ms,
+            verdicts: s
+                .checks
+                .iter()
+                .map(|c| {
+                    let verdict = crate::journal::wire_name(&c.verdict);
+                    match &c.note {
+                        Some(note) => format!("{}: {verdict} ({note})", c.check),
+                        None => format!("{}: {verdict}", c.check),
+                    }
+                })
+                .collect(),
+            findings: s
+                .findings
+                .iter()
+                .map(|f| {
+                    let kind = if f.blocker { "blocker" } else { "warning" };
+                    format!("{kind} {}", f.line())
+                })
+                .collect(),
+        }
+    }
 }
 
 /// ` (by ops@b at +12.0s, at +1m)`: who resumed the run and when; empty if nothing recorded.
@@ -230,6 +269,11 @@ impl RunReport {
             failures: h.failures,
             gates,
             waits,
+            preflight: h
+                .preflight
+                .iter()
+                .map(|(ms, s)| Preflight::from_summary(*ms, s))
+                .collect(),
         })
     }
 }
