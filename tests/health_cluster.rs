@@ -43,7 +43,6 @@ fn rollgate_run(dir: &Path, channel: &str, playbook: &str) -> Command {
     cmd
 }
 
-/// Texts of the Slack requests for this channel that the stand-in answered.
 /// The Slack requests for this channel that the stand-in recorded.
 fn slack_requests(channel: &str) -> Vec<Value> {
     let recorded: Vec<Value> =
@@ -299,20 +298,14 @@ async fn a_firing_prometheus_alert_refuses_a_start_and_a_resume_and_once_it_clea
     eventually("the alert to clear", MINUTE, firing(false)).await;
     // The run starts; the failpoint holds it right after node 1's command, and it dies there.
     let lock = unique("alert-lock");
-    let mut cmd = rollgate_run(dir.path(), "#alert", &playbook);
-    cmd.env("ROLLGATE_FAILPOINT", "pause-after:command")
-        .env("ROLLGATE_LOCK_NAME", &lock)
-        .args(["--lock-duration", "3s"]);
-    let mut child = spawn(cmd);
-    let state = dir.path().to_owned();
-    eventually("node 1's command to finish", MINUTE, || {
-        let (state, n1) = (state.clone(), n1.clone());
-        async move { journal_has(&state, &n1, "step-finished", "command") }
-    })
+    crash_after(
+        rollgate_run(dir.path(), "#alert", &playbook),
+        dir.path(),
+        &lock,
+        &n1,
+        "command",
+    )
     .await;
-    child.kill().unwrap();
-    let _ = child.wait();
-    tokio::time::sleep(Duration::from_secs(4)).await; // the dead runner's lock expires
     let resume = || {
         let mut cmd = rollgate(dir.path());
         cmd.arg("--config")

@@ -375,6 +375,9 @@ async fn a_revoked_permission_makes_the_monitor_inconclusive_and_a_new_grant_res
     assert_eq!(interrupt(&mut child), Some(0));
 }
 
+/// An API outage mid-run: the monitor, blind for `blind-after`, pauses the run; the node in
+/// flight finishes, its own writes to the node riding out the outage; once the API is back an
+/// operator's resume lets the run go on to the end.
 #[tokio::test]
 async fn an_api_outage_pauses_the_run_within_blind_after_and_it_resumes_once_the_api_is_back() {
     let suite = unique("outage");
@@ -388,7 +391,7 @@ async fn an_api_outage_pauses_the_run_within_blind_after_and_it_resumes_once_the
     let mut cmd = run_cmd(
         dir.path(),
         &format!(
-            "name = \"outage\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\"]\n[command]\nrun = 'for i in $(seq 1 20); do echo upgrading $i; sleep 1; done'\n{}blind-after = \"5s\"\n",
+            "name = \"outage\"\n[[phase]]\nname = \"all\"\nnodes = [\"{}\", \"{}\"]\n[command]\nrun = 'for i in $(seq 1 4); do echo upgrading $i; sleep 1; done'\n{}blind-after = \"5s\"\n",
             names[0],
             names[1],
             scope(&suite, &ns.0)
@@ -399,9 +402,9 @@ async fn an_api_outage_pauses_the_run_within_blind_after_and_it_resumes_once_the
         .args(["--lock-duration", "5m"]);
     let child = spawn(cmd);
     let first = names[0].clone();
-    // The cut comes while the command runs and prints (its output in the node's log), not as
-    // its step starts: an outage at the very start of the step is another case (the step's
-    // own writes to the node fail; see the issue note).
+    // The cut comes while the command runs and prints (its output in the node's log); the
+    // command ends a moment later while the API is still gone, so the node's next step starts
+    // in the outage and its first write to the node must ride it out (not fail the node).
     let runs_dir = dir.path().join("runs");
     eventually("node 1's command to print", MINUTE, || {
         let node_log = std::fs::read_to_string(runs_dir.join("latest"))
@@ -470,6 +473,16 @@ async fn an_api_outage_pauses_the_run_within_blind_after_and_it_resumes_once_the
         "{evidence}"
     );
     assert_eq!(named(&events, "paused").len(), 1, "{stderr}");
+    assert!(
+        named(&events, "warning")
+            .iter()
+            .any(|w| w["node"] == first.as_str()
+                && w["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("cannot update node {first} now"))),
+        "node 1's next step met the outage and waited for the API: {stderr}"
+    );
     assert!(!named(&events, "watch-lost").is_empty(), "{stderr}");
     assert!(!named(&events, "watch-restored").is_empty(), "{stderr}");
     eprintln!("paused {paused_after:?} after the API was cut");

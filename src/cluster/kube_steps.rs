@@ -9,6 +9,7 @@ pub use settle::replicas_to_wait_for;
 
 use super::marks::annotation;
 use super::node::{boot_id, kubelet_version, ssh_address};
+use super::outage;
 use super::{CordonOwner, StepContext, cordon_owner};
 use crate::drain::{self, DrainError, DrainReport};
 use crate::engine::{DrainOutcome, NodeJob, NodeSteps, StepError};
@@ -114,25 +115,42 @@ impl KubeSteps {
         Api::all(self.clients.api.clone())
     }
 
+    /// Patches the node as [`FIELD_MANAGER`], riding out a short API outage ([`outage`]).
     async fn patch(&self, node: &str, patch: serde_json::Value) -> Result<Node, StepError> {
-        self.nodes()
-            .patch(
-                node,
-                &PatchParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(|e| StepError::new(format!("cannot update node {node}: {e}")))
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let (nodes, patch) = (self.nodes(), Patch::Merge(&patch));
+        outage::ride_out(
+            outage::RIDE_OUT,
+            |e| self.say_riding_out(node, "update", e),
+            || nodes.patch(node, &params, &patch),
+        )
+        .await
+        .map_err(|e| StepError::new(format!("cannot update node {node}: {e}")))
     }
 
     async fn get(&self, node: &str) -> Result<Node, StepError> {
-        self.nodes()
-            .get(node)
-            .await
-            .map_err(|e| StepError::new(format!("cannot read node {node}: {e}")))
+        let nodes = self.nodes();
+        outage::ride_out(
+            outage::RIDE_OUT,
+            |e| self.say_riding_out(node, "read", e),
+            || nodes.get(node),
+        )
+        .await
+        .map_err(|e| StepError::new(format!("cannot read node {node}: {e}")))
+    }
+
+    /// Says once per request that the API did not answer and the step waits for it.
+    fn say_riding_out(&self, node: &str, what: &str, error: &kube::Error) {
+        self.sink.emit(RunEvent::Warning {
+            node: Some(node.to_owned()),
+            message: format!(
+                "cannot {what} node {node} now ({error}); retrying for up to {}s before failing the node",
+                outage::RIDE_OUT.as_secs()
+            ),
+        });
     }
 
     /// Records the step on the node; returns the node as updated.

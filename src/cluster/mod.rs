@@ -22,13 +22,15 @@
 //! - `marks`: rollgate's annotations on a Node and whose cordon it carries;
 //! - `kube_steps`: the real steps (with its readiness waits and settle);
 //! - `dry_run`: the steps of `--dry-run`;
-//! - `snapshot`: nodes, pods and budgets listed once for plan, preview and pre-flight.
+//! - `snapshot`: nodes, pods and budgets listed once for plan, preview and pre-flight;
+//! - `outage`: a node's reads and writes ride out a short API outage (retry, bounded).
 
 mod connect;
 mod dry_run;
 mod kube_steps;
 mod marks;
 mod node;
+pub mod outage;
 mod snapshot;
 
 pub use connect::{Clients, ConnectError, connect};

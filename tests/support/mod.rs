@@ -741,17 +741,17 @@ pub async fn crash_run_after(
     step: &str,
 ) {
     let mut cmd = rollgate(state_dir);
+    cmd.args(["--log-format", "json", "run", "--yes"])
+        .arg(playbook);
+    crash_after(cmd, state_dir, lock, node, step).await
+}
+
+/// [`crash_run_after`] for a `rollgate ... run ...` command the test prepared itself (its own
+/// config or environment): adds the failpoint, the lock `lock` held for 3 s and no terminal.
+pub async fn crash_after(mut cmd: Command, state_dir: &Path, lock: &str, node: &str, step: &str) {
     cmd.env("ROLLGATE_FAILPOINT", format!("pause-after:{step}"))
         .env("ROLLGATE_LOCK_NAME", lock)
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--yes",
-            "--lock-duration",
-            "3s",
-        ])
-        .arg(playbook)
+        .args(["--lock-duration", "3s"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
