@@ -129,14 +129,27 @@ pub enum Command {
         #[command(flatten)]
         preflight: PreflightArgs,
     },
-    /// Pause a live run: no new node starts, nodes in flight finish; `rollgate resume` continues.
+    /// Pause a live run, from any machine with cluster access: no new node starts, nodes in
+    /// flight finish; `rollgate resume` continues.
     #[command(
-        after_help = "Examples:\n  rollgate pause --reason \"checking the message queue\"\n  rollgate pause 20261125-013000-ab12\n\nExit codes: 0 paused (or already paused), 2 no such live run."
+        after_help = "Examples:\n  rollgate pause --reason \"checking the message queue\"\n  rollgate pause 20261125-013000-ab12   # from another machine: name the run\n\nExit codes: 0 paused (or already paused), 1 the run did not answer within 10 s, 2 no such live run, 3 cannot reach the cluster."
     )]
     Pause {
-        /// The run id (default: the latest run that started; dry runs are never the default).
+        /// The run id (default: this machine's latest run that started; dry runs are never the default).
         run: Option<String>,
-        /// Why (recorded in the journal, the report and Slack; default: who paused it).
+        /// Why (recorded in the journal, the report and Slack, with who asked).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Abort a live run, from any machine with cluster access: no new node starts, nodes in
+    /// flight stop at their next safe point and stay cordoned; the run exits 5.
+    #[command(
+        after_help = "Examples:\n  rollgate abort --reason \"VM creation broke\"\n  rollgate abort 20261125-013000-ab12\n\nExit codes: 0 aborting (or already), 1 the run did not answer within 10 s, 2 no such live run, 3 cannot reach the cluster."
+    )]
+    Abort {
+        /// The run id (default: this machine's latest run that started).
+        run: Option<String>,
+        /// Why (recorded in the journal, the report, Slack and on the nodes it stops, with who asked).
         #[arg(long)]
         reason: Option<String>,
     },

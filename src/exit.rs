@@ -74,7 +74,7 @@ pub fn for_outcome(outcome: crate::vocab::Outcome) -> u8 {
     match outcome {
         Outcome::Succeeded | Outcome::SucceededWithFailures => OK,
         Outcome::Stopped(StopReason::NodeFailures) => NODE_FAILED,
-        Outcome::Stopped(StopReason::GateAbort) => GATE_ABORT,
+        Outcome::Stopped(StopReason::GateAbort | StopReason::OperatorAbort) => GATE_ABORT,
         Outcome::Stopped(StopReason::OperatorGraceful | StopReason::OperatorImmediate) => {
             INTERRUPTED
         }

@@ -229,6 +229,24 @@ pub fn looks_live(spec: &LeaseSpec, now: jiff::Timestamp) -> bool {
     now.duration_since(renewed.0).abs() < lease
 }
 
+/// Whether run `run_id` holds the lock `lock_name` now (its lease names the run as holder and
+/// was renewed within its duration on this machine's clock): the run is alive somewhere.
+pub async fn held_by_run(
+    client: &kube::Client,
+    lock_name: &str,
+    run_id: &str,
+) -> Result<bool, kube::Error> {
+    let lease = Api::<Lease>::namespaced(client.clone(), NAMESPACE)
+        .get_opt(&format!("rollgate-lock-{lock_name}"))
+        .await?;
+    Ok(lease.and_then(|l| l.spec).is_some_and(|spec| {
+        spec.holder_identity
+            .as_deref()
+            .is_some_and(|h| h.ends_with(&format!(" run {run_id}")))
+            && looks_live(&spec, jiff::Timestamp::now())
+    }))
+}
+
 fn has_holder(spec: &LeaseSpec) -> bool {
     !spec.holder_identity.as_deref().unwrap_or("").is_empty()
 }

@@ -67,6 +67,9 @@ fn main() -> ExitCode {
             Command::Pause { run, reason } => {
                 commands::pause::pause(config()?, run.as_deref(), reason.as_deref()).await
             }
+            Command::Abort { run, reason } => {
+                commands::pause::abort(config()?, run.as_deref(), reason.as_deref()).await
+            }
             Command::Report { run, out, output } => {
                 commands::report::run(config()?, run.as_deref(), out.as_deref(), *output).await
             }

@@ -102,6 +102,7 @@ fn help_has_examples_and_exit_codes_and_completions_are_generated() {
         "run",
         "report",
         "pause",
+        "abort",
         "resume",
         "status",
         "completions",
@@ -120,7 +121,7 @@ fn help_has_examples_and_exit_codes_and_completions_are_generated() {
 
 #[test]
 fn a_run_id_that_is_not_one_is_bad_input_before_any_file_is_touched() {
-    for command in ["status", "resume", "pause", "report"] {
+    for command in ["status", "resume", "pause", "abort", "report"] {
         let (code, _, stderr) = rollgate(&[command, "../../etc", "--state-dir", "/nonexistent"]);
         assert_eq!(code, 2, "{command}: {stderr}");
         assert!(stderr.contains("is not a run id"), "{command}: {stderr}");

@@ -1,50 +1,64 @@
-//! `rollgate pause`: asks the live run on this machine to start no new node.
+//! `rollgate pause` and `rollgate abort`: ask a live run, from any machine with cluster access,
+//! to start no new node, or to stop (see [`crate::driver::control`]). `rollgate resume` of a
+//! live paused run goes through [`ask_live_run`] too.
 
 use super::Failure;
+use super::plan::connect_failure;
 use super::status::resolve_run;
+use crate::cluster;
 use crate::config::Config;
-use crate::driver::control::wait_for_answer;
+use crate::driver::control::{self, Action, ControlError, Request};
 use crate::driver::operator::user_at_host;
 use crate::driver::state_dir::RunsDir;
 use crate::exit;
 
 /// `rollgate pause [RUN]`: the live run starts no new node (nodes in flight finish) until
-/// `rollgate resume`. Recorded as a pause decision by `operator`, with the reason.
+/// `rollgate resume`. Recorded as a pause decision by `operator`, naming who and why.
 pub async fn pause(config: Config, run: Option<&str>, reason: Option<&str>) -> Result<u8, Failure> {
-    let runs = RunsDir::new(&config.state_dir);
-    let run_id = resolve_run(&runs, run)?;
-    let dir = runs.run(&run_id);
-    if !dir.process_alive() {
-        return Err(Failure::new(
+    let run_id = resolve_run(&RunsDir::new(&config.state_dir), run)?;
+    ask_live_run(&config, &run_id, Action::Pause, reason).await
+}
+
+/// `rollgate abort [RUN]`: the live run starts no new node and its nodes in flight stop at
+/// their next safe point (they stay cordoned, with the reason); it exits 5. Recorded as an
+/// abort decision by `operator`, naming who and why.
+pub async fn abort(config: Config, run: Option<&str>, reason: Option<&str>) -> Result<u8, Failure> {
+    let run_id = resolve_run(&RunsDir::new(&config.state_dir), run)?;
+    ask_live_run(&config, &run_id, Action::Abort, reason).await
+}
+
+/// Writes the request on the run's object in the cluster and reports the run's answer.
+pub async fn ask_live_run(
+    config: &Config,
+    run_id: &str,
+    action: Action,
+    reason: Option<&str>,
+) -> Result<u8, Failure> {
+    let clients = cluster::connect(config).await.map_err(connect_failure)?;
+    let request = Request::new(action, user_at_host(), reason.map(str::to_owned));
+    match control::send(&clients.api, run_id, &request).await {
+        Ok(answer) if answer.done => {
+            eprintln!("run {run_id} {}", answer.said);
+            Ok(exit::OK)
+        }
+        // Already so (paused, not paused, aborting): nothing to do, said plainly.
+        Ok(answer) => {
+            eprintln!("run {run_id}: {}", answer.said);
+            Ok(exit::OK)
+        }
+        Err(e @ (ControlError::NoSuchRun(..) | ControlError::NotLive(..))) => Err(Failure::new(
             exit::BAD_INPUT,
             format!(
-                "error: run {run_id} is not running here\n  hint: only a live run can be paused; `rollgate status {run_id}` shows where it stopped"
+                "error: {e}\n  hint: only a live run can be {}; `rollgate runs` lists runs, `rollgate status {run_id}` shows where it stopped",
+                action.past()
             ),
-        ));
-    }
-    if dir.is_paused() {
-        eprintln!("run {run_id} is already paused; `rollgate resume` continues it");
-        return Ok(exit::OK);
-    }
-    let reason = reason
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("paused by {}", user_at_host()));
-    dir.request_pause(&reason).map_err(|e| {
-        Failure::new(
+        )),
+        Err(e @ ControlError::Api(_)) => Err(connect_failure(e)),
+        Err(e @ ControlError::NoAnswer(..)) => Err(Failure::new(
             exit::INTERNAL,
-            format!("error: cannot write {}: {e}", dir.path().display()),
-        )
-    })?;
-    if wait_for_answer(|| dir.is_paused()).await {
-        eprintln!(
-            "run {run_id} paused: no new node starts, nodes in flight finish; `rollgate resume` continues"
-        );
-        return Ok(exit::OK);
+            format!(
+                "error: {e}\n  hint: the request stays on the run's object; `rollgate status {run_id}` shows whether it took it"
+            ),
+        )),
     }
-    Err(Failure::new(
-        exit::INTERNAL,
-        format!(
-            "error: run {run_id} did not take the pause request within 10 s (is it a dry run, or finishing?)"
-        ),
-    ))
 }

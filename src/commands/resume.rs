@@ -8,7 +8,7 @@ use super::status::{fetch_run_from_cluster, resolve_run};
 use super::{Failure, load_playbook};
 use crate::cluster;
 use crate::config::Config;
-use crate::driver::control::wait_for_answer;
+use crate::driver::control::{self, Action};
 use crate::driver::state_dir::RunsDir;
 use crate::driver::{LockRequest, RunOptions};
 use crate::exit;
@@ -109,107 +109,97 @@ pub async fn resume(
     let runs = RunsDir::new(&config.state_dir);
     let run_id = resolve_run(&runs, run)?;
     let dir = runs.run(&run_id);
+    if live_elsewhere(&config, &run_id).await? {
+        return super::pause::ask_live_run(&config, &run_id, Action::Resume, None).await;
+    }
     if !dir.journal().exists() {
         // Another machine started it: continue from its copy in the cluster.
         fetch_run_from_cluster(&config, &run_id, dir.path()).await?;
     }
-    if !dir.process_alive() {
-        let journal = dir.journal();
-        if let Ok(status) = crate::journal::RunStatus::from_journal(&journal)
-            && status.state == "succeeded"
-        {
-            eprintln!("run {run_id} finished: nothing to resume");
-            return Ok(exit::OK);
-        }
-        // The header names the playbook; whether its command is safe to rerun decides the rest.
-        let original = crate::journal::resume_points(&journal, &[])
-            .map(|p| p.playbook_file)
-            .map_err(|e| Failure::new(exit::BAD_INPUT, format!("error: {e}")))?;
-        let playbook_file = resume_playbook(&original, &dir.playbook_copy());
-        let playbook = load_playbook(&playbook_file)?;
-        let cannot = |e: String| {
-            Failure::new(
-                exit::BAD_INPUT,
-                format!("error: cannot resume run {run_id}: {e}"),
-            )
-        };
-        let mut points = crate::journal::resume_points(&journal, command_done).map_err(cannot)?;
-        // The nodes' annotations can be ahead of a journal fetched from the cluster copy.
-        let clients = cluster::connect(&config).await.map_err(connect_failure)?;
-        let nodes = cluster::list_nodes(&clients.api)
-            .await
-            .map_err(connect_failure)?;
-        let records: Vec<_> = nodes.iter().map(cluster::node_record).collect();
-        crate::journal::reconcile_with_nodes(&mut points, &records, command_done)
-            .map_err(cannot)?;
-        if let Some(t) = crate::journal::skipped_text(&points.skipped_lines) {
-            eprintln!(
-                "warning: journal {}: {t} (torn by a crash or a full disk)",
-                journal.display()
-            );
-        }
-        check_command_records(&config, &playbook, &points, &nodes)
-            .await
-            .map_err(cannot)?;
-        eprintln!(
-            "resuming run {run_id} from its journal: {} node(s) done, {} skipped, {} to pick up where they stopped",
-            points.done.len(),
-            points.skipped.len(),
-            points.from.len()
-        );
-        let options = RunOptions {
-            dry_run: false,
-            confirm_each_node: false,
-            show_output: false,
-            lock: LockRequest {
-                // The lock the run held; an explicit ROLLGATE_LOCK_NAME wins.
-                name: std::env::var("ROLLGATE_LOCK_NAME")
-                    .ok()
-                    .or_else(|| points.lock_name.clone())
-                    .unwrap_or_else(|| "default".into()),
-                duration: points.lock_duration.unwrap_or(Duration::from_secs(30)),
-                force: false,
-            },
-            metrics_listen: None,
-            pushgateway: std::env::var("ROLLGATE_PUSHGATEWAY").ok(),
-            deadline: schedule.deadline.clone(),
-            ignore_window: schedule.ignore_window,
-        };
-        // Relative probe paths resolve against the original playbook's directory.
-        let probe_base = points.playbook_file.clone();
-        return Box::pin(plan_and_run(
-            config,
-            playbook_file,
-            Some(probe_base),
-            options,
-            Some(points),
-            false,
-            preflight,
-        ))
-        .await;
-    }
-    if !dir.is_paused() {
-        return Err(Failure::new(
-            exit::BAD_INPUT,
-            format!(
-                "error: run {run_id} is running and not paused\n  hint: `rollgate resume` continues a paused run, or one whose process is gone"
-            ),
-        ));
-    }
-    dir.request_resume().map_err(|e| {
-        Failure::new(
-            exit::INTERNAL,
-            format!("error: cannot write {}: {e}", dir.path().display()),
-        )
-    })?;
-    if wait_for_answer(|| !dir.is_paused()).await {
-        eprintln!("run {run_id} resumed");
+    let journal = dir.journal();
+    if let Ok(status) = crate::journal::RunStatus::from_journal(&journal)
+        && status.state == "succeeded"
+    {
+        eprintln!("run {run_id} finished: nothing to resume");
         return Ok(exit::OK);
     }
+    // The header names the playbook; whether its command is safe to rerun decides the rest.
+    let original = crate::journal::resume_points(&journal, &[])
+        .map(|p| p.playbook_file)
+        .map_err(|e| Failure::new(exit::BAD_INPUT, format!("error: {e}")))?;
+    let playbook_file = resume_playbook(&original, &dir.playbook_copy());
+    let playbook = load_playbook(&playbook_file)?;
+    let cannot = |e: String| {
+        Failure::new(
+            exit::BAD_INPUT,
+            format!("error: cannot resume run {run_id}: {e}"),
+        )
+    };
+    let mut points = crate::journal::resume_points(&journal, command_done).map_err(cannot)?;
+    // The nodes' annotations can be ahead of a journal fetched from the cluster copy.
+    let clients = cluster::connect(&config).await.map_err(connect_failure)?;
+    let nodes = cluster::list_nodes(&clients.api)
+        .await
+        .map_err(connect_failure)?;
+    let records: Vec<_> = nodes.iter().map(cluster::node_record).collect();
+    crate::journal::reconcile_with_nodes(&mut points, &records, command_done).map_err(cannot)?;
+    if let Some(t) = crate::journal::skipped_text(&points.skipped_lines) {
+        eprintln!(
+            "warning: journal {}: {t} (torn by a crash or a full disk)",
+            journal.display()
+        );
+    }
+    check_command_records(&config, &playbook, &points, &nodes)
+        .await
+        .map_err(cannot)?;
     eprintln!(
-        "resume requested for run {run_id}; it continues as soon as it sees the request (is the run still alive?)"
+        "resuming run {run_id} from its journal: {} node(s) done, {} skipped, {} to pick up where they stopped",
+        points.done.len(),
+        points.skipped.len(),
+        points.from.len()
     );
-    Ok(exit::OK)
+    let options = RunOptions {
+        dry_run: false,
+        confirm_each_node: false,
+        show_output: false,
+        lock: LockRequest {
+            // The lock the run held; an explicit ROLLGATE_LOCK_NAME wins.
+            name: std::env::var("ROLLGATE_LOCK_NAME")
+                .ok()
+                .or_else(|| points.lock_name.clone())
+                .unwrap_or_else(|| "default".into()),
+            duration: points.lock_duration.unwrap_or(Duration::from_secs(30)),
+            force: false,
+        },
+        metrics_listen: None,
+        pushgateway: std::env::var("ROLLGATE_PUSHGATEWAY").ok(),
+        deadline: schedule.deadline.clone(),
+        ignore_window: schedule.ignore_window,
+    };
+    // Relative probe paths resolve against the original playbook's directory.
+    let probe_base = points.playbook_file.clone();
+    Box::pin(plan_and_run(
+        config,
+        playbook_file,
+        Some(probe_base),
+        options,
+        Some(points),
+        false,
+        preflight,
+    ))
+    .await
+}
+
+/// Whether the run is alive, here or on another machine (it holds its cluster lock): then a
+/// resume is a request to it, not a new process continuing its journal.
+async fn live_elsewhere(config: &Config, run_id: &str) -> Result<bool, Failure> {
+    let clients = cluster::connect(config).await.map_err(connect_failure)?;
+    match control::is_live(&clients.api, run_id).await {
+        Ok(live) => Ok(live),
+        // No object in the cluster (a run from before copies were kept): its journal decides.
+        Err(control::ControlError::NoSuchRun(..)) => Ok(false),
+        Err(e) => Err(connect_failure(e)),
+    }
 }
 
 #[cfg(test)]

@@ -1,73 +1,390 @@
-//! Pause and resume from another shell on this machine: `rollgate pause` and `rollgate resume`
-//! leave requests in the run's directory ([`super::state_dir::RunDir`]); the live run takes
-//! them, marks itself paused there, and (at a terminal) also offers to resume at a prompt.
+//! Pause, resume and abort a live run from any machine with cluster access.
+//!
+//! A request is written on the run's object in the cluster, its ConfigMap
+//! (`rollgate-run-RUN_ID`, see [`crate::journal::configmap_name`]), as the annotation
+//! [`REQUEST`]: what (pause, resume, abort), a request id, who (`user@host`), when and why. The
+//! live run watches that object (one watch, by name), obeys within a second and answers in
+//! [`ANSWER`] with the same id, so the requester can say it worked or time out clearly. What
+//! the run does is recorded like any operator decision: a pause or abort is a gate decision by
+//! `operator` whose evidence names who and why; a resume is a `resumed` event naming who.
+//!
+//! Whether a run is alive is told by its cluster lock (the Lease names the run as holder and
+//! was renewed within its duration), not by a process on this machine. Both sides write the
+//! annotations as field manager [`FIELD_MANAGER`]; the run's cluster copy (server-side apply
+//! as `rollgate`) leaves them alone.
 
 use super::operator::ask;
 use super::state_dir::RunDir;
 use crate::health::{Guard, HealthState};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often the run looks for requests.
-const POLL: Duration = Duration::from_millis(300);
+/// The annotation a requester writes.
+pub const REQUEST: &str = "rollgate.dev/control-request";
+/// The annotation the live run answers in.
+pub const ANSWER: &str = "rollgate.dev/control-answer";
+/// Whose writes the control annotations are.
+pub const FIELD_MANAGER: &str = "rollgate-control";
+/// How long `rollgate pause`, `resume` and `abort` wait for the live run's answer.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
-/// Watches for pause and resume requests until aborted. The returned task must be aborted
-/// when the run ends (it keeps the guard, and so the event sink, alive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl Action {
+    /// `paused`, `resumed`, `aborted`.
+    pub fn past(self) -> &'static str {
+        match self {
+            Action::Pause => "paused",
+            Action::Resume => "resumed",
+            Action::Abort => "aborted",
+        }
+    }
+}
+
+/// What someone asks of a live run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Unique per request: the answer names it.
+    pub id: String,
+    pub action: Action,
+    /// `user@host`, or a Slack user.
+    pub by: String,
+    /// RFC 3339, the requester's clock.
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Request {
+    pub fn new(action: Action, by: String, reason: Option<String>) -> Self {
+        let now = jiff::Timestamp::now();
+        Self {
+            id: format!(
+                "{}-{}-{}",
+                now.as_nanosecond(),
+                std::process::id(),
+                by.len()
+            ),
+            action,
+            by,
+            at: now.to_string(),
+            reason,
+        }
+    }
+
+    /// What the journal, the report and Slack say of it: `why (paused by ops@bastion)`.
+    pub fn evidence(&self) -> String {
+        match &self.reason {
+            Some(reason) => format!("{reason} ({} by {})", self.action.past(), self.by),
+            None => format!("{} by {}", self.action.past(), self.by),
+        }
+    }
+}
+
+/// The live run's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The request's id.
+    pub id: String,
+    /// Whether the run did what was asked (false: it was so already, or cannot).
+    pub done: bool,
+    /// In words: `paused`, `already paused`, `not paused`, `aborting`, ...
+    pub said: String,
+}
+
+/// What the run must do for `request` in `state`, and what it answers. Pure.
+pub fn decide(request: &Request, state: &HealthState) -> (Option<Action>, Answer) {
+    let answer = |done: bool, said: &str| Answer {
+        id: request.id.clone(),
+        done,
+        said: said.into(),
+    };
+    match (request.action, state) {
+        (_, HealthState::Aborted(_)) => (None, answer(false, "the run is already aborting")),
+        (Action::Pause, HealthState::Paused(_)) => (None, answer(false, "already paused")),
+        (Action::Pause, HealthState::Running) => (
+            Some(Action::Pause),
+            answer(true, "paused: no new node starts, nodes in flight finish"),
+        ),
+        (Action::Resume, HealthState::Running) => (None, answer(false, "not paused")),
+        (Action::Resume, HealthState::Paused(_)) => (Some(Action::Resume), answer(true, "resumed")),
+        (Action::Abort, _) => (
+            Some(Action::Abort),
+            answer(
+                true,
+                "aborting: no new node starts, nodes in flight stop at their next safe point and stay cordoned",
+            ),
+        ),
+    }
+}
+
+fn configmaps(client: &kube::Client) -> Api<ConfigMap> {
+    Api::namespaced(client.clone(), crate::lock::NAMESPACE)
+}
+
+fn annotation<T: for<'de> Deserialize<'de>>(cm: &ConfigMap, key: &str) -> Option<T> {
+    let text = cm.metadata.annotations.as_ref()?.get(key)?;
+    serde_json::from_str(text).ok()
+}
+
+async fn write_annotation(
+    client: &kube::Client,
+    run_id: &str,
+    key: &str,
+    value: &impl Serialize,
+) -> Result<(), kube::Error> {
+    let text = serde_json::to_string(value).unwrap_or_default();
+    let patch = serde_json::json!({"metadata": {"annotations": {key: text}}});
+    configmaps(client)
+        .patch(
+            &crate::journal::configmap_name(run_id),
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Watches the run's object for requests until aborted, and (at a terminal) offers to resume
+/// at a prompt while paused. The returned task must be aborted when the run ends (it keeps the
+/// guard, and so the event sink, alive).
 pub fn watch_requests(
     guard: Arc<Guard>,
+    client: kube::Client,
+    run_id: String,
     run_dir: RunDir,
     interactive: bool,
 ) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(mark_paused(Arc::downgrade(&guard), run_dir, interactive));
     tokio::spawn(async move {
-        let mut rx = guard.subscribe();
-        loop {
-            let paused = matches!(&*rx.borrow_and_update(), HealthState::Paused(_));
-            if paused {
-                run_dir.set_paused(true);
-                if interactive {
-                    // Weak: a prompt still waiting when the run ends must not keep the run alive.
-                    let g = Arc::downgrade(&guard);
-                    tokio::task::spawn_blocking(move || {
-                        if ask("run paused; resume now?")
-                            && let Some(g) = g.upgrade()
-                        {
-                            g.resume();
-                        }
-                    });
-                }
-                while matches!(&*rx.borrow(), HealthState::Paused(_)) {
-                    if run_dir.take_resume_request() {
-                        guard.resume();
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(POLL) => {}
-                        changed = rx.changed() => if changed.is_err() { return },
-                    }
-                }
-                run_dir.set_paused(false);
-            } else if let Some(reason) = run_dir.take_pause_request() {
-                guard.pause_by_operator(&reason);
-            } else {
-                tokio::select! {
-                    _ = tokio::time::sleep(POLL) => {}
-                    changed = rx.changed() => if changed.is_err() { return },
-                }
+        use kube::runtime::{WatchStreamExt, watcher};
+        let name = crate::journal::configmap_name(&run_id);
+        let objects = watcher(
+            configmaps(&client),
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        )
+        .default_backoff()
+        .applied_objects();
+        futures::pin_mut!(objects);
+        // A request already there when the run (or its resume) starts was meant for the
+        // process before it: it is answered as such, not obeyed.
+        let mut first = true;
+        let mut handled: Option<String> = None;
+        while let Some(next) = objects.next().await {
+            let Ok(cm) = next else { continue };
+            let Some(request) = annotation::<Request>(&cm, REQUEST) else {
+                first = false;
+                continue;
+            };
+            let answered = annotation::<Answer>(&cm, ANSWER).is_some_and(|a| a.id == request.id);
+            if answered || handled.as_deref() == Some(request.id.as_str()) {
+                first = false;
+                continue;
             }
+            handled = Some(request.id.clone());
+            let answer = if std::mem::take(&mut first) {
+                Answer {
+                    id: request.id.clone(),
+                    done: false,
+                    said: "made before this run process started; ask again".into(),
+                }
+            } else {
+                let (act, answer) = decide(&request, &guard.state());
+                match act {
+                    Some(Action::Pause) => {
+                        guard.pause_by_operator(&request.evidence());
+                    }
+                    Some(Action::Resume) => {
+                        guard.resume_by(Some(request.by.clone()));
+                    }
+                    Some(Action::Abort) => {
+                        guard.abort_by_operator(&request.evidence());
+                    }
+                    None => {}
+                }
+                answer
+            };
+            // Best effort: a requester that sees no answer says so; the run goes on.
+            let _ = write_annotation(&client, &run_id, ANSWER, &answer).await;
         }
     })
 }
 
-/// How long `rollgate pause` and `rollgate resume` wait for the live run to take the request.
-pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// Keeps the run directory's `paused` marker while the run is paused and, at a terminal,
+/// asks whether to resume it. Ends with the guard.
+async fn mark_paused(guard: std::sync::Weak<Guard>, run_dir: RunDir, interactive: bool) {
+    let Some(mut rx) = guard.upgrade().map(|g| g.subscribe()) else {
+        return;
+    };
+    loop {
+        if matches!(&*rx.borrow_and_update(), HealthState::Paused(_)) {
+            run_dir.set_paused(true);
+            if interactive {
+                // Weak: a prompt still waiting when the run ends must not keep the run alive.
+                let g = guard.clone();
+                tokio::task::spawn_blocking(move || {
+                    if ask("run paused; resume now?")
+                        && let Some(g) = g.upgrade()
+                    {
+                        g.resume();
+                    }
+                });
+            }
+            while matches!(&*rx.borrow(), HealthState::Paused(_)) {
+                if rx.changed().await.is_err() {
+                    run_dir.set_paused(false);
+                    return;
+                }
+            }
+            run_dir.set_paused(false);
+        } else if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
 
-/// Waits until `done` holds, checking every 200 ms, for at most [`ANSWER_WITHIN`].
-pub async fn wait_for_answer(done: impl Fn() -> bool) -> bool {
+/// Why a request could not be made or was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("run {0} has no object in the cluster (ConfigMap {1} in {2})")]
+    NoSuchRun(String, String, &'static str),
+    #[error("run {0} is not running (no live holder of its cluster lock {1})")]
+    NotLive(String, String),
+    #[error("cannot reach the cluster: {0}")]
+    Api(#[from] kube::Error),
+    #[error("run {0} did not answer within {1} s (is it finishing, or cut off from the API?)")]
+    NoAnswer(String, u64),
+}
+
+/// Whether run `run_id` is alive somewhere: its object exists and it holds its cluster lock.
+pub async fn is_live(client: &kube::Client, run_id: &str) -> Result<bool, ControlError> {
+    let name = crate::journal::configmap_name(run_id);
+    let Some(cm) = configmaps(client).get_opt(&name).await? else {
+        return Err(ControlError::NoSuchRun(
+            run_id.into(),
+            name,
+            crate::lock::NAMESPACE,
+        ));
+    };
+    let lock = lock_of(&cm);
+    Ok(crate::lock::held_by_run(client, &lock, run_id).await?)
+}
+
+fn lock_of(cm: &ConfigMap) -> String {
+    cm.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::journal::LOCK_LABEL).cloned())
+        .unwrap_or_else(|| "default".into())
+}
+
+/// Asks live run `run_id` for `request` and waits (at most [`ANSWER_WITHIN`]) for its answer.
+pub async fn send(
+    client: &kube::Client,
+    run_id: &str,
+    request: &Request,
+) -> Result<Answer, ControlError> {
+    if !is_live(client, run_id).await? {
+        let name = crate::journal::configmap_name(run_id);
+        let cm = configmaps(client).get(&name).await?;
+        return Err(ControlError::NotLive(run_id.into(), lock_of(&cm)));
+    }
+    write_annotation(client, run_id, REQUEST, request).await?;
     let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
+    let name = crate::journal::configmap_name(run_id);
     while tokio::time::Instant::now() < deadline {
-        if done() {
-            return true;
+        if let Some(cm) = configmaps(client).get_opt(&name).await?
+            && let Some(answer) = annotation::<Answer>(&cm, ANSWER)
+            && answer.id == request.id
+        {
+            return Ok(answer);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    done()
+    Err(ControlError::NoAnswer(
+        run_id.into(),
+        ANSWER_WITHIN.as_secs(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::{Decision, GateDecision};
+
+    fn paused() -> HealthState {
+        HealthState::Paused(GateDecision {
+            decision: Decision::Pause,
+            signal: "pods".into(),
+            evidence: String::new(),
+            in_flight: vec![],
+        })
+    }
+
+    fn aborted() -> HealthState {
+        HealthState::Aborted(GateDecision {
+            decision: Decision::Abort,
+            signal: "pods".into(),
+            evidence: String::new(),
+            in_flight: vec![],
+        })
+    }
+
+    #[test]
+    fn each_request_in_each_state() {
+        use Action::*;
+        let cases = [
+            (Pause, HealthState::Running, Some(Pause), true),
+            (Pause, paused(), None, false),
+            (Pause, aborted(), None, false),
+            (Resume, HealthState::Running, None, false),
+            (Resume, paused(), Some(Resume), true),
+            (Resume, aborted(), None, false),
+            (Abort, HealthState::Running, Some(Abort), true),
+            (Abort, paused(), Some(Abort), true),
+            (Abort, aborted(), None, false),
+        ];
+        for (action, state, act, done) in cases {
+            let request = Request::new(action, "ops@bastion".into(), None);
+            let (got, answer) = decide(&request, &state);
+            assert_eq!(got, act, "{action:?} in {state:?}");
+            assert_eq!(answer.done, done, "{action:?} in {state:?}");
+            assert_eq!(answer.id, request.id);
+        }
+    }
+
+    #[test]
+    fn the_evidence_names_who_and_why() {
+        let r = Request::new(
+            Action::Pause,
+            "ops@bastion".into(),
+            Some("queue check".into()),
+        );
+        assert_eq!(r.evidence(), "queue check (paused by ops@bastion)");
+        let r = Request::new(Action::Abort, "U123 (Slack)".into(), None);
+        assert_eq!(r.evidence(), "aborted by U123 (Slack)");
+    }
+
+    #[test]
+    fn requests_and_answers_read_back_from_their_annotation_text() {
+        let r = Request::new(Action::Resume, "a@b".into(), None);
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("\"action\":\"resume\""), "{text}");
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        let other = Request::new(Action::Resume, "a@b".into(), None);
+        assert_ne!(other.id, r.id, "ids differ between requests");
+    }
 }

@@ -398,8 +398,13 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         let monitor = started.expect("started");
         // The run starts: `pause` and `resume` without a run id find it from now on.
         runs.set_latest(&run_id);
-        let requests =
-            control::watch_requests(Arc::clone(&guard), run_dir.clone(), interaction.interactive);
+        let requests = control::watch_requests(
+            Arc::clone(&guard),
+            context.clients.api.clone(),
+            run_id.clone(),
+            run_dir.clone(),
+            interaction.interactive,
+        );
         running.cluster_copy = Some(crate::journal::ClusterCopy::start(
             context.clients.api.clone(),
             run_dir.journal(),
@@ -411,7 +416,7 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
             .retrying(resume.as_ref().map(|r| r.retry.clone()).unwrap_or_default())
             .watched_by(Arc::clone(&guard));
         let hint = format!(
-            "Continue with `rollgate resume {run_id}` from another shell{}, or stop with Ctrl-C.",
+            "Continue with `rollgate resume {run_id}` from any machine with cluster access{}, or stop with Ctrl-C.",
             if interaction.interactive {
                 " (or answer the prompt)"
             } else {

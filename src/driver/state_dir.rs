@@ -11,8 +11,6 @@
 //!     report.html, report.md
 //!     pid               the process running it
 //!     paused            present while the run is paused
-//!     pause-request     written by `rollgate pause` (holds the reason), taken by the run
-//!     resume            written by `rollgate resume`, taken by a paused run
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -21,8 +19,6 @@ const LATEST_FILE: &str = "latest";
 const LATEST_DRY_RUN_FILE: &str = "latest-dry-run";
 const PID_FILE: &str = "pid";
 const PAUSED_FILE: &str = "paused";
-const PAUSE_REQUEST_FILE: &str = "pause-request";
-const RESUME_FILE: &str = "resume";
 
 /// `STATE_DIR/runs`.
 #[derive(Debug, Clone)]
@@ -132,6 +128,8 @@ impl RunDir {
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains("rollgate"))
     }
 
+    /// Whether the run's process marked it paused (a local marker; the cluster object is what
+    /// `pause` and `resume` use).
     pub fn is_paused(&self) -> bool {
         self.0.join(PAUSED_FILE).exists()
     }
@@ -143,26 +141,5 @@ impl RunDir {
         } else {
             std::fs::remove_file(path)
         };
-    }
-
-    pub fn request_pause(&self, reason: &str) -> std::io::Result<()> {
-        std::fs::write(self.0.join(PAUSE_REQUEST_FILE), reason)
-    }
-
-    /// Takes a pending pause request: its reason.
-    pub fn take_pause_request(&self) -> Option<String> {
-        let path = self.0.join(PAUSE_REQUEST_FILE);
-        let reason = std::fs::read_to_string(&path).ok()?;
-        let _ = std::fs::remove_file(path);
-        Some(reason.trim().to_owned())
-    }
-
-    pub fn request_resume(&self) -> std::io::Result<()> {
-        std::fs::write(self.0.join(RESUME_FILE), "")
-    }
-
-    /// Takes a pending resume request.
-    pub fn take_resume_request(&self) -> bool {
-        std::fs::remove_file(self.0.join(RESUME_FILE)).is_ok()
     }
 }

@@ -262,13 +262,16 @@ impl<S: NodeSteps> Engine<S> {
                         });
                     }
                     let state = health.borrow_and_update().clone();
-                    if let HealthState::Aborted(_) = state
-                        && stop_reason.is_none_or(|r| r < StopReason::GateAbort)
-                    {
-                        stop_reason = Some(StopReason::GateAbort);
-                        self.sink.emit(RunEvent::Stopping {
-                            reason: StopReason::GateAbort,
-                        });
+                    if let HealthState::Aborted(d) = &state {
+                        let reason = if d.signal == crate::health::OPERATOR {
+                            StopReason::OperatorAbort
+                        } else {
+                            StopReason::GateAbort
+                        };
+                        if stop_reason.is_none_or(|r| r < reason) {
+                            stop_reason = Some(reason);
+                            self.sink.emit(RunEvent::Stopping { reason });
+                        }
                     }
                     if lock_lost.borrow_and_update().is_some()
                         && stop_reason.is_none_or(|r| r < StopReason::LockLost)

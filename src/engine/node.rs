@@ -14,11 +14,20 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
 
+/// Who aborted the run, and why, as a node's failure says it.
+fn aborted_by(d: &crate::vocab::GateDecision) -> String {
+    if d.signal == crate::health::OPERATOR {
+        format!("an operator aborted the run: {}", d.evidence)
+    } else {
+        format!("gate {} aborted the run: {}", d.signal, d.evidence)
+    }
+}
+
 fn aborted_error(guard: &Guard, step: Step) -> Option<StepError> {
     let d = guard.aborted()?;
     Some(StepError::new(format!(
-        "stopped before {step}: gate {} aborted the run: {}",
-        d.signal, d.evidence
+        "stopped before {step}: {}",
+        aborted_by(&d)
     )))
 }
 
@@ -27,7 +36,7 @@ async fn abort_signal(guard: Arc<Guard>) -> StepError {
     let mut rx = guard.subscribe();
     loop {
         if let HealthState::Aborted(d) = &*rx.borrow_and_update() {
-            return StepError::new(format!("gate {} aborted the run: {}", d.signal, d.evidence));
+            return StepError::new(aborted_by(d));
         }
         if rx.changed().await.is_err() {
             break;

@@ -91,7 +91,7 @@ impl Guard {
                 Output::State(s) => {
                     self.state.send_replace(s.clone());
                 }
-                Output::Resumed => self.sink.emit(RunEvent::Resumed),
+                Output::Resumed(by) => self.sink.emit(RunEvent::Resumed { by: by.clone() }),
             }
         }
         outputs
@@ -189,7 +189,18 @@ impl Guard {
 
     /// Continues a paused run (the operator's decision); gate counters start over.
     pub fn resume(&self) -> bool {
-        !self.apply(Input::Resume).is_empty()
+        self.resume_by(None)
+    }
+
+    /// [`Guard::resume`], recording who resumed it.
+    pub fn resume_by(&self, by: Option<String>) -> bool {
+        !self.apply(Input::Resume(by)).is_empty()
+    }
+
+    /// The operator aborts the run (recorded as a decision by `operator` with `reason`): no new
+    /// node starts, nodes in flight stop at their next safe point. False if already aborted.
+    pub fn abort_by_operator(&self, reason: &str) -> bool {
+        !self.apply(Input::Abort(reason.to_owned())).is_empty()
     }
 
     /// Runs the before-run probes; the run may start only if, then, nothing paused or aborted

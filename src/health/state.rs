@@ -43,8 +43,10 @@ pub enum Input {
     Collected(String),
     /// The operator pauses the run, with a reason.
     Pause(String),
-    /// The operator continues a paused run.
-    Resume,
+    /// The operator continues a paused run (who, if known).
+    Resume(Option<String>),
+    /// The operator aborts the run, with a reason (who and why).
+    Abort(String),
 }
 
 /// What the shell must do, in this order.
@@ -54,8 +56,8 @@ pub enum Output {
     Decided(GateDecision),
     /// Publish the run's new state.
     State(HealthState),
-    /// Record that the run was resumed (a `resumed` event).
-    Resumed,
+    /// Record that the run was resumed (a `resumed` event), by whom if said.
+    Resumed(Option<String>),
 }
 
 pub struct Health {
@@ -105,7 +107,8 @@ impl Health {
                 vec![]
             }
             Input::Pause(reason) => self.pause(reason),
-            Input::Resume => self.resume(),
+            Input::Resume(by) => self.resume(by),
+            Input::Abort(reason) => self.abort(reason),
         }
     }
 
@@ -155,13 +158,30 @@ impl Health {
         vec![self.set(HealthState::Paused(d.clone())), Output::Decided(d)]
     }
 
-    fn resume(&mut self) -> Vec<Output> {
+    fn resume(&mut self, by: Option<String>) -> Vec<Output> {
         if !matches!(self.state, HealthState::Paused(_)) {
             return vec![];
         }
         self.resumes += 1;
         self.trackers.iter_mut().for_each(GateTracker::reset);
-        vec![self.set(HealthState::Running), Output::Resumed]
+        vec![self.set(HealthState::Running), Output::Resumed(by)]
+    }
+
+    /// The operator's abort: from running or paused (an abort already decided stays).
+    fn abort(&mut self, reason: String) -> Vec<Output> {
+        if matches!(self.state, HealthState::Aborted(_)) {
+            return vec![];
+        }
+        let d = GateDecision {
+            decision: Decision::Abort,
+            signal: OPERATOR.into(),
+            evidence: reason,
+            in_flight: self.in_flight.listed(),
+        };
+        vec![
+            self.set(HealthState::Aborted(d.clone())),
+            Output::Decided(d),
+        ]
     }
 
     fn set(&mut self, state: HealthState) -> Output {

@@ -49,7 +49,8 @@ fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
 /// The ConfigMap: the status (for `rollgate status`), the compressed journal and the playbook
 /// (so `rollgate resume` and `rollgate report` work from another machine).
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "rollgate");
-const LOCK_LABEL: &str = "rollgate.dev/lock";
+/// The label naming the cluster lock a run holds (its runs are pruned by it).
+pub const LOCK_LABEL: &str = "rollgate.dev/lock";
 
 async fn copy_to_cluster(
     client: &kube::Client,

@@ -406,7 +406,7 @@ impl RunHistory {
                     cause: WaitCause::Paused(decision.clone()),
                 });
             }
-            Resumed | WindowOpened => {
+            Resumed { .. } | WindowOpened => {
                 self.state = RunState::Running;
                 self.close_wait(ms);
                 self.finish_by_end = None;

@@ -21,7 +21,7 @@ pub mod writer;
 
 pub use crate::vocab::JournalError;
 pub use cluster_copy::{
-    ClusterCopy, ClusterRun, PLAYBOOK_COPY, configmap_name, list_cluster_copies,
+    ClusterCopy, ClusterRun, LOCK_LABEL, PLAYBOOK_COPY, configmap_name, list_cluster_copies,
     prune_cluster_copies, restore_from_cluster, status_from_cluster,
 };
 pub use fold::{

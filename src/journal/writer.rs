@@ -62,7 +62,7 @@ pub(super) fn journaled(e: &RunEvent) -> bool {
         | Stopping { .. }
         | GateDecision { .. }
         | Paused { .. }
-        | Resumed
+        | Resumed { .. }
         | WindowClosed { .. }
         | WindowOpened
         | FinishByEnd(_)

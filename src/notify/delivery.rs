@@ -355,7 +355,7 @@ mod tests {
         );
         tx.send(Stamped {
             at: std::time::SystemTime::now(),
-            event: crate::vocab::RunEvent::Resumed,
+            event: crate::vocab::RunEvent::Resumed { by: None },
         })
         .unwrap();
         drop(tx);

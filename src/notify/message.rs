@@ -366,8 +366,15 @@ impl Narrator {
                 name,
                 &format!("paused by {}", decision.signal),
             )],
-            RunEvent::Resumed => vec![
-                Self::reply(name, "resumed by the operator".into(), vec![]),
+            RunEvent::Resumed { by } => vec![
+                Self::reply(
+                    name,
+                    match by {
+                        Some(by) => format!("resumed by {by}"),
+                        None => "resumed by the operator".into(),
+                    },
+                    vec![],
+                ),
                 self.root(Place::UpdateRoot, name, "running"),
             ],
             RunEvent::WindowClosed { window, reopens_at } => vec![
@@ -472,6 +479,7 @@ fn finished_state(outcome: Outcome) -> &'static str {
         Outcome::Succeeded => "finished",
         Outcome::SucceededWithFailures => "finished with failures",
         Outcome::Stopped(StopReason::GateAbort) => "ABORTED by a health gate",
+        Outcome::Stopped(StopReason::OperatorAbort) => "ABORTED by an operator",
         Outcome::Stopped(StopReason::NodeFailures) => "STOPPED: nodes failed",
         Outcome::Stopped(StopReason::OutsideWindow) => {
             "stopped at the end of the maintenance window (resumable)"

@@ -299,12 +299,14 @@ impl Metrics {
                 self.problems.with_label_values(&[kind.as_str()]).inc();
             }
             RunEvent::Paused { .. } => self.set_state("paused"),
-            RunEvent::Resumed => self.set_state("running"),
+            RunEvent::Resumed { .. } => self.set_state("running"),
             RunEvent::WindowClosed { .. } => self.set_state("waiting-for-window"),
             RunEvent::WindowOpened => self.set_state("running"),
             RunEvent::RunFinished { outcome, .. } => self.set_state(match outcome {
                 Outcome::Succeeded | Outcome::SucceededWithFailures => "finished",
-                Outcome::Stopped(crate::vocab::StopReason::GateAbort) => "aborted",
+                Outcome::Stopped(
+                    crate::vocab::StopReason::GateAbort | crate::vocab::StopReason::OperatorAbort,
+                ) => "aborted",
                 Outcome::Stopped(_) => "stopped",
             }),
             _ => {}

@@ -72,6 +72,9 @@ fn stop_text(reason: StopReason) -> &'static str {
         StopReason::GateAbort => {
             "stopping: a health gate aborted the run; nodes in flight stop at their next safe point and stay cordoned"
         }
+        StopReason::OperatorAbort => {
+            "stopping: an operator aborted the run; nodes in flight stop at their next safe point and stay cordoned"
+        }
         StopReason::LockLost => {
             "stopping: this run lost the cluster lock; nodes in flight stop at their next safe point (a remote command finishes first) and stay cordoned"
         }
@@ -296,7 +299,10 @@ impl Consumer for Terminal {
                     decision.signal, decision.evidence
                 ));
             }
-            RunEvent::Resumed => self.println("resumed".to_owned()),
+            RunEvent::Resumed { by } => self.println(match by {
+                Some(by) => format!("resumed by {by}"),
+                None => "resumed".to_owned(),
+            }),
             RunEvent::WindowClosed { window, reopens_at } => self.println(format!(
                 "WAITING: outside the maintenance window ({window}); no new node starts until it reopens{}",
                 reopens_at

@@ -57,6 +57,9 @@ pub enum StopReason {
     NodeFailures,
     /// A health gate decided to abort.
     GateAbort,
+    /// An operator aborted the run (`rollgate abort`, a Slack button): as a gate abort, nodes in
+    /// flight stop at their next safe point and stay cordoned.
+    OperatorAbort,
     /// This run lost the cluster lock (not renewed in time, or taken by another run): nodes
     /// in flight stop at their next safe point and nothing more is written to them.
     LockLost,
@@ -231,7 +234,12 @@ pub enum RunEvent {
         decision: GateDecision,
         resume_hint: String,
     },
-    Resumed,
+    /// The operator continued a paused run; `by` says who and from where (absent in journals
+    /// written before it was recorded, and for a resume at the run's own prompt).
+    Resumed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// Outside the maintenance window: no new node starts until it reopens.
     WindowClosed {
         window: String,

@@ -112,7 +112,9 @@ async fn a_pause_lets_the_node_in_flight_finish_and_holds_the_next_until_resumed
     assert!(log.iter().position(|l| l == "a:settle") < log.iter().position(|l| l == "b:cordon"));
     let events = events(&mut rx);
     let paused = events.iter().position(|e| matches!(e, RunEvent::Paused { resume_hint, decision } if resume_hint == "run `rollgate resume`" && decision.signal == "operator"));
-    let resumed = events.iter().position(|e| matches!(e, RunEvent::Resumed));
+    let resumed = events
+        .iter()
+        .position(|e| matches!(e, RunEvent::Resumed { .. }));
     assert!(paused.is_some() && paused < resumed, "{events:?}");
 }
 

@@ -44,7 +44,7 @@ fn describe(o: &Output) -> String {
         Output::State(HealthState::Running) => "running".into(),
         Output::State(HealthState::Paused(_)) => "paused".into(),
         Output::State(HealthState::Aborted(_)) => "aborted".into(),
-        Output::Resumed => "resumed".into(),
+        Output::Resumed(_) => "resumed".into(),
     }
 }
 
@@ -66,7 +66,7 @@ fn inputs_yield_decisions_and_state_changes() {
                 (fail(Pods), &["decided abort by pods", "aborted"]),
                 (Input::Pause("look".into()), &[]),
                 (fail(Pings), &["decided pause by pings"]),
-                (Input::Resume, &[]),
+                (Input::Resume(None), &[]),
             ],
         ),
         (
@@ -83,14 +83,30 @@ fn inputs_yield_decisions_and_state_changes() {
             "the operator pauses a running run only, and resumes a paused one only",
             vec![],
             vec![
-                (Input::Resume, &[]),
+                (Input::Resume(None), &[]),
                 (
                     Input::Pause("look at db".into()),
                     &["paused", "decided pause by operator"],
                 ),
                 (Input::Pause("again".into()), &[]),
-                (Input::Resume, &["running", "resumed"]),
-                (Input::Resume, &[]),
+                (Input::Resume(None), &["running", "resumed"]),
+                (Input::Resume(None), &[]),
+            ],
+        ),
+        (
+            "the operator aborts a running or paused run, once; a gate abort is not overridden",
+            vec![],
+            vec![
+                (
+                    Input::Pause("look".into()),
+                    &["paused", "decided pause by operator"],
+                ),
+                (
+                    Input::Abort("queue broke (aborted by ops@b)".into()),
+                    &["aborted", "decided abort by operator"],
+                ),
+                (Input::Abort("again".into()), &[]),
+                (Input::Resume(Some("ops@b".into())), &[]),
             ],
         ),
         (
@@ -115,7 +131,7 @@ fn inputs_yield_decisions_and_state_changes() {
                     Input::Pause("look".into()),
                     &["paused", "decided pause by operator"],
                 ),
-                (Input::Resume, &["running", "resumed"]),
+                (Input::Resume(None), &["running", "resumed"]),
                 (fail(Pods), &[]),
                 (inconclusive(Pods), &[]),
                 (fail(Pods), &["decided abort by pods", "aborted"]),
@@ -235,9 +251,9 @@ fn resumes_are_counted() {
     let mut health = Health::new(&[], &[Signal::Pings]);
     for _ in 0..2 {
         health.apply(fail(Signal::Pings));
-        health.apply(Input::Resume);
+        health.apply(Input::Resume(None));
     }
-    health.apply(Input::Resume);
+    health.apply(Input::Resume(None));
     assert_eq!(health.resumes(), 2);
     assert_eq!(health.state(), &HealthState::Running);
 }

@@ -34,7 +34,7 @@ fn kind(e: &RunEvent) -> usize {
         ProbeResult { .. } => 18,
         GateDecision { .. } => 19,
         Paused { .. } => 20,
-        Resumed => 21,
+        Resumed { .. } => 21,
         WindowClosed { .. } => 22,
         WindowOpened => 23,
         DeadlineSet { .. } => 24,
@@ -212,7 +212,9 @@ fn one_of_each() -> Vec<RunEvent> {
             decision: decision(),
             resume_hint: n("rollgate resume r1"),
         },
-        Resumed,
+        Resumed {
+            by: Some("ops@bastion".into()),
+        },
         WindowClosed {
             window: n("mon-fri 01:00-05:00 UTC"),
             reopens_at: Some(n("2026-11-26T01:00:00Z")),

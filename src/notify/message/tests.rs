@@ -189,7 +189,7 @@ fn pause_resume_and_the_window_update_the_run_message_state() {
     assert_eq!(paused.len(), 1);
     assert_eq!(paused[0].place, Place::UpdateRoot);
     assert_eq!(field(&paused[0], "state"), Some("paused by pods"));
-    let resumed = t.messages(&RunEvent::Resumed);
+    let resumed = t.messages(&RunEvent::Resumed { by: None });
     assert_eq!(replies(&resumed), ["resumed by the operator"]);
     assert_eq!(field(&resumed[1], "state"), Some("running"));
     let closed = t.messages(&RunEvent::WindowClosed {
