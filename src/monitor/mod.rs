@@ -1,19 +1,28 @@
 //! The health monitor: runs from the start of a run to its end (or alone in `rollgate monitor`).
 //!
-//! - Pods and nodes come from watches kept in reflector stores (managed fields stripped), over
-//!   the playbook's namespaces, pod selector and node selector (default: everything). A watch
-//!   that cannot be re-established within `monitor.blind-after` turns its signal inconclusive
-//!   ([`watch`]).
-//! - A baseline is taken at start; every half second the stores are compared with it and only
-//!   new or worse problems go to the gates ([`pods`] holds the pure rules). Nodes down for their
-//!   upgrade right now (cordon to wait-ready) are exempt, with their pods: their disruption is
-//!   the point. Once uncordoned, during settle and soak, they are watched again.
+//! - Pods and nodes come from watches over the playbook's namespaces, pod selector and node
+//!   selector (default: everything). Each watch event is reduced to a summary of what the rules
+//!   read ([`summary`]: no spec, labels or managed fields are kept) in a table per watch
+//!   ([`table`]) that also records which objects changed (its dirty set). A watch that cannot be
+//!   re-established within `monitor.blind-after` turns its signal inconclusive ([`watch`]); a
+//!   restored watch starts from a fresh list, whose differences from the table count as changes.
+//! - A baseline is taken at start from the first complete lists; every half second the
+//!   evaluation ([`evaluate`]) judges only what changed since the last tick, the pods whose time
+//!   came (a pod Pending or not Ready reaching its threshold, a pod broken at the start reaching
+//!   its recovery delay: a deadline queue) and the pods of nodes entering or leaving the exempt
+//!   set, and sends only new or worse problems to the gates ([`pods`] holds the pure rules). A
+//!   steady cluster costs one timer tick and a few empty set checks, whatever its size. Nodes
+//!   down for their upgrade right now (cordon to wait-ready) are exempt, with their pods: their
+//!   disruption is the point. Once uncordoned, during settle and soak, they are watched again.
 //! - Pings: ICMP echo ([`icmp`]) or TCP connects to the selected pods' IPs, bounded concurrency; a pod is unreachable
 //!   after `misses` failures in a row.
 //! - Periodic probes run on their own intervals.
 
+pub mod evaluate;
 pub mod icmp;
 pub mod pods;
+pub mod summary;
+pub mod table;
 pub mod watch;
 
 use crate::health::Guard;
@@ -25,11 +34,12 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
 use pods::{Baseline, Thresholds};
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
+use summary::{NodeSummary, PodSummary};
+use table::{Shared, Table};
 use tokio::task::JoinHandle;
 use watch::{Action, Sight, WatchState};
 
@@ -55,11 +65,13 @@ impl Drop for Monitor {
     }
 }
 
-fn reflect<K>(
+/// Starts a watch feeding a new table with `summarize`d objects.
+fn watch_into<K, S>(
     api: Api<K>,
     name: String,
     sink: &EventSink,
-) -> (Store<K>, Arc<WatchState>, JoinHandle<()>)
+    summarize: impl Fn(&K) -> (Arc<str>, Option<S>) + Send + 'static,
+) -> (Shared<S>, Arc<WatchState>, JoinHandle<()>)
 where
     K: kube::Resource
         + Clone
@@ -69,11 +81,14 @@ where
         + Sync
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    S: PartialEq + Send + 'static,
 {
-    let (reader, writer) = reflector::store();
+    let table = Table::shared();
     let state = WatchState::new(name);
-    let task = watch::spawn(api, writer, Arc::clone(&state), sink.clone());
-    (reader, state, task)
+    let fed = Arc::clone(&table);
+    let apply = move |event| fed.lock().expect("lock").apply(event, &summarize);
+    let task = watch::spawn(api, apply, Arc::clone(&state), sink.clone());
+    (table, state, task)
 }
 
 fn pod_apis(client: &kube::Client, opts: &MonitorOptions) -> Vec<(Api<Pod>, String)> {
@@ -92,10 +107,34 @@ fn pod_apis(client: &kube::Client, opts: &MonitorOptions) -> Vec<(Api<Pod>, Stri
     }
 }
 
-fn selected(pod: &Pod, opts: &MonitorOptions) -> bool {
-    opts.pod_selector
+/// A pod's table key (its UID) and summary; no summary for a pod outside the pod selector.
+fn summarize_pod(pod: &Pod, opts: &MonitorOptions) -> (Arc<str>, Option<PodSummary>) {
+    let selected = opts
+        .pod_selector
         .as_ref()
-        .is_none_or(|s| s.matches(pod.labels()))
+        .is_none_or(|s| s.matches(pod.labels()));
+    let pingable = opts
+        .ping
+        .as_ref()
+        .is_some_and(|p| p.selector.matches(pod.labels()));
+    let summary = PodSummary::of(pod, pingable);
+    (Arc::clone(&summary.uid), selected.then_some(summary))
+}
+
+/// A node's table key (its name) and summary; none for a node outside the node selector.
+fn summarize_node(node: &Node, opts: &MonitorOptions) -> (Arc<str>, Option<NodeSummary>) {
+    let selected = opts
+        .node_selector
+        .as_ref()
+        .is_none_or(|s| s.matches(node.labels()));
+    let summary = NodeSummary::from(node);
+    (summary.name.as_str().into(), selected.then_some(summary))
+}
+
+type PodTables = Arc<Vec<Shared<PodSummary>>>;
+
+fn lock<S>(tables: &[Shared<S>]) -> Vec<MutexGuard<'_, Table<S>>> {
+    tables.iter().map(|t| t.lock().expect("lock")).collect()
 }
 
 /// Starts watching; the baseline is taken before this returns.
@@ -109,31 +148,33 @@ pub async fn start(
         not_ready_after: opts.not_ready_after,
         pending_after: opts.pending_after,
     };
-    let node_ok = |n: &Node| {
-        opts.node_selector
-            .as_ref()
-            .is_none_or(|s| s.matches(n.labels()))
-    };
 
     let mut tasks = Vec::new();
-    let mut pod_stores = Vec::new();
+    let mut pod_tables = Vec::new();
     let mut pod_watches = Vec::new();
     for (api, name) in pod_apis(&client, &opts) {
-        let (store, state, task) = reflect(api, name, &sink);
-        pod_stores.push(store);
+        let o = opts.clone();
+        let (table, state, task) = watch_into(api, name, &sink, move |p| summarize_pod(p, &o));
+        pod_tables.push(table);
         pod_watches.push(state);
         tasks.push(task);
     }
-    let (node_store, node_watch, task) =
-        reflect(Api::<Node>::all(client.clone()), "nodes".into(), &sink);
+    let o = opts.clone();
+    let (node_table, node_watch, task) = watch_into(
+        Api::<Node>::all(client.clone()),
+        "nodes".into(),
+        &sink,
+        move |n| summarize_node(n, &o),
+    );
     tasks.push(task);
     let node_watches = vec![node_watch];
     // The watches retry forever; a monitor that cannot see the cluster must not start a run.
     let ready = async {
-        for s in &pod_stores {
-            let _ = s.wait_until_ready().await;
+        while !(lock(&pod_tables).iter().all(|t| t.listed())
+            && node_table.lock().expect("lock").listed())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = node_store.wait_until_ready().await;
     };
     if tokio::time::timeout(READY_TIMEOUT, ready).await.is_err() {
         for t in &tasks {
@@ -150,20 +191,18 @@ pub async fn start(
         )));
     }
 
-    // The baseline comes from the stores' initial lists, before anything changes.
-    let pods_now: Vec<Pod> = pod_stores
-        .iter()
-        .flat_map(|s| s.state())
-        .map(|p| (*p).clone())
-        .filter(|p| selected(p, &opts))
-        .collect();
-    let nodes_now: Vec<Node> = node_store
-        .state()
-        .into_iter()
-        .map(|n| (*n).clone())
-        .filter(|n| node_ok(n))
-        .collect();
-    let baseline = Baseline::take(&pods_now, &nodes_now, jiff::Timestamp::now(), thresholds);
+    // The baseline comes from the first complete lists, before anything changes. Everything
+    // listed is still marked changed, so the first evaluation judges every pod once.
+    let baseline = {
+        let pods = lock(&pod_tables);
+        let nodes = node_table.lock().expect("lock");
+        Baseline::take(
+            pods.iter().flat_map(|t| t.values()),
+            nodes.values(),
+            jiff::Timestamp::now(),
+            thresholds,
+        )
+    };
     let described = baseline.describe();
     if !described.is_empty() {
         sink.emit(RunEvent::Baseline {
@@ -171,18 +210,17 @@ pub async fn start(
         });
     }
 
-    let pod_stores = Arc::new(pod_stores);
+    let pod_tables: PodTables = Arc::new(pod_tables);
     {
-        let (guard, sink, opts, pod_stores, node_store) = (
+        let (guard, sink, opts, pod_tables, node_table) = (
             Arc::clone(&guard),
             sink.clone(),
             opts.clone(),
-            Arc::clone(&pod_stores),
-            node_store.clone(),
+            Arc::clone(&pod_tables),
+            Arc::clone(&node_table),
         );
         tasks.push(tokio::spawn(async move {
-            let mut baseline = baseline;
-            let mut reported: BTreeSet<(String, crate::vocab::ProblemKind)> = BTreeSet::new();
+            let mut eval = evaluate::Evaluator::new(baseline, thresholds);
             let (mut pods_sight, mut nodes_sight) = (Sight::default(), Sight::default());
             let mut tick = tokio::time::interval(EVALUATE_EVERY);
             loop {
@@ -214,54 +252,36 @@ pub async fn start(
                 };
                 let see_pods = judge(&mut pods_sight, &pod_watches, Signal::Pods);
                 let see_nodes = judge(&mut nodes_sight, &node_watches, Signal::Nodes);
-                let pods: Vec<Pod> = pod_stores
-                    .iter()
-                    .flat_map(|s| s.state())
-                    .map(|p| (*p).clone())
-                    .filter(|p| selected(p, &opts))
-                    .collect();
-                let nodes: Vec<Node> = node_store
-                    .state()
-                    .into_iter()
-                    .map(|n| (*n).clone())
-                    .filter(|n| {
-                        opts.node_selector
-                            .as_ref()
-                            .is_none_or(|s| s.matches(n.labels()))
-                    })
-                    .collect();
                 let exempt = guard.exempt_nodes();
-                // A node in flight after its wait-ready (uncordon, settle, soak) that turns
-                // NotReady is its step's business: the step waits for it (bounded by the ready
-                // timeout) and fails the node if it does not come back. Its pods still count.
-                let own_readiness = guard.nodes_in_flight();
-                let nodes: Vec<Node> = nodes
-                    .into_iter()
-                    .filter(|n| !own_readiness.contains(n.metadata.name.as_deref().unwrap_or("")))
-                    .collect();
                 let now = jiff::Timestamp::now();
+                // A blind signal is not judged on what it saw last (it may be long out of date):
+                // its changes wait in the tables, and what it reported stays reported, until it
+                // sees again.
+                let mut fresh: Vec<Problem> = Vec::new();
                 if see_pods {
-                    baseline.observe(&pods, &exempt, now, thresholds);
+                    let mut tables = lock(&pod_tables);
+                    let dirty: HashSet<Arc<str>> =
+                        tables.iter_mut().flat_map(|t| t.take_dirty()).collect();
+                    let tables = &tables;
+                    let lookup = |uid: &str| tables.iter().find_map(|t| t.get(uid));
+                    fresh.extend(eval.judge_pods(dirty, lookup, now, &exempt));
                 }
-                // A blind signal is not judged on what it saw last (it may be long out of date).
-                let problems: Vec<Problem> = pods::new_problems(
-                    &baseline,
-                    if see_pods { &pods } else { &[] },
-                    if see_nodes { &nodes } else { &[] },
-                    now,
-                    thresholds,
-                    &exempt,
-                );
-                let fresh: Vec<&Problem> = problems
-                    .iter()
-                    .filter(|p| !reported.contains(&(p.object.clone(), p.kind)))
-                    .collect();
+                if see_nodes {
+                    // A node in flight after its wait-ready (uncordon, settle, soak) that turns
+                    // NotReady is its step's business: the step waits for it (bounded by the
+                    // ready timeout) and fails the node if it does not come back. Its pods
+                    // still count.
+                    let mut skipped = guard.nodes_in_flight();
+                    skipped.extend(exempt.iter().cloned());
+                    let mut table = node_table.lock().expect("lock");
+                    let dirty = table.take_dirty();
+                    let table = &table;
+                    fresh.extend(eval.judge_nodes(dirty, |n| table.get(n), &skipped));
+                }
                 for p in &fresh {
-                    sink.emit(RunEvent::Problem {
-                        problem: (*p).clone(),
-                    });
+                    sink.emit(RunEvent::Problem { problem: p.clone() });
                 }
-                let (node_problems, pod_problems): (Vec<&&Problem>, Vec<&&Problem>) = fresh
+                let (node_problems, pod_problems): (Vec<&Problem>, Vec<&Problem>) = fresh
                     .iter()
                     .partition(|p| p.kind == crate::vocab::ProblemKind::NodeNotReady);
                 if !pod_problems.is_empty() {
@@ -270,25 +290,13 @@ pub async fn start(
                 if !node_problems.is_empty() {
                     guard.report(&Signal::Nodes, ProbeOutcome::Fail(evidence(&node_problems)));
                 }
-                // A problem that went away may be reported again if it comes back. What a blind
-                // signal reported stays reported until it sees again.
-                reported.retain(|(_, kind)| {
-                    let is_node = *kind == crate::vocab::ProblemKind::NodeNotReady;
-                    (is_node && !see_nodes) || (!is_node && !see_pods)
-                });
-                reported.extend(problems.iter().map(|p| (p.object.clone(), p.kind)));
             }
         }));
     }
     if let Some(ping) = opts.ping.clone() {
-        let (guard, sink, opts, pod_stores) = (
-            Arc::clone(&guard),
-            sink.clone(),
-            opts.clone(),
-            Arc::clone(&pod_stores),
-        );
+        let (guard, sink, pod_tables) = (Arc::clone(&guard), sink.clone(), Arc::clone(&pod_tables));
         tasks.push(tokio::spawn(async move {
-            ping_loop(ping, opts, pod_stores, guard, sink).await
+            ping_loop(ping, pod_tables, guard, sink).await
         }));
     }
     for (probe, interval) in guard.periodic_probes() {
@@ -305,7 +313,7 @@ pub async fn start(
     Ok(Monitor { tasks })
 }
 
-fn evidence(problems: &[&&Problem]) -> String {
+fn evidence(problems: &[&Problem]) -> String {
     problems
         .iter()
         .map(|p| {
@@ -323,13 +331,7 @@ fn evidence(problems: &[&&Problem]) -> String {
         .join("; ")
 }
 
-async fn ping_loop(
-    ping: PingOptions,
-    opts: MonitorOptions,
-    stores: Arc<Vec<Store<Pod>>>,
-    guard: Arc<Guard>,
-    sink: EventSink,
-) {
+async fn ping_loop(ping: PingOptions, tables: PodTables, guard: Arc<Guard>, sink: EventSink) {
     let mut misses: HashMap<String, u32> = HashMap::new();
     let mut tick = tokio::time::interval(ping.interval);
     let mut seq: u16 = 0;
@@ -346,26 +348,12 @@ async fn ping_loop(
     loop {
         tick.tick().await;
         let exempt = guard.exempt_nodes();
-        let targets: Vec<(String, String)> = stores
+        let targets: Vec<(String, String)> = lock(&tables)
             .iter()
-            .flat_map(|s| s.state())
-            .filter(|p| {
-                selected(p, &opts)
-                    && ping.selector.matches(p.labels())
-                    && p.metadata.deletion_timestamp.is_none()
-            })
-            .filter(|p| {
-                !p.spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.as_ref())
-                    .is_some_and(|n| exempt.contains(n))
-            })
-            .filter_map(|p| {
-                Some((
-                    crate::drain::pod_key(&p),
-                    p.status.as_ref()?.pod_ip.clone()?,
-                ))
-            })
+            .flat_map(|t| t.values())
+            .filter(|p| p.pingable && !p.terminating)
+            .filter(|p| !p.node.as_ref().is_some_and(|n| exempt.contains(n)))
+            .filter_map(|p| Some((p.key.clone(), p.ip.clone()?)))
             .collect();
         let port = ping.port;
         seq = seq.wrapping_add(1);

@@ -1,11 +1,14 @@
 //! Watches that know when they are blind, and what a blind watch means for a signal.
 //!
-//! Each watch (the pods of a namespace, the nodes) feeds a reflector store and records whether it
-//! sees the cluster now ([`WatchState`]). Any error — a watch that broke, a list or watch
+//! Each watch (the pods of a namespace, the nodes) feeds its events to the monitor's table (see
+//! [`super::table`]) and records whether it sees the cluster now ([`WatchState`]). Any error — a watch that broke, a list or watch
 //! refused (a revoked permission), the API unreachable — starts that watch over from a fresh
 //! list after a backoff (0.5 s doubling to 5 s); it sees again once that list is complete and
 //! the watch after it has run for 2 s without error.
-//! Each watch call is renewed, and so re-authorised, at least every [`RENEW_EVERY_SECS`].
+//! Each watch call is renewed, and so re-authorised, at least every [`RENEW_EVERY_SECS`]: the
+//! renewal is a new watch call from the last resourceVersion seen (bookmarks keep it recent), not
+//! a list, so a steady watch costs the API server one watch request per minute per watch and no
+//! list; a revoked permission refuses that watch call (403), which is an error as above.
 //!
 //! [`Sight`] is the pure rule for one signal (pods, nodes): while a watch it depends on has been
 //! lost for less than `monitor.blind-after` (default [`DEFAULT_BLIND_AFTER`]) it is judged on
@@ -15,10 +18,9 @@
 
 use crate::vocab::{EventSink, RunEvent};
 use futures::StreamExt;
+use kube::Resource;
 use kube::api::Api;
-use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -85,11 +87,11 @@ impl WatchState {
     }
 }
 
-/// Runs a watch into `writer` for as long as the task lives, recording its state in `state`
-/// and emitting `watch-lost` / `watch-restored` events once per outage.
+/// Runs a watch for as long as the task lives, handing each event to `apply`, recording its
+/// state in `state` and emitting `watch-lost` / `watch-restored` events once per outage.
 pub fn spawn<K>(
     api: Api<K>,
-    mut writer: Writer<K>,
+    mut apply: impl FnMut(watcher::Event<K>) + Send + 'static,
     state: Arc<WatchState>,
     sink: EventSink,
 ) -> JoinHandle<()>
@@ -122,11 +124,10 @@ where
                 };
                 match next {
                     Some(Ok(event)) => {
-                        let event = event.modify(|o| o.managed_fields_mut().clear());
-                        writer.apply_watcher_event(&event);
                         if matches!(event, watcher::Event::InitDone) {
                             confirm_at = Some(tokio::time::Instant::now() + CONFIRM_AFTER);
                         }
+                        apply(event);
                     }
                     Some(Err(e)) => break e.to_string(),
                     None => break "the watch stream ended".to_owned(),

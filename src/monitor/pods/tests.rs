@@ -2,7 +2,7 @@
 
 use super::*;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateWaiting, ContainerStatus, NodeCondition, NodeStatus,
+    ContainerState, ContainerStateWaiting, ContainerStatus, Node, NodeCondition, NodeStatus, Pod,
     PodCondition, PodSpec, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -58,6 +58,16 @@ fn pod(
     p
 }
 
+/// What the monitor keeps of these pods.
+fn sums(pods: &[Pod]) -> Vec<PodSummary> {
+    pods.iter().map(PodSummary::from).collect()
+}
+
+/// What the monitor keeps of these nodes.
+fn nsums(nodes: &[Node]) -> Vec<NodeSummary> {
+    nodes.iter().map(NodeSummary::from).collect()
+}
+
 fn node(name: &str, ready: bool) -> Node {
     let mut n = Node::default();
     n.metadata.name = Some(name.into());
@@ -101,7 +111,7 @@ fn problems_of_a_pod() {
         (pod("done", "n", "Succeeded", false, None, 0), 1000, vec![]),
     ];
     for (p, at, want) in cases {
-        let got: Vec<ProblemKind> = pod_problems(&p, ts(at), T)
+        let got: Vec<ProblemKind> = pod_problems(&PodSummary::from(&p), ts(at), T)
             .into_iter()
             .map(|x| x.kind)
             .collect();
@@ -124,8 +134,8 @@ fn only_new_or_worse_problems_count_and_upgrading_nodes_are_exempt() {
         pod("flaky", "n2", "Running", true, None, 1),
     ];
     let baseline = Baseline::take(
-        &before,
-        &[node("n1", true), node("n2", true), node("n4", false)],
+        &sums(&before),
+        &nsums(&[node("n1", true), node("n2", true), node("n4", false)]),
         ts(0),
         T,
     );
@@ -156,10 +166,11 @@ fn only_new_or_worse_problems_count_and_upgrading_nodes_are_exempt() {
         node("n4", false),
     ];
     let exempt: BTreeSet<String> = ["n3".to_string()].into();
-    let got: Vec<(String, ProblemKind)> = new_problems(&baseline, &now, &nodes, ts(5), T, &exempt)
-        .into_iter()
-        .map(|p| (p.object, p.kind))
-        .collect();
+    let got: Vec<(String, ProblemKind)> =
+        new_problems(&baseline, &sums(&now), &nsums(&nodes), ts(5), T, &exempt)
+            .into_iter()
+            .map(|p| (p.object, p.kind))
+            .collect();
     assert_eq!(
         got,
         vec![
@@ -191,8 +202,9 @@ fn ready_since(mut p: Pod, since: i64) -> Pod {
 /// Observes `pods` at `at` (seconds), then returns the new problems' (object, kind).
 fn judge(b: &mut Baseline, pods: &[Pod], at: i64, exempt: &[&str]) -> Vec<(String, ProblemKind)> {
     let exempt: BTreeSet<String> = exempt.iter().map(|s| s.to_string()).collect();
-    b.observe(pods, &exempt, ts(at), T);
-    new_problems(b, pods, &[], ts(at), T, &exempt)
+    let pods = sums(pods);
+    b.observe(&pods, &exempt, ts(at), T);
+    new_problems(b, &pods, &[], ts(at), T, &exempt)
         .into_iter()
         .map(|p| (p.object, p.kind))
         .collect()
@@ -201,7 +213,7 @@ fn judge(b: &mut Baseline, pods: &[Pod], at: i64, exempt: &[&str]) -> Vec<(Strin
 #[test]
 fn restarts_during_a_nodes_own_upgrade_are_not_held_against_it_afterwards() {
     let agent = |restarts| pod("agent", "n1", "Running", true, None, restarts);
-    let mut b = Baseline::take(&[agent(0)], &[node("n1", true)], ts(0), T);
+    let mut b = Baseline::take(&sums(&[agent(0)]), &nsums(&[node("n1", true)]), ts(0), T);
     // The node reboots during its upgrade (it is down: exempt): its DaemonSet pod restarts.
     assert!(judge(&mut b, &[agent(1)], 1, &["n1"]).is_empty());
     // Back up and soaking (not exempt): the restart during the upgrade is not held against it.
@@ -216,7 +228,12 @@ fn restarts_during_a_nodes_own_upgrade_are_not_held_against_it_afterwards() {
 #[test]
 fn a_pod_crash_looping_on_a_node_being_soaked_is_a_new_problem() {
     let web = |waiting, restarts| pod("web", "n1", "Running", true, waiting, restarts);
-    let mut b = Baseline::take(&[web(None, 0)], &[node("n1", true)], ts(0), T);
+    let mut b = Baseline::take(
+        &sums(&[web(None, 0)]),
+        &nsums(&[node("n1", true)]),
+        ts(0),
+        T,
+    );
     let crash = web(Some("CrashLoopBackOff"), 3);
     assert!(judge(&mut b, std::slice::from_ref(&crash), 1, &["n1"]).is_empty());
     assert_eq!(
@@ -229,7 +246,12 @@ fn a_pod_crash_looping_on_a_node_being_soaked_is_a_new_problem() {
 fn the_baseline_follows_pod_uids_not_names() {
     let fine = pod("db-0", "n1", "Running", true, None, 4);
     let broken = pod("old", "n1", "Running", false, Some("CrashLoopBackOff"), 7);
-    let mut b = Baseline::take(&[fine.clone(), broken.clone()], &[], ts(0), T);
+    let mut b = Baseline::take(
+        &sums(&[fine.clone(), broken.clone()]),
+        &nsums(&[]),
+        ts(0),
+        T,
+    );
     assert_eq!(b.describe(), vec!["ns/old: {CrashLoop}".to_string()]);
     type Case = (&'static str, Vec<Pod>, Vec<(String, ProblemKind)>);
     let cases: Vec<Case> = vec![
@@ -278,7 +300,7 @@ fn the_baseline_follows_pod_uids_not_names() {
 fn a_pod_broken_at_the_start_is_forgiven_until_it_recovers_and_its_restarts_count() {
     let unready = |restarts| pod("slow", "n1", "Running", false, None, restarts);
     // Not Ready for longer than the threshold at the start: forgiven.
-    let mut b = Baseline::take(&[unready(0)], &[], ts(100), T);
+    let mut b = Baseline::take(&sums(&[unready(0)]), &nsums(&[]), ts(100), T);
     assert!(judge(&mut b, &[unready(0)], 110, &[]).is_empty());
     // It was not crash-looping: a restart is a change for the worse.
     assert_eq!(
@@ -296,7 +318,7 @@ fn a_pod_broken_at_the_start_is_forgiven_until_it_recovers_and_its_restarts_coun
             restarts,
         )
     };
-    let mut b = Baseline::take(&[crash(5)], &[], ts(100), T);
+    let mut b = Baseline::take(&sums(&[crash(5)]), &nsums(&[]), ts(100), T);
     // Ready for a moment between crashes: not recovered yet.
     let blip = ready_since(pod("c", "n1", "Running", true, None, 6), 110);
     assert!(judge(&mut b, &[blip], 111, &[]).is_empty());
