@@ -661,7 +661,7 @@ async fn one_stop_signal_finishes_the_node_in_flight(signal: &str) {
     // The lease has no holder any more: the resumed run takes it without waiting.
     let lease = kubectl_ok(&[
         "-n",
-        "kube-system",
+        "rollgate-system",
         "get",
         "lease",
         &format!("rollgate-lock-{lock}"),
@@ -1261,7 +1261,7 @@ async fn old_run_copies_in_the_cluster_are_pruned_per_lock_keeping_the_newest() 
     }
     let listed = kubectl_ok(&[
         "-n",
-        "kube-system",
+        "rollgate-system",
         "get",
         "configmaps",
         "-l",

@@ -22,7 +22,8 @@
 //! - `marks`: rollgate's annotations on a Node and whose cordon it carries;
 //! - `kube_steps`: the real steps (with its readiness waits and settle);
 //! - `dry_run`: the steps of `--dry-run`;
-//! - `snapshot`: nodes, pods and budgets listed once for plan, preview and pre-flight.
+//! - `snapshot`: nodes, pods and budgets listed once for plan, preview and pre-flight;
+//! - `state_namespace`: the namespace of the lock and the run copies, made if missing.
 
 mod connect;
 mod dry_run;
@@ -30,6 +31,7 @@ mod kube_steps;
 mod marks;
 mod node;
 mod snapshot;
+pub mod state_namespace;
 
 pub use connect::{Clients, ConnectError, connect};
 pub use dry_run::DryRunSteps;
