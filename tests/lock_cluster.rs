@@ -160,7 +160,7 @@ fn run_id(state_dir: &Path) -> String {
 fn holder(lock: &str) -> String {
     kubectl_ok(&[
         "-n",
-        "rollgate-system",
+        STATE_NAMESPACE,
         "get",
         "lease",
         &format!("rollgate-lock-{lock}"),
@@ -418,7 +418,7 @@ async fn a_live_holder_whose_clock_is_an_hour_behind_keeps_the_lock() {
     .await;
     let renew_time = kubectl_ok(&[
         "-n",
-        "rollgate-system",
+        STATE_NAMESPACE,
         "get",
         "lease",
         &format!("rollgate-lock-{lock}"),
@@ -466,7 +466,8 @@ async fn a_lease_that_looks_an_hour_old_but_keeps_changing_is_not_taken_over() {
         r#"echo "upgrading $ROLLGATE_NODE"; sleep 1"#,
         &monitor(&ns.0, &suite),
     );
-    let leases: Api<Lease> = Api::namespaced(client().await, "rollgate-system");
+    kubeconfig_of(Identity::Runner); // the shipped RBAC applied: the state namespace exists
+    let leases: Api<Lease> = Api::namespaced(client().await, STATE_NAMESPACE);
     let hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
     leases
         .create(
