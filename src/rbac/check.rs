@@ -5,7 +5,7 @@
 
 use super::{
     DEFAULT_NAME, DISABLE_EVICTION, JOB_PROBES, Options, READER, RUNNER, RoleDef, STATE,
-    STATE_READER, Scope,
+    STATE_READER,
 };
 use crate::config::Config;
 use crate::exit::{self, Failure};
@@ -229,10 +229,10 @@ pub async fn check(
     for n in &missing {
         message.push_str(&format!("  - {n}\n"));
     }
-    let roles: Vec<&str> = [&RUNNER, &STATE, &READER, &STATE_READER]
+    let roles: Vec<String> = [&RUNNER, &STATE, &READER, &STATE_READER]
         .iter()
-        .filter(|d| missing.iter().any(|n| n.role == d.suffix) && d.scope != Scope::ProbeNamespace)
-        .map(|d| d.suffix)
+        .filter(|d| missing.iter().any(|n| n.role == d.suffix))
+        .map(|d| format!("{} {}", d.kind(), d.name(DEFAULT_NAME)))
         .collect();
     message.push_str(&format!(
         "  hint: apply the shipped RBAC and run as its ServiceAccount: `{} | kubectl apply -f -` (deploy/rbac.yaml holds the defaults; README, \"Permissions\"){}",
