@@ -79,10 +79,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool) {
     let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
-/// A copy of the environment's kubeconfig whose server is the proxy (same host, so the
+/// A copy of the runner's kubeconfig whose server is the proxy (same host, so the
 /// apiserver's certificate still matches).
 fn kubeconfig_through(dir: &Path) -> (PathBuf, Proxy) {
-    let original = &env().kubeconfig;
+    // The runner's kubeconfig (the ServiceAccount bound to the shipped roles).
+    let original = kubeconfig_of(Identity::Runner);
     let text = std::fs::read_to_string(original).unwrap();
     let mut proxy = None;
     let mut out = String::new();
