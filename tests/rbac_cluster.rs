@@ -45,15 +45,7 @@ async fn a_run_under_a_role_missing_one_rule_exits_early_naming_it_and_changes_n
     let rule = "  - apiGroups: [\"\"]\n    resources: [pods/eviction]\n    verbs: [create]\n";
     assert!(shipped.contains(rule), "{shipped}");
     kubectl_apply(&shipped.replace(rule, ""));
-    let kubeconfig = service_account_kubeconfig(
-        name,
-        &[
-            "update",
-            "leases.coordination.k8s.io",
-            "-n",
-            STATE_NAMESPACE,
-        ],
-    );
+    let kubeconfig = service_account_kubeconfig(name, RUNNER_CAN);
     let playbook = write_playbook(dir.path(), &book(&names));
     let lock = unique("lock");
     let mut cmd = rollgate(dir.path());

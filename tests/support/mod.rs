@@ -343,8 +343,8 @@ pub fn shipped_rbac(name: &str, flags: &[&str]) -> String {
 }
 
 /// A kubeconfig for the ServiceAccount `name` in the state namespace (a TokenRequest token
-/// valid 3 h), once `kubectl auth can-i VERB RESOURCE` answers yes for it (RBAC is cached).
-pub fn service_account_kubeconfig(name: &str, can_i: &[&str]) -> PathBuf {
+/// valid 3 h), once `kubectl auth can-i` answers yes for each of `can_i` (RBAC is cached).
+pub fn service_account_kubeconfig(name: &str, can_i: &[&[&str]]) -> PathBuf {
     let token = kubectl_ok(&[
         "-n",
         STATE_NAMESPACE,
@@ -372,24 +372,37 @@ pub fn service_account_kubeconfig(name: &str, can_i: &[&str]) -> PathBuf {
     ));
     std::fs::write(&path, text).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = Command::new(&env().kubectl)
+    for can in can_i {
+        while !Command::new(&env().kubectl)
             .arg("--kubeconfig")
             .arg(&path)
             .args(["auth", "can-i"])
-            .args(can_i)
+            .args(*can)
             .output()
-            .expect("run kubectl auth can-i");
-        if out.status.success() {
-            return path;
+            .expect("run kubectl auth can-i")
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "ServiceAccount {name} still may not {can:?} after 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "ServiceAccount {name} still may not {can_i:?} after 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
+    path
 }
+
+/// What the runner may do once its bindings are effective: a Role rule and a ClusterRole rule.
+pub const RUNNER_CAN: &[&[&str]] = &[
+    &[
+        "update",
+        "leases.coordination.k8s.io",
+        "-n",
+        STATE_NAMESPACE,
+    ],
+    &["patch", "nodes"],
+];
 
 /// The kubeconfig of `identity`'s ServiceAccount: the shipped RBAC applied and a token made
 /// once per test process.
@@ -404,14 +417,15 @@ pub fn kubeconfig_of(identity: Identity) -> PathBuf {
     made.entry(identity)
         .or_insert_with(|| {
             kubectl_apply(&shipped_rbac(identity.name(), identity.flags()));
-            let can_i: &[&str] = match identity {
-                Identity::Reader => &["list", "configmaps", "-n", STATE_NAMESPACE],
-                _ => &[
-                    "update",
-                    "leases.coordination.k8s.io",
-                    "-n",
-                    STATE_NAMESPACE,
+            let can_i: &[&[&str]] = match identity {
+                Identity::Reader => &[
+                    &["list", "configmaps", "-n", STATE_NAMESPACE],
+                    &["list", "nodes"],
                 ],
+                Identity::Runner => RUNNER_CAN,
+                Identity::RunnerDisableEviction => {
+                    &[RUNNER_CAN[0], RUNNER_CAN[1], &["delete", "pods", "-A"]]
+                }
             };
             service_account_kubeconfig(identity.name(), can_i)
         })
