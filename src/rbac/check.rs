@@ -248,3 +248,53 @@ pub async fn check(
     ));
     Err(Failure::new(exit::PERMISSION, message))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn playbook(extra: &str) -> Playbook {
+        crate::playbook::parse(
+            Path::new("p.toml"),
+            &format!("name = \"p\"\n[[phase]]\nname = \"all\"\nnodes = [\"a\"]\n[command]\nrun = \"true\"\n{extra}"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_run_needs_its_roles_and_the_optional_ones_its_playbook_asks_for() {
+        let config = Config::parse(Path::new("c.toml"), "[state]\nnamespace = \"ops\"\n").unwrap();
+        let plain = needs(Use::Run, &config, Some(&playbook("")));
+        assert_eq!(plain.len(), 26);
+        let eviction = plain
+            .iter()
+            .find(|n| n.resource == "pods/eviction")
+            .unwrap();
+        assert_eq!(
+            eviction.to_string(),
+            "create pods/eviction (in all namespaces): granted by ClusterRole rollgate-runner"
+        );
+        let lease = plain.iter().find(|n| n.verb == "update").unwrap();
+        assert_eq!(
+            lease.to_string(),
+            "update leases.coordination.k8s.io (in namespace ops): granted by Role rollgate-state"
+        );
+        let both = needs(
+            Use::Run,
+            &config,
+            Some(&playbook(
+                "[drain]\non-pdb-timeout = \"disable-eviction\"\n[[probe]]\nname = \"smoke\"\nkind = \"job\"\nmanifest = \"j.yaml\"\nnamespace = \"smoke\"\nwhen = [\"before-run\"]\n",
+            )),
+        );
+        assert_eq!(both.len(), 26 + 1 + 5);
+        assert!(both.iter().any(|n| n.to_string()
+            == "delete pods (in all namespaces): granted by ClusterRole rollgate-disable-eviction"));
+        assert!(both.iter().any(|n| n.to_string()
+            == "create jobs.batch (in namespace smoke): granted by ClusterRole rollgate-job-probes"));
+        // Read-only uses need no write.
+        for n in needs(Use::Read, &config, None) {
+            assert!(matches!(n.verb, "get" | "list" | "watch"), "{n}");
+        }
+    }
+}
