@@ -73,6 +73,9 @@ pub async fn runs(config: Config, output: crate::cli::OutputFormat) -> Result<u8
                 r.lock = Some(c.lock);
             }
         }
+        Err(e) if e.contains("forbidden") => eprintln!(
+            "warning: runs in the cluster not listed: {e}\n  hint: the shipped Role rollgate-state-reader grants it (`rollgate rbac --read-only`, README \"Permissions\")"
+        ),
         Err(e) => eprintln!("warning: runs in the cluster not listed: {e}"),
     }
     let rows: Vec<Row> = rows.into_values().rev().collect();
