@@ -196,6 +196,12 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
     },
+    /// Print the RBAC rollgate needs (YAML for `kubectl apply -f -`): the state namespace, a
+    /// ServiceAccount, every role, and the bindings its use needs.
+    #[command(
+        after_help = "Examples:\n  rollgate rbac | kubectl apply -f -                 # the run's roles (deploy/rbac.yaml)\n  rollgate rbac --name rollgate-viewer --read-only    # plan, preflight, monitor, runs, status\n  rollgate rbac --name rollgate-oncall --control        # pause, resume, abort only\n  rollgate rbac --disable-eviction --job-probe-namespace smoke\n\nExit codes: 0 printed, 2 bad input."
+    )]
+    Rbac(RbacArgs),
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  rollgate completions bash > /etc/bash_completion.d/rollgate"
@@ -221,7 +227,7 @@ pub struct RunArgs {
     /// Take the cluster lock even if another run holds it. Only when you know that run is gone.
     #[arg(long)]
     pub force_unlock: bool,
-    /// Name of the cluster lock (Lease kube-system/rollgate-lock-NAME). Runs with different names
+    /// Name of the cluster lock (Lease rollgate-lock-NAME in `state.namespace`). Runs with different names
     /// do not exclude each other: use only for runs over disjoint nodes.
     #[arg(long, env = "ROLLGATE_LOCK_NAME", default_value = "default")]
     pub lock_name: String,
@@ -241,6 +247,29 @@ pub struct RunArgs {
     /// The pre-flight checks run before the first cordon (a blocker refuses the run, exit 9).
     #[command(flatten)]
     pub preflight: PreflightArgs,
+}
+
+/// `rollgate rbac`: which RBAC to print.
+#[derive(Args, Debug, Clone)]
+pub struct RbacArgs {
+    /// The state namespace (default: the config's `state.namespace`, else rollgate-system).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// The ServiceAccount's name and the roles' prefix.
+    #[arg(long, default_value = crate::rbac::DEFAULT_NAME)]
+    pub name: String,
+    /// Bind the roles that pause, resume and abort live runs (and read them) instead of the run's.
+    #[arg(long, conflicts_with = "read_only")]
+    pub control: bool,
+    /// Bind the read-only roles (plan, preflight, monitor, runs, status) instead of the run's.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Also bind the optional role that deletes pods (`on-pdb-timeout = "disable-eviction"`).
+    #[arg(long)]
+    pub disable_eviction: bool,
+    /// Bind the job probes' role in this namespace (repeatable).
+    #[arg(long, value_name = "NS")]
+    pub job_probe_namespace: Vec<String>,
 }
 
 /// Which pre-flight checks count.

@@ -80,6 +80,9 @@ pub struct Config {
     /// How many runs' copies (ConfigMaps) to keep in the cluster per lock name; older ones are
     /// deleted at the end of a run.
     pub keep_runs: usize,
+    /// The namespace of the cluster lock (Lease) and the runs' copies (ConfigMaps):
+    /// `state.namespace`, default [`DEFAULT_STATE_NAMESPACE`].
+    pub state_namespace: String,
     /// None: automatic (text on a terminal, JSON lines otherwise).
     pub log_format: Option<LogFormat>,
     /// The cluster's maintenance window, for playbooks without their own `[window]`.
@@ -169,6 +172,23 @@ struct RawMetrics {
 struct RawState {
     dir: Option<String>,
     keep_runs: Option<Spanned<i64>>,
+    namespace: Option<Spanned<String>>,
+}
+
+/// Where the lock and the run copies live unless `state.namespace` says otherwise: a namespace
+/// of rollgate's own, so its Role grants writes to nothing else (kube-system holds cluster
+/// configuration: kube-proxy's, CoreDNS's, kubeadm's ConfigMaps).
+pub const DEFAULT_STATE_NAMESPACE: &str = "rollgate-system";
+
+/// Whether `name` is a valid namespace name (an RFC 1123 label).
+pub fn valid_namespace(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 #[derive(Deserialize, Default)]
@@ -365,6 +385,19 @@ impl Config {
                 50
             }
         };
+        let state_namespace = match raw.state.namespace {
+            None => DEFAULT_STATE_NAMESPACE.to_owned(),
+            Some(n) if valid_namespace(n.get_ref()) => n.into_inner(),
+            Some(n) => {
+                let hint = "lower-case letters, digits and '-', at most 63 characters";
+                err(
+                    n.span(),
+                    format!("{:?} is not a namespace name", n.get_ref()),
+                    hint.into(),
+                );
+                DEFAULT_STATE_NAMESPACE.to_owned()
+            }
+        };
         let pushgateway = raw.metrics.pushgateway.map(|u| {
             if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) {
                 err(
@@ -428,6 +461,7 @@ impl Config {
             metrics_listen,
             pushgateway,
             keep_runs,
+            state_namespace,
             state_dir: raw
                 .state
                 .dir
@@ -485,6 +519,10 @@ mod tests {
             (
                 "[state]\nkeep-runs = 0\n",
                 "c.toml:2:13: `state.keep-runs`: keep-runs = 0 is out of range",
+            ),
+            (
+                "[state]\nnamespace = \"Rollgate_System\"\n",
+                "c.toml:2:13: `state.namespace`: \"Rollgate_System\" is not a namespace name",
             ),
             (
                 "[window]\nstart = \"01:00\"\nend = \"05:00\"\ntimezone = \"Moon/Base\"\n",

@@ -33,6 +33,10 @@ pub const PREFLIGHT_FAILED: u8 = 9;
 /// deadline, or another run took it): no new node was started, nodes in flight stopped at
 /// their next safe point and stay cordoned. `rollgate resume` continues once the lock is free.
 pub const LOCK_LOST: u8 = 10;
+/// The cluster does not grant rollgate a permission the command needs (RBAC; checked with
+/// SelfSubjectAccessReviews at its start): the message names each one (verb, resource,
+/// namespace) and the shipped role granting it. Nothing was changed.
+pub const PERMISSION: u8 = 11;
 
 /// A command or run that could not do its job: the message for stderr and the exit code.
 #[derive(Debug)]
@@ -99,7 +103,8 @@ macro_rules! exit_codes_help {
   7  another run holds the cluster lock
   8  stopped at the end of the maintenance window or at the deadline (`rollgate resume` continues)
   9  pre-flight found a blocker (in a check not named by --ignore-preflight): `rollgate preflight`, or `run`/`resume` refused to start and changed nothing
- 10  the run lost the cluster lock: nodes in flight stopped at their next safe point (`rollgate resume` continues)"
+ 10  the run lost the cluster lock: nodes in flight stopped at their next safe point (`rollgate resume` continues)
+ 11  a permission the command needs is missing (RBAC): named with the shipped role to apply; nothing was changed"
     };
 }
 

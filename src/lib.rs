@@ -27,6 +27,7 @@ pub mod plan;
 pub mod playbook;
 pub mod preflight;
 pub mod probe;
+pub mod rbac;
 pub mod remote;
 pub mod report;
 pub mod selector;

@@ -1,4 +1,5 @@
-//! One runner per cluster: a coordination.k8s.io Lease (`kube-system/rollgate-lock-NAME`),
+//! One runner per cluster: a coordination.k8s.io Lease (`STATE_NAMESPACE/rollgate-lock-NAME`,
+//! the namespace from `state.namespace`),
 //! held and given up as client-go leader election does, so that it stays safe when the
 //! runner is cut off from the apiserver or the machines' clocks disagree:
 //!
@@ -29,8 +30,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-pub const NAMESPACE: &str = "kube-system";
 
 /// Bound on each lease request of a contender and of the release.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -105,16 +104,16 @@ pub trait LeaseStore: Send + Sync + 'static {
     fn changes(&self) -> BoxStream<'static, Lease>;
 }
 
-/// The Lease `kube-system/rollgate-lock-NAME` in the cluster.
+/// The Lease `NAMESPACE/rollgate-lock-NAME` in the cluster.
 pub struct KubeLease {
     api: Api<Lease>,
     name: String,
 }
 
 impl KubeLease {
-    pub fn new(client: kube::Client, lock_name: &str) -> Self {
+    pub fn new(client: kube::Client, namespace: &str, lock_name: &str) -> Self {
         Self {
-            api: Api::namespaced(client, NAMESPACE),
+            api: Api::namespaced(client, namespace),
             name: format!("rollgate-lock-{lock_name}"),
         }
     }
@@ -233,10 +232,11 @@ pub fn looks_live(spec: &LeaseSpec, now: jiff::Timestamp) -> bool {
 /// was renewed within its duration on this machine's clock): the run is alive somewhere.
 pub async fn held_by_run(
     client: &kube::Client,
+    namespace: &str,
     lock_name: &str,
     run_id: &str,
 ) -> Result<bool, kube::Error> {
-    let lease = Api::<Lease>::namespaced(client.clone(), NAMESPACE)
+    let lease = Api::<Lease>::namespaced(client.clone(), namespace)
         .get_opt(&format!("rollgate-lock-{lock_name}"))
         .await?;
     Ok(lease.and_then(|l| l.spec).is_some_and(|spec| {
@@ -292,16 +292,17 @@ pub struct Contender {
     pub clock: crate::window::Clock,
 }
 
-/// Takes the lock `kube-system/rollgate-lock-NAME` in the cluster (see the module doc).
+/// Takes the lock `NAMESPACE/rollgate-lock-NAME` in the cluster (see the module doc).
 pub async fn acquire(
     client: kube::Client,
+    namespace: &str,
     name: &str,
     contender: Contender,
     on_watch: impl FnOnce(&Watching),
 ) -> Result<HeldLock, LockError> {
-    let lease = format!("{NAMESPACE}/rollgate-lock-{name}");
+    let lease = format!("{namespace}/rollgate-lock-{name}");
     acquire_from(
-        Arc::new(KubeLease::new(client, name)),
+        Arc::new(KubeLease::new(client, namespace, name)),
         &lease,
         contender,
         on_watch,
@@ -423,7 +424,7 @@ pub async fn acquire_from<S: LeaseStore>(
 
 /// The held lock. Call [`HeldLock::release`] at the end; if the process dies, the lease expires.
 pub struct HeldLock {
-    /// `kube-system/rollgate-lock-NAME`.
+    /// `NAMESPACE/rollgate-lock-NAME`.
     pub lease: String,
     release: Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>,
     renew: JoinHandle<()>,

@@ -76,6 +76,7 @@ fn main() -> ExitCode {
             Command::Monitor { playbook, output } => {
                 commands::monitor::run(config()?, playbook.as_deref(), *output).await
             }
+            Command::Rbac(args) => commands::rbac::run(config()?, args),
             Command::Completions { shell } => {
                 clap_complete::generate(
                     *shell,

@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["gate", "probe", "monitor", "health"],
     &["engine"],
     &["lock", "journal"],
-    &["cluster"],
+    &["cluster", "rbac"],
     &["report", "notify"],
     &["driver", "preflight"],
     &["commands", "cli"],

@@ -62,10 +62,11 @@ fn start_run(dir: &Path, suite: &str, channel: &str, lock: &str, seconds: u32) -
 }
 
 /// `rollgate ARGS` from another machine: its own, empty state directory; only the cluster is
-/// shared.
+/// shared, as the ServiceAccount bound to the shipped control roles (it cannot drain).
 fn elsewhere(other: &Path, args: &[&str]) -> (i32, String) {
     let mut cmd = rollgate(other);
-    cmd.args(args);
+    cmd.env("KUBECONFIG", kubeconfig_of(Identity::Controller))
+        .args(args);
     let (code, _, stderr) = run_rollgate(cmd, MINUTE);
     (code, stderr)
 }

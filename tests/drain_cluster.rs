@@ -38,28 +38,18 @@ impl Drop for ClusterObjects {
     }
 }
 
-/// A kubeconfig for ServiceAccount `rollgate` of `ns` (cluster-admin through a binding), whose
-/// evictions in `ns` API priority and fairness limits to a priority level with about three
-/// seats and no queue: the rest are rejected with 429.
-fn throttled_identity(ns: &str, dir: &Path) -> (std::path::PathBuf, ClusterObjects) {
+/// The runner's kubeconfig (the ServiceAccount bound to the shipped roles), whose evictions in
+/// `ns` API priority and fairness limits to a priority level with about three seats and no
+/// queue: the rest are rejected with 429. Evictions elsewhere (other tests) are not limited.
+fn throttled_identity(ns: &str) -> (std::path::PathBuf, ClusterObjects) {
     let name = format!("{ns}-evictions");
     let objects = ClusterObjects(vec![
-        format!("clusterrolebinding/{name}"),
         format!("flowschema.flowcontrol.apiserver.k8s.io/{name}"),
         format!("prioritylevelconfiguration.flowcontrol.apiserver.k8s.io/{name}"),
     ]);
+    let kubeconfig = kubeconfig_of(Identity::Runner);
     kubectl_apply(&format!(
         r#"
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: rollgate, namespace: {ns}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: {name}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}}
-subjects: [{{kind: ServiceAccount, name: rollgate, namespace: {ns}}}]
----
 apiVersion: flowcontrol.apiserver.k8s.io/v1
 kind: PriorityLevelConfiguration
 metadata: {{name: {name}}}
@@ -79,21 +69,17 @@ spec:
   matchingPrecedence: 500
   distinguisherMethod: {{type: ByUser}}
   rules:
-  - subjects: [{{kind: ServiceAccount, serviceAccount: {{name: rollgate, namespace: {ns}}}}}]
+  - subjects: [{{kind: ServiceAccount, serviceAccount: {{name: {sa}, namespace: {state}}}}}]
     resourceRules:
     - verbs: [create]
       apiGroups: [""]
       resources: [pods/eviction]
       namespaces: [{ns}]
-"#
+"#,
+        sa = Identity::Runner.name(),
+        state = STATE_NAMESPACE,
     ));
-    let token = kubectl_ok(&["-n", ns, "create", "token", "rollgate", "--duration=1h"]);
-    let admin = kubectl_ok(&["config", "view", "--raw", "--minify", "-o", "json"]);
-    let mut config: Value = serde_json::from_str(&admin).unwrap();
-    config["users"][0]["user"] = serde_json::json!({ "token": token.trim() });
-    let path = dir.join("kubeconfig-throttled");
-    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
-    (path, objects)
+    (kubeconfig, objects)
 }
 
 /// A validating admission webhook, served by this test over TLS, that answers every update of
@@ -351,7 +337,7 @@ spec:
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let (kubeconfig, _cluster_objects) = throttled_identity(&ns.0, dir.path());
+    let (kubeconfig, _cluster_objects) = throttled_identity(&ns.0);
     let playbook = write_playbook(
         dir.path(),
         &format!(

@@ -839,6 +839,8 @@ async fn job_and_http_probes_gate_the_run_and_the_probe_job_is_cleaned_up() {
     let suite = unique("jobs");
     let (_nodes, names) = TestNodes::numbered(&suite, 2);
     let ns = TestNamespace::new("jobs");
+    // Job probes need the shipped job probes' role bound in their namespace.
+    grant_job_probes(&ns.0);
     let dir = tempfile::tempdir().unwrap();
     // A relative manifest path is resolved against the playbook's directory.
     std::fs::write(

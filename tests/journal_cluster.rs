@@ -433,7 +433,7 @@ async fn early_exits_release_the_lock_and_mark_a_run_that_never_started() {
     let lease_holder = |lock: &str| {
         kubectl_ok(&[
             "-n",
-            "kube-system",
+            STATE_NAMESPACE,
             "get",
             "lease",
             &format!("rollgate-lock-{lock}"),

@@ -79,10 +79,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool) {
     let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
-/// A copy of the environment's kubeconfig whose server is the proxy (same host, so the
+/// A copy of the runner's kubeconfig whose server is the proxy (same host, so the
 /// apiserver's certificate still matches).
 fn kubeconfig_through(dir: &Path) -> (PathBuf, Proxy) {
-    let original = &env().kubeconfig;
+    // The runner's kubeconfig (the ServiceAccount bound to the shipped roles).
+    let original = kubeconfig_of(Identity::Runner);
     let text = std::fs::read_to_string(original).unwrap();
     let mut proxy = None;
     let mut out = String::new();
@@ -160,7 +161,7 @@ fn run_id(state_dir: &Path) -> String {
 fn holder(lock: &str) -> String {
     kubectl_ok(&[
         "-n",
-        "kube-system",
+        STATE_NAMESPACE,
         "get",
         "lease",
         &format!("rollgate-lock-{lock}"),
@@ -418,7 +419,7 @@ async fn a_live_holder_whose_clock_is_an_hour_behind_keeps_the_lock() {
     .await;
     let renew_time = kubectl_ok(&[
         "-n",
-        "kube-system",
+        STATE_NAMESPACE,
         "get",
         "lease",
         &format!("rollgate-lock-{lock}"),
@@ -466,7 +467,8 @@ async fn a_lease_that_looks_an_hour_old_but_keeps_changing_is_not_taken_over() {
         r#"echo "upgrading $ROLLGATE_NODE"; sleep 1"#,
         &monitor(&ns.0, &suite),
     );
-    let leases: Api<Lease> = Api::namespaced(client().await, "kube-system");
+    kubeconfig_of(Identity::Runner); // the shipped RBAC applied: the state namespace exists
+    let leases: Api<Lease> = Api::namespaced(client().await, STATE_NAMESPACE);
     let hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
     leases
         .create(

@@ -23,8 +23,10 @@ fn scope(suite: &str, ns: &str) -> String {
 }
 
 /// The test environment's kubeconfig as JSON (valid YAML), with `edit` applied.
+/// The runner's kubeconfig (the ServiceAccount bound to the shipped roles), edited.
 fn kubeconfig_with(dir: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
-    let kc = kube::config::Kubeconfig::read_from(&env().kubeconfig).expect("read kubeconfig");
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig_of(Identity::Runner))
+        .expect("read kubeconfig");
     let mut v = serde_json::to_value(&kc).unwrap();
     edit(&mut v);
     let path = dir.join("kubeconfig.json");
@@ -70,6 +72,19 @@ impl Watcher {
         w.grant();
         let token = kubectl_ok(&["-n", ns, "create", "token", &w.name, "--duration=1h"]);
         w.token = token.trim().to_owned();
+        // The monitor checks its permissions at start: wait until RBAC's cache has the binding.
+        let who = format!("--as=system:serviceaccount:{ns}:{}", w.name);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !kubectl(&["auth", "can-i", "watch", "nodes", &who])
+            .status
+            .success()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher's binding is not effective"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         w
     }
 

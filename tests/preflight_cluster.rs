@@ -425,7 +425,7 @@ fn journal(dir: &std::path::Path, run_id: &str) -> Vec<Value> {
 fn lock_holder(lock: &str) -> String {
     kubectl_ok(&[
         "-n",
-        "kube-system",
+        STATE_NAMESPACE,
         "get",
         "lease",
         &format!("rollgate-lock-{lock}"),

@@ -23,7 +23,8 @@
 //! - `kube_steps`: the real steps (with its readiness waits and settle);
 //! - `dry_run`: the steps of `--dry-run`;
 //! - `snapshot`: nodes, pods and budgets listed once for plan, preview and pre-flight;
-//! - `outage`: a node's reads and writes ride out a short API outage (retry, bounded).
+//! - `outage`: a node's reads and writes ride out a short API outage (retry, bounded);
+//! - `state_namespace`: the namespace of the lock and the run copies, made if missing.
 
 mod connect;
 mod dry_run;
@@ -32,6 +33,7 @@ mod marks;
 mod node;
 pub mod outage;
 mod snapshot;
+pub mod state_namespace;
 
 pub use connect::{Clients, ConnectError, connect};
 pub use dry_run::DryRunSteps;

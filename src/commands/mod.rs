@@ -5,6 +5,7 @@ pub mod monitor;
 pub mod pause;
 pub mod plan;
 pub mod preflight;
+pub mod rbac;
 pub mod report;
 pub mod resume;
 pub mod run;

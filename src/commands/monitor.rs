@@ -111,6 +111,14 @@ pub async fn run(
 ) -> Result<u8, Failure> {
     let playbook = playbook_path.map(load_playbook).transpose()?;
     let clients = cluster::connect(&config).await.map_err(connect_failure)?;
+    crate::rbac::check(
+        &clients.api,
+        crate::rbac::Use::Monitor,
+        &config,
+        playbook.as_ref(),
+        "monitor",
+    )
+    .await?;
     let (sink, rx) = EventSink::channel();
     let table = Arc::new(std::sync::Mutex::new(LiveTable {
         problems: BTreeMap::new(),

@@ -36,7 +36,7 @@ pub async fn ask_live_run(
 ) -> Result<u8, Failure> {
     let clients = cluster::connect(config).await.map_err(connect_failure)?;
     let request = Request::new(action, user_at_host(), reason.map(str::to_owned));
-    match control::send(&clients.api, run_id, &request).await {
+    match control::send(&clients.api, &config.state_namespace, run_id, &request).await {
         Ok(answer) if answer.done => {
             eprintln!("run {run_id} {}", answer.said);
             Ok(exit::OK)

@@ -119,6 +119,14 @@ pub async fn run(
 ) -> Result<u8, Failure> {
     let playbook = load_playbook_with(path, &config)?;
     let clients = cluster::connect(&config).await.map_err(connect_failure)?;
+    crate::rbac::check(
+        &clients.api,
+        crate::rbac::Use::Read,
+        &config,
+        Some(&playbook),
+        "plan",
+    )
+    .await?;
     let (snapshot, mut report) = survey(&clients, &playbook).await?;
     let deadline = crate::driver::run_deadline(
         None,

@@ -38,6 +38,14 @@ pub async fn run(
 ) -> Result<u8, Failure> {
     let playbook = super::load_playbook_with(path, &config)?;
     let clients = cluster::connect(&config).await.map_err(connect_failure)?;
+    crate::rbac::check(
+        &clients.api,
+        crate::rbac::Use::Read,
+        &config,
+        Some(&playbook),
+        "preflight",
+    )
+    .await?;
     let (snapshot, preview) = survey(&clients, &playbook).await?;
     let deadline = crate::driver::run_deadline(
         None,

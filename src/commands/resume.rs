@@ -194,7 +194,7 @@ pub async fn resume(
 /// resume is a request to it, not a new process continuing its journal.
 async fn live_elsewhere(config: &Config, run_id: &str) -> Result<bool, Failure> {
     let clients = cluster::connect(config).await.map_err(connect_failure)?;
-    match control::is_live(&clients.api, run_id).await {
+    match control::is_live(&clients.api, &config.state_namespace, run_id).await {
         Ok(live) => Ok(live),
         // No object in the cluster (a run from before copies were kept): its journal decides.
         Err(control::ControlError::NoSuchRun(..)) => Ok(false),

@@ -71,6 +71,13 @@ pub(super) async fn plan_and_run(
     let clients = crate::cluster::connect(&config)
         .await
         .map_err(connect_failure)?;
+    // Every permission the run needs, asked before anything changes (exit 11 if one is missing).
+    let (what, command) = match (options.dry_run, resume.is_some()) {
+        (true, _) => (crate::rbac::Use::Read, "run --dry-run"),
+        (false, false) => (crate::rbac::Use::Run, "run"),
+        (false, true) => (crate::rbac::Use::Run, "resume"),
+    };
+    crate::rbac::check(&clients.api, what, &config, Some(&playbook), command).await?;
     let (snapshot, mut report) = survey(&clients, &playbook).await?;
     if let Some(r) = &resume {
         // Finished and skipped nodes are left out, and nodes the run did not plan at its

@@ -58,7 +58,9 @@ pub async fn runs(config: Config, output: crate::cli::OutputFormat) -> Result<u8
         }
     }
     let from_cluster = match cluster::connect(&config).await {
-        Ok(clients) => crate::journal::list_cluster_copies(&clients.api).await,
+        Ok(clients) => {
+            crate::journal::list_cluster_copies(&clients.api, &config.state_namespace).await
+        }
         Err(e) => Err(e.to_string()),
     };
     match from_cluster {
@@ -71,6 +73,9 @@ pub async fn runs(config: Config, output: crate::cli::OutputFormat) -> Result<u8
                 r.lock = Some(c.lock);
             }
         }
+        Err(e) if e.contains("forbidden") => eprintln!(
+            "warning: runs in the cluster not listed: {e}\n  hint: the shipped Role rollgate-state-reader grants it (`rollgate rbac --read-only`, README \"Permissions\")"
+        ),
         Err(e) => eprintln!("warning: runs in the cluster not listed: {e}"),
     }
     let rows: Vec<Row> = rows.into_values().rev().collect();
@@ -121,7 +126,7 @@ pub async fn status(
             let clients = crate::cluster::connect(&config)
                 .await
                 .map_err(connect_failure)?;
-            crate::journal::status_from_cluster(&clients.api, &run_id)
+            crate::journal::status_from_cluster(&clients.api, &config.state_namespace, &run_id)
                 .await
                 .map_err(|e| {
                     Failure::new(
@@ -180,7 +185,7 @@ pub(super) async fn fetch_run_from_cluster(
     dir: &std::path::Path,
 ) -> Result<(), Failure> {
     let clients = cluster::connect(config).await.map_err(connect_failure)?;
-    crate::journal::restore_from_cluster(&clients.api, run_id, dir)
+    crate::journal::restore_from_cluster(&clients.api, &config.state_namespace, run_id, dir)
         .await
         .map_err(|e| {
             Failure::new(
@@ -193,7 +198,7 @@ pub(super) async fn fetch_run_from_cluster(
         })?;
     eprintln!(
         "run {run_id}: journal and playbook fetched from the cluster (ConfigMap {}/{}) into {}",
-        crate::lock::NAMESPACE,
+        config.state_namespace,
         crate::journal::configmap_name(run_id),
         dir.display()
     );

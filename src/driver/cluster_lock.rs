@@ -12,6 +12,7 @@ use super::LockRequest;
 /// Takes the cluster lock, or says who holds it.
 pub(super) async fn acquire_lock(
     clients: &Clients,
+    namespace: &str,
     request: &LockRequest,
     me: &str,
     run_id: &str,
@@ -38,7 +39,18 @@ pub(super) async fn acquire_lock(
             humantime::format_duration(w.wait)
         );
     };
-    match crate::lock::acquire(clients.api.clone(), &request.name, contender, watching).await {
+    crate::cluster::state_namespace::ensure(&clients.api, namespace)
+        .await
+        .map_err(|e| Failure::new(exit::CLUSTER, e))?;
+    match crate::lock::acquire(
+        clients.api.clone(),
+        namespace,
+        &request.name,
+        contender,
+        watching,
+    )
+    .await
+    {
         Ok(l) => Ok(l),
         Err(e @ crate::lock::LockError::Held { .. }) => Err(Failure::new(
             exit::LOCKED,

@@ -128,8 +128,9 @@ pub fn decide(request: &Request, state: &HealthState) -> (Option<Action>, Answer
     }
 }
 
-fn configmaps(client: &kube::Client) -> Api<ConfigMap> {
-    Api::namespaced(client.clone(), crate::lock::NAMESPACE)
+/// Where the run's object is: `namespace` is the config's `state.namespace`.
+fn configmaps(client: &kube::Client, namespace: &str) -> Api<ConfigMap> {
+    Api::namespaced(client.clone(), namespace)
 }
 
 fn annotation<T: for<'de> Deserialize<'de>>(cm: &ConfigMap, key: &str) -> Option<T> {
@@ -139,13 +140,14 @@ fn annotation<T: for<'de> Deserialize<'de>>(cm: &ConfigMap, key: &str) -> Option
 
 async fn write_annotation(
     client: &kube::Client,
+    namespace: &str,
     run_id: &str,
     key: &str,
     value: &impl Serialize,
 ) -> Result<(), kube::Error> {
     let text = serde_json::to_string(value).unwrap_or_default();
     let patch = serde_json::json!({"metadata": {"annotations": {key: text}}});
-    configmaps(client)
+    configmaps(client, namespace)
         .patch(
             &crate::journal::configmap_name(run_id),
             &PatchParams {
@@ -164,6 +166,7 @@ async fn write_annotation(
 pub fn watch_requests(
     guard: Arc<Guard>,
     client: kube::Client,
+    namespace: String,
     run_id: String,
     run_dir: RunDir,
     interactive: bool,
@@ -173,7 +176,7 @@ pub fn watch_requests(
         use kube::runtime::{WatchStreamExt, watcher};
         let name = crate::journal::configmap_name(&run_id);
         let objects = watcher(
-            configmaps(&client),
+            configmaps(&client, &namespace),
             watcher::Config::default().fields(&format!("metadata.name={name}")),
         )
         .default_backoff()
@@ -218,7 +221,7 @@ pub fn watch_requests(
                 answer
             };
             // Best effort: a requester that sees no answer says so; the run goes on.
-            let _ = write_annotation(&client, &run_id, ANSWER, &answer).await;
+            let _ = write_annotation(&client, &namespace, &run_id, ANSWER, &answer).await;
         }
     })
 }
@@ -259,8 +262,8 @@ async fn mark_paused(guard: std::sync::Weak<Guard>, run_dir: RunDir, interactive
 /// Why a request could not be made or was not answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("run {0} has no object in the cluster (ConfigMap {1} in {2})")]
-    NoSuchRun(String, String, &'static str),
+    #[error("run {0} has no object in the cluster (ConfigMap {2}/{1})")]
+    NoSuchRun(String, String, String),
     #[error("run {0} is not running (no live holder of its cluster lock {1})")]
     NotLive(String, String),
     #[error("cannot reach the cluster: {0}")]
@@ -270,17 +273,21 @@ pub enum ControlError {
 }
 
 /// Whether run `run_id` is alive somewhere: its object exists and it holds its cluster lock.
-pub async fn is_live(client: &kube::Client, run_id: &str) -> Result<bool, ControlError> {
+pub async fn is_live(
+    client: &kube::Client,
+    namespace: &str,
+    run_id: &str,
+) -> Result<bool, ControlError> {
     let name = crate::journal::configmap_name(run_id);
-    let Some(cm) = configmaps(client).get_opt(&name).await? else {
+    let Some(cm) = configmaps(client, namespace).get_opt(&name).await? else {
         return Err(ControlError::NoSuchRun(
             run_id.into(),
             name,
-            crate::lock::NAMESPACE,
+            namespace.into(),
         ));
     };
     let lock = lock_of(&cm);
-    Ok(crate::lock::held_by_run(client, &lock, run_id).await?)
+    Ok(crate::lock::held_by_run(client, namespace, &lock, run_id).await?)
 }
 
 fn lock_of(cm: &ConfigMap) -> String {
@@ -294,19 +301,20 @@ fn lock_of(cm: &ConfigMap) -> String {
 /// Asks live run `run_id` for `request` and waits (at most [`ANSWER_WITHIN`]) for its answer.
 pub async fn send(
     client: &kube::Client,
+    namespace: &str,
     run_id: &str,
     request: &Request,
 ) -> Result<Answer, ControlError> {
-    if !is_live(client, run_id).await? {
+    if !is_live(client, namespace, run_id).await? {
         let name = crate::journal::configmap_name(run_id);
-        let cm = configmaps(client).get(&name).await?;
+        let cm = configmaps(client, namespace).get(&name).await?;
         return Err(ControlError::NotLive(run_id.into(), lock_of(&cm)));
     }
-    write_annotation(client, run_id, REQUEST, request).await?;
+    write_annotation(client, namespace, run_id, REQUEST, request).await?;
     let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
     let name = crate::journal::configmap_name(run_id);
     while tokio::time::Instant::now() < deadline {
-        if let Some(cm) = configmaps(client).get_opt(&name).await?
+        if let Some(cm) = configmaps(client, namespace).get_opt(&name).await?
             && let Some(answer) = annotation::<Answer>(&cm, ANSWER)
             && answer.id == request.id
         {

@@ -242,7 +242,16 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         lock: if dry_run {
             None
         } else {
-            Some(acquire_lock(&clients, &lock_request, &me, &run_id).await?)
+            Some(
+                acquire_lock(
+                    &clients,
+                    &config.state_namespace,
+                    &lock_request,
+                    &me,
+                    &run_id,
+                )
+                .await?,
+            )
         },
         ..Default::default()
     };
@@ -401,12 +410,14 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         let requests = control::watch_requests(
             Arc::clone(&guard),
             context.clients.api.clone(),
+            config.state_namespace.clone(),
             run_id.clone(),
             run_dir.clone(),
             interaction.interactive,
         );
         running.cluster_copy = Some(crate::journal::ClusterCopy::start(
             context.clients.api.clone(),
+            config.state_namespace.clone(),
             run_dir.journal(),
             run_id.clone(),
             lock_request.name.clone(),

@@ -1,4 +1,4 @@
-//! The run's copy in the cluster: a ConfigMap in `kube-system` per run with its status, its
+//! The run's copy in the cluster: a ConfigMap in the state namespace (`state.namespace`) per run with its status, its
 //! compressed journal and its playbook, kept up to date while the run lasts, so another machine
 //! can list the runs, show a status, resume a run or write its report.
 
@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The ConfigMap (in kube-system) that mirrors a run's status, so another machine can see it.
+/// The ConfigMap (in the state namespace) that mirrors a run's status, so another machine can see it.
 pub fn configmap_name(run_id: &str) -> String {
     format!("rollgate-run-{run_id}")
 }
@@ -19,6 +19,7 @@ pub fn configmap_name(run_id: &str) -> String {
 pub struct ClusterCopy {
     task: tokio::task::JoinHandle<()>,
     client: kube::Client,
+    namespace: String,
     journal: PathBuf,
     run_id: String,
     lock_name: String,
@@ -54,6 +55,7 @@ pub const LOCK_LABEL: &str = "rollgate.dev/lock";
 
 async fn copy_to_cluster(
     client: &kube::Client,
+    namespace: &str,
     journal: &Path,
     run_id: &str,
     lock_name: &str,
@@ -86,7 +88,7 @@ async fn copy_to_cluster(
         binary_data,
         ..Default::default()
     };
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), crate::lock::NAMESPACE);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     api.patch(
         &configmap_name(run_id),
         &PatchParams::apply("rollgate").force(),
@@ -101,12 +103,13 @@ async fn copy_to_cluster(
 /// their start time). Returns how many were deleted.
 pub async fn prune_cluster_copies(
     client: &kube::Client,
+    namespace: &str,
     lock_name: &str,
     keep: usize,
 ) -> Result<usize, String> {
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::api::{DeleteParams, ListParams};
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), crate::lock::NAMESPACE);
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
     let selector = format!("{}={},{LOCK_LABEL}={lock_name}", MANAGED_BY.0, MANAGED_BY.1);
     let mut names: Vec<String> = api
         .list(&ListParams::default().labels(&selector))
@@ -131,17 +134,15 @@ pub async fn prune_cluster_copies(
 /// resuming or reporting a run). Refuses to overwrite a local journal.
 pub async fn restore_from_cluster(
     client: &kube::Client,
+    namespace: &str,
     run_id: &str,
     run_dir: &Path,
 ) -> Result<(), String> {
     use k8s_openapi::api::core::v1::ConfigMap;
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), crate::lock::NAMESPACE);
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
     let name = configmap_name(run_id);
     let cm = api.get(&name).await.map_err(|e| {
-        format!(
-            "no copy of run {run_id} in the cluster (ConfigMap {}/{name}): {e}",
-            crate::lock::NAMESPACE
-        )
+        format!("no copy of run {run_id} in the cluster (ConfigMap {namespace}/{name}): {e}")
     })?;
     let journal = cm
         .binary_data
@@ -170,13 +171,15 @@ impl ClusterCopy {
     /// copy is labelled with the lock name (runs against one cluster share it).
     pub fn start(
         client: kube::Client,
+        namespace: String,
         journal: PathBuf,
         run_id: String,
         lock_name: String,
         written: Arc<tokio::sync::Notify>,
     ) -> Self {
-        let (c, j, r, l) = (
+        let (c, n, j, r, l) = (
             client.clone(),
+            namespace.clone(),
             journal.clone(),
             run_id.clone(),
             lock_name.clone(),
@@ -187,7 +190,7 @@ impl ClusterCopy {
             let mut pending = true;
             loop {
                 if pending {
-                    match copy_to_cluster(&c, &j, &r, &l).await {
+                    match copy_to_cluster(&c, &n, &j, &r, &l).await {
                         Ok(()) => pending = false,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot copy the run status into the cluster")
@@ -214,6 +217,7 @@ impl ClusterCopy {
         Self {
             task,
             client,
+            namespace,
             journal,
             run_id,
             lock_name,
@@ -225,12 +229,18 @@ impl ClusterCopy {
         self.task.abort();
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            copy_to_cluster(&self.client, &self.journal, &self.run_id, &self.lock_name),
+            copy_to_cluster(
+                &self.client,
+                &self.namespace,
+                &self.journal,
+                &self.run_id,
+                &self.lock_name,
+            ),
         )
         .await;
         match tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            prune_cluster_copies(&self.client, &self.lock_name, keep),
+            prune_cluster_copies(&self.client, &self.namespace, &self.lock_name, keep),
         )
         .await
         {
@@ -251,10 +261,13 @@ pub struct ClusterRun {
 }
 
 /// Every run whose copy is in the cluster (any lock name), newest first.
-pub async fn list_cluster_copies(client: &kube::Client) -> Result<Vec<ClusterRun>, String> {
+pub async fn list_cluster_copies(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<Vec<ClusterRun>, String> {
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::api::ListParams;
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), crate::lock::NAMESPACE);
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
     let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
     let mut runs: Vec<ClusterRun> = api
         .list(&ListParams::default().labels(&selector))
@@ -288,9 +301,13 @@ pub async fn list_cluster_copies(client: &kube::Client) -> Result<Vec<ClusterRun
 }
 
 /// Reads a run's status from its cluster copy (for `rollgate status` on another machine).
-pub async fn status_from_cluster(client: &kube::Client, run_id: &str) -> Result<RunStatus, String> {
+pub async fn status_from_cluster(
+    client: &kube::Client,
+    namespace: &str,
+    run_id: &str,
+) -> Result<RunStatus, String> {
     use k8s_openapi::api::core::v1::ConfigMap;
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), crate::lock::NAMESPACE);
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
     let cm = api
         .get(&configmap_name(run_id))
         .await

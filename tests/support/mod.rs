@@ -292,11 +292,219 @@ spec:
     ]);
 }
 
-/// The rollgate binary, pointed at the test environment.
+/// Who rollgate runs as in a cluster test: a ServiceAccount bound to exactly the shipped roles
+/// (`rollgate rbac`, applied as it prints them). The admin kubeconfig is for test setup only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// `rollgate rbac`: the run's roles (runner, state).
+    Runner,
+    /// `rollgate rbac --disable-eviction`: the run's roles and the optional pod deletion.
+    RunnerDisableEviction,
+    /// `rollgate rbac --read-only`: plan, preflight, monitor, runs, status.
+    Reader,
+    /// `rollgate rbac --control`: pause, resume and abort live runs, read their status.
+    Controller,
+}
+
+/// The state namespace rollgate uses by default (the shipped RBAC's).
+pub const STATE_NAMESPACE: &str = "rollgate-system";
+
+impl Identity {
+    /// The ServiceAccount's name (and the prefix of its roles).
+    pub fn name(self) -> &'static str {
+        match self {
+            Identity::Runner => "rollgate-test-runner",
+            Identity::RunnerDisableEviction => "rollgate-test-evict",
+            Identity::Reader => "rollgate-test-reader",
+            Identity::Controller => "rollgate-test-control",
+        }
+    }
+
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Identity::Runner => &[],
+            Identity::RunnerDisableEviction => &["--disable-eviction"],
+            Identity::Reader => &["--read-only"],
+            Identity::Controller => &["--control"],
+        }
+    }
+}
+
+/// The shipped RBAC as `rollgate rbac --name NAME FLAGS...` prints it.
+pub fn shipped_rbac(name: &str, flags: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .env_remove("ROLLGATE_CONFIG")
+        .args(["rbac", "--name", name])
+        .args(flags)
+        .output()
+        .expect("run rollgate rbac");
+    assert!(
+        out.status.success(),
+        "rollgate rbac: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A kubeconfig for the ServiceAccount `name` in the state namespace (a TokenRequest token
+/// valid 3 h), once `kubectl auth can-i` answers yes for each of `can_i` (RBAC is cached).
+pub fn service_account_kubeconfig(name: &str, can_i: &[&[&str]]) -> PathBuf {
+    let token = kubectl_ok(&[
+        "-n",
+        STATE_NAMESPACE,
+        "create",
+        "token",
+        name,
+        "--duration",
+        "3h",
+    ]);
+    let admin = std::fs::read_to_string(&env().kubeconfig).expect("read the admin kubeconfig");
+    let text: String = admin
+        .lines()
+        .map(|l| match l.split_once("token: ") {
+            Some((indent, _)) => format!("{indent}token: {}\n", token.trim()),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    assert!(
+        text.contains(token.trim()),
+        "the admin kubeconfig has no token line"
+    );
+    let path = std::env::temp_dir().join(format!(
+        "rollgate-test-{}-{name}.kubeconfig",
+        std::process::id()
+    ));
+    std::fs::write(&path, text).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for can in can_i {
+        while !Command::new(&env().kubectl)
+            .arg("--kubeconfig")
+            .arg(&path)
+            .args(["auth", "can-i"])
+            .args(*can)
+            .output()
+            .expect("run kubectl auth can-i")
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "ServiceAccount {name} still may not {can:?} after 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    path
+}
+
+/// What the runner may do once its bindings are effective: a Role rule and a ClusterRole rule.
+pub const RUNNER_CAN: &[&[&str]] = &[
+    &[
+        "update",
+        "leases.coordination.k8s.io",
+        "-n",
+        STATE_NAMESPACE,
+    ],
+    &["patch", "nodes"],
+];
+
+/// The kubeconfig of `identity`'s ServiceAccount: the shipped RBAC applied and a token made
+/// once per test process.
+pub fn kubeconfig_of(identity: Identity) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static MADE: OnceLock<Mutex<HashMap<Identity, PathBuf>>> = OnceLock::new();
+    let mut made = MADE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    made.entry(identity)
+        .or_insert_with(|| {
+            kubectl_apply(&shipped_rbac(identity.name(), identity.flags()));
+            let can_i: &[&[&str]] = match identity {
+                Identity::Reader => &[
+                    &["list", "configmaps", "-n", STATE_NAMESPACE],
+                    &["list", "nodes"],
+                ],
+                Identity::Runner => RUNNER_CAN,
+                Identity::RunnerDisableEviction => {
+                    &[RUNNER_CAN[0], RUNNER_CAN[1], &["delete", "pods", "-A"]]
+                }
+                Identity::Controller => &[
+                    &["patch", "configmaps", "-n", STATE_NAMESPACE],
+                    &["get", "leases.coordination.k8s.io", "-n", STATE_NAMESPACE],
+                ],
+            };
+            service_account_kubeconfig(identity.name(), can_i)
+        })
+        .clone()
+}
+
+/// Binds the shipped job probes' role in `ns` to [`Identity::Runner`] (`rollgate rbac
+/// --job-probe-namespace NS`, applied as printed), for a test whose job probes run there.
+pub fn grant_job_probes(ns: &str) {
+    let runner = kubeconfig_of(Identity::Runner);
+    kubectl_apply(&shipped_rbac(
+        Identity::Runner.name(),
+        &["--job-probe-namespace", ns],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Command::new(&env().kubectl)
+        .arg("--kubeconfig")
+        .arg(&runner)
+        .args(["auth", "can-i", "create", "jobs.batch", "-n", ns])
+        .output()
+        .expect("run kubectl")
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the job probes' role is not bound in {ns} after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The subcommands that only read: run as [`Identity::Reader`] by [`run_rollgate`] and
+/// [`Terminal::start`] (unless the test chose a kubeconfig itself).
+const READ_ONLY_COMMANDS: [&str; 6] = ["plan", "preflight", "monitor", "status", "runs", "report"];
+
+/// A command made by [`rollgate`] whose subcommand only reads runs as the reader.
+fn as_reader_if_read_only(cmd: &mut Command) {
+    let runner = kubeconfig_of(Identity::Runner);
+    let as_runner = cmd
+        .get_envs()
+        .any(|(k, v)| k == "KUBECONFIG" && v == Some(runner.as_os_str()));
+    let mut args = cmd.get_args().map(|a| a.to_string_lossy().into_owned());
+    let mut subcommand = None;
+    while let Some(a) = args.next() {
+        if matches!(
+            a.as_str(),
+            "--state-dir"
+                | "--log-format"
+                | "--config"
+                | "--kubeconfig"
+                | "--context"
+                | "--ssh-config"
+        ) {
+            args.next();
+        } else if !a.starts_with('-') {
+            subcommand = Some(a);
+            break;
+        }
+    }
+    if as_runner && subcommand.is_some_and(|s| READ_ONLY_COMMANDS.contains(&s.as_str())) {
+        cmd.env("KUBECONFIG", kubeconfig_of(Identity::Reader));
+    }
+}
+
+/// The rollgate binary, pointed at the test environment, as the ServiceAccount bound to the
+/// shipped run roles ([`Identity::Runner`]; read-only subcommands as [`Identity::Reader`]).
 pub fn rollgate(state_dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollgate"));
     // Environment (not flags) so a test can still override them with the flags.
-    cmd.env("KUBECONFIG", &env().kubeconfig)
+    cmd.env("KUBECONFIG", kubeconfig_of(Identity::Runner))
         .env("ROLLGATE_SSH_CONFIG", &env().ssh_config)
         // Tests run in parallel over disjoint nodes: each command its own cluster lock.
         .env("ROLLGATE_LOCK_NAME", unique("lock"))
@@ -310,6 +518,7 @@ pub fn rollgate(state_dir: &Path) -> Command {
 
 /// Runs rollgate with a timeout; returns (exit code, stdout, stderr).
 pub fn run_rollgate(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
+    as_reader_if_read_only(&mut cmd);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -582,6 +791,11 @@ pub struct Terminal {
 impl Terminal {
     pub fn start(inner: &Command) -> Self {
         use std::os::unix::process::CommandExt;
+        let mut reader = Command::new(inner.get_program());
+        reader
+            .args(inner.get_args())
+            .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        as_reader_if_read_only(&mut reader);
         let line: Vec<String> = std::iter::once(inner.get_program())
             .chain(inner.get_args())
             .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', r"'\''")))
@@ -592,7 +806,7 @@ impl Terminal {
         let mut cmd = Command::new("script");
         cmd.args(["-qfec", &format!("exec {}", line.join(" ")), "/dev/null"])
             .env("SHELL", "/bin/sh")
-            .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .envs(reader.get_envs().filter_map(|(k, v)| Some((k, v?))))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
