@@ -440,6 +440,20 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Registers the secrets the config holds ([`crate::redact`]): credentials in the
+    /// Prometheus and Pushgateway URLs. (Tokens and webhook URLs are read from the environment
+    /// by [`crate::notify`], which registers them.)
+    pub fn register_secrets(&self) {
+        for url in [&self.prometheus_url, &self.pushgateway]
+            .into_iter()
+            .flatten()
+        {
+            crate::redact::register(crate::redact::url_secrets(url, false));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

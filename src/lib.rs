@@ -27,6 +27,7 @@ pub mod plan;
 pub mod playbook;
 pub mod preflight;
 pub mod probe;
+pub mod redact;
 pub mod remote;
 pub mod report;
 pub mod selector;
