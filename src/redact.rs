@@ -65,7 +65,7 @@ where
     list.sort_by_key(|s| std::cmp::Reverse(s.len()));
 }
 
-/// The secret parts of a URL (userinfo, secret-looking query values) and, for a URL whose
+/// The secret parts of a URL (its password, secret-looking query values) and, for a URL whose
 /// path may be its secret (a webhook), the URL itself: what [`register`] should learn.
 pub fn url_secrets(text: &str, whole_is_secret: bool) -> Vec<String> {
     let mut out = Vec::new();
@@ -73,9 +73,8 @@ pub fn url_secrets(text: &str, whole_is_secret: bool) -> Vec<String> {
         out.push(text.to_owned());
     }
     if let Ok(u) = url::Url::parse(text) {
-        if !u.username().is_empty() {
-            out.push(u.username().to_owned());
-        }
+        // Not the user name: often a plain word (`admin`, `prometheus`) that scrubbing would
+        // erase from every record; [`url`] hides it wherever a URL is shown.
         if let Some(p) = u.password() {
             out.push(p.to_owned());
             // As written (percent-encoded) and as sent.

@@ -188,10 +188,11 @@ pub fn resolve_runner_env(
 }
 
 impl Playbook {
-    /// Registers the secrets the playbook itself holds ([`crate::redact`]): `command.env`
-    /// values, the credentials in HTTP probe URLs and every HTTP probe header value.
+    /// Registers the secrets the playbook itself holds ([`crate::redact`]): the credentials in
+    /// HTTP probe URLs and every HTTP probe header value. (`command.env` values are not: they
+    /// are ordinary settings such as a node name, which scrubbing would erase from every
+    /// record; they only ever reach the playbook's copy, which redacts them.)
     pub fn register_secrets(&self) {
-        crate::redact::register(self.command.env.values());
         for p in &self.probes {
             if let ProbeKind::Http { url, headers, .. } = &p.kind {
                 crate::redact::register(crate::redact::url_secrets(url, false));
