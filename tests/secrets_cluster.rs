@@ -153,7 +153,7 @@ async fn no_planted_secret_reaches_any_record_of_a_rollout_with_a_gate_decision_
         dir.path(),
         &format!(
             "name = \"secrets\"\n\
-             [[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\norder = \"name\"\nfailure-budget = 1\n\
+             [[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\norder = \"name\"\nconcurrency = 2\nfailure-budget = 1\n\
              [command]\nrun = 'echo \"key-hash=$(printf %s \"$RG_TEST_CHEF_KEY\" | sha256sum | cut -c1-16)\"; echo \"leaked: $RG_TEST_CHEF_KEY\"; {script}'\n\
              timeout = \"1m\"\nenv = {{ FAKE_UPGRADE_SECONDS = \"1\", FAKE_UPGRADE_FAIL = \"{n1}\", API_PASSWORD = \"{cmd_env_secret}\" }}\n\
              env-from-runner = [\"RG_TEST_CHEF_KEY\"]\n\
@@ -386,7 +386,7 @@ async fn a_node_with_a_hostile_address_fails_clearly_runs_nothing_and_the_others
         dir.path(),
         &format!(
             "name = \"hostile\"\ntarget-kubelet-version = \"v1.36.3\"\n\
-             [[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\norder = \"name\"\nfailure-budget = 1\n\
+             [[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\norder = \"name\"\nconcurrency = 2\nfailure-budget = 1\n\
              [command]\nrun = '{}'\ntimeout = \"1m\"\nenv = {{ FAKE_UPGRADE_SECONDS = \"1\" }}\n[ready]\ntimeout = \"30s\"\n",
             upgrade_script()
         ),
