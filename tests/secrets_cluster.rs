@@ -94,8 +94,13 @@ fn assert_no_secret(secrets: &[(&str, String)], places: &[(String, String)]) {
     let mut found = Vec::new();
     for (what, value) in secrets {
         for (place, text) in places {
-            if text.contains(value.as_str()) {
-                found.push(format!("{what} ({value}) in {place}"));
+            if let Some(at) = text.find(value.as_str()) {
+                let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+                let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+                found.push(format!(
+                    "{what} ({value}) in {place}: {}",
+                    &text[line_start..line_end]
+                ));
             }
         }
     }
@@ -293,6 +298,10 @@ async fn no_planted_secret_reaches_any_record_of_a_rollout_with_a_gate_decision_
         "the journal copy is the run's"
     );
     places.push(("the ConfigMap's journal".into(), journal));
+    // The Nodes themselves: the failed node's `rollgate.dev/reason` quotes its command's output.
+    let failed_node = kubectl_ok(&["get", "node", n1, "-o", "json"]);
+    assert!(failed_node.contains("rollgate.dev/reason"), "{failed_node}");
+    places.push((format!("node {n1}"), failed_node));
     let slack: Vec<Value> =
         serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
     let slack_bodies: Vec<String> = slack.iter().map(|r| r["body"].to_string()).collect();
