@@ -28,6 +28,7 @@ pub mod playbook;
 pub mod preflight;
 pub mod probe;
 pub mod rbac;
+pub mod redact;
 pub mod remote;
 pub mod report;
 pub mod selector;

@@ -23,7 +23,7 @@ pub fn init(json: bool) {
         .unwrap_or_else(|_| "warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| crate::redact::ScrubbingWriter(std::io::stderr()));
     if json {
         builder.event_format(JsonLine).init();
     } else {

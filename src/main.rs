@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     // not load is reported by the command itself), else JSON when stderr is not a terminal.
     // The config is loaded once, here; a command that needs it reports why it did not load.
     let loaded = commands::load_config(&cli.global);
+    if let Ok(c) = &loaded {
+        c.register_secrets();
+    }
     let json_logs = loaded.as_ref().ok().and_then(|c| c.log_format).map_or_else(
         || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
         |f| f == rollgate::config::LogFormat::Json,
@@ -93,7 +96,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("{}", f.message);
+            eprintln!("{}", rollgate::redact::scrub(&f.message));
             ExitCode::from(f.code)
         }
     }

@@ -111,10 +111,11 @@ impl ProbeRunner {
             ProbeKind::Command { argv } => self.command(argv, ctx).await,
             ProbeKind::Http {
                 url,
+                headers,
                 expect_status,
                 body_contains,
             } => {
-                self.http(url, *expect_status, body_contains.as_deref())
+                self.http(url, headers, *expect_status, body_contains.as_deref())
                     .await
             }
             ProbeKind::Prometheus {
@@ -176,9 +177,24 @@ impl ProbeRunner {
         }
     }
 
-    async fn http(&self, url: &str, expect: u16, body_contains: Option<&str>) -> ProbeOutcome {
-        match self.http.get(url).send().await {
-            Err(e) => ProbeOutcome::Fail(format!("GET {url}: {e}")),
+    /// GET the URL; every message names it redacted ([`crate::redact::url`]).
+    async fn http(
+        &self,
+        url: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+        expect: u16,
+        body_contains: Option<&str>,
+    ) -> ProbeOutcome {
+        let mut request = self.http.get(url);
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let url = crate::redact::url(url);
+        match request.send().await {
+            Err(e) => ProbeOutcome::Fail(crate::redact::scrub(&format!(
+                "GET {url}: {}",
+                e.without_url()
+            ))),
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let body = resp.text().await.unwrap_or_default();
@@ -208,13 +224,13 @@ impl ProbeRunner {
             return Err("no Prometheus URL in the config (prometheus.url)".into());
         };
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let resp = self
-            .http
-            .get(&url)
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| format!("Prometheus at {base} does not answer: {e}"))?;
+        let shown = crate::redact::url(base);
+        let resp = self.http.get(&url).query(query).send().await.map_err(|e| {
+            crate::redact::scrub(&format!(
+                "Prometheus at {shown} does not answer: {}",
+                e.without_url()
+            ))
+        })?;
         let v: serde_json::Value = resp
             .json()
             .await
@@ -433,6 +449,7 @@ mod tests {
         );
         let http = probe(ProbeKind::Http {
             url: format!("{url}/health"),
+            headers: Default::default(),
             expect_status: 200,
             body_contains: None,
         });

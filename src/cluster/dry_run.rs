@@ -76,8 +76,7 @@ impl NodeSteps for DryRunSteps {
             .get(&job.node)
             .await
             .map_err(|e| StepError::new(e.to_string()))?;
-        let address =
-            ssh_address(&node, &self.config.ssh.address).unwrap_or_else(|| "(no address)".into());
+        let address = ssh_address(&node, &self.config.ssh.address).map_err(StepError::new)?;
         let cmd = &self.playbook.command;
         let env = BTreeMap::new();
         let record = remote::record_dir(&self.run_id, &job.node);

@@ -265,12 +265,7 @@ impl NodeSteps for KubeSteps {
             )
             .await?;
         }
-        let address = ssh_address(&node, &self.config.ssh.address).ok_or_else(|| {
-            StepError::new(format!(
-                "node {} has no {:?} address to SSH to (see `ssh.address` in the config)",
-                job.node, self.config.ssh.address
-            ))
-        })?;
+        let address = ssh_address(&node, &self.config.ssh.address).map_err(StepError::new)?;
         let env = self.command_env(job, &address);
         let cmd = &self.playbook.command;
         let record = remote::record_dir(&self.run_id, &job.node);

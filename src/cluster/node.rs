@@ -53,8 +53,10 @@ pub async fn list_nodes(client: &kube::Client) -> Result<Vec<Node>, kube::Error>
         .items)
 }
 
-/// The address SSH connects to for this node.
-pub fn ssh_address(node: &Node, source: &AddressSource) -> Option<String> {
+/// The address SSH connects to for this node: Err when it has none, or when what the Node
+/// (or the template) gives is not an IP address or a DNS name ([`crate::remote::check_address`]:
+/// a hostile `-oProxyCommand=...` never reaches `ssh`).
+pub fn ssh_address(node: &Node, source: &AddressSource) -> Result<String, String> {
     let name = node.metadata.name.clone().unwrap_or_default();
     let address_of = |kind: &str| {
         node.status
@@ -65,9 +67,18 @@ pub fn ssh_address(node: &Node, source: &AddressSource) -> Option<String> {
             .find(|a| a.type_ == kind)
             .map(|a| a.address.clone())
     };
-    match source {
+    let address = match source {
         AddressSource::InternalIp => address_of("InternalIP"),
-        AddressSource::Hostname => address_of("Hostname").or(Some(name)),
+        AddressSource::Hostname => address_of("Hostname").or(Some(name.clone())),
         AddressSource::Template(t) => Some(t.replace("{name}", &name)),
     }
+    .ok_or_else(|| {
+        format!("node {name} has no {source:?} address to SSH to (see `ssh.address` in the config)")
+    })?;
+    crate::remote::check_address(&address).map_err(|why| {
+        format!(
+            "node {name}: its {source:?} address is refused: {why} (see `ssh.address` in the config; fix the Node's status.addresses or the template)"
+        )
+    })?;
+    Ok(address)
 }

@@ -39,6 +39,9 @@ pub fn load_playbook_with(path: &Path, config: &Config) -> Result<Playbook, Fail
     Ok(playbook)
 }
 
+/// Loads a playbook and registers the secrets it holds ([`crate::redact`]).
 pub fn load_playbook(path: &Path) -> Result<Playbook, Failure> {
-    Ok(playbook::load(path)?)
+    let playbook = playbook::load(path)?;
+    playbook.register_secrets();
+    Ok(playbook)
 }

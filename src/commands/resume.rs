@@ -30,15 +30,17 @@ async fn check_command_records(
     let mut refused = Vec::new();
     for name in &points.uncertain {
         let record = remote::record_dir(&points.run_id, name);
-        let Some(address) = nodes
+        let address = match nodes
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(name))
+            .ok_or_else(|| "the node is gone".to_owned())
             .and_then(|n| cluster::ssh_address(n, &config.ssh.address))
-        else {
-            refused.push(format!(
-                "{name}: the node is gone or has no address to SSH to"
-            ));
-            continue;
+        {
+            Ok(a) => a,
+            Err(why) => {
+                refused.push(format!("{name}: {why}"));
+                continue;
+            }
         };
         let env = Default::default();
         // Only the record is read: the command itself is not sent.
@@ -73,27 +75,47 @@ async fn check_command_records(
     }
 }
 
-/// The playbook a resumed run continues with: the copy the run kept (what it started with),
-/// saying so on stderr when the original has changed since or is gone; the original only for
-/// runs that kept no copy.
-fn resume_playbook(original: &std::path::Path, copy: &std::path::Path) -> PathBuf {
-    let Ok(kept) = std::fs::read(copy) else {
-        return original.to_owned();
+/// The playbook a resumed run continues with: the one it started with. The original when it
+/// is unchanged (the copy the run kept has its secrets redacted: it is compared redacted), or
+/// for runs that kept no copy; else the copy, saying so on stderr, unless the copy has
+/// redacted values, which cannot run: then Err (restore the original).
+fn resume_playbook(original: &std::path::Path, copy: &std::path::Path) -> Result<PathBuf, String> {
+    let Ok(kept) = std::fs::read_to_string(copy) else {
+        return Ok(original.to_owned());
     };
-    match std::fs::read(original) {
-        Ok(now) if now == kept => {}
-        Ok(_) => eprintln!(
+    let now = std::fs::read_to_string(original).ok();
+    let unchanged = now.as_deref().is_some_and(|text| {
+        text == kept || crate::playbook::redacted_text(original, text).is_ok_and(|r| r == kept)
+    });
+    if unchanged {
+        return Ok(original.to_owned());
+    }
+    if kept.contains(crate::redact::REDACTED) {
+        return Err(format!(
+            "{} {} since the run started, and the copy the run kept ({}) has its secrets redacted: it cannot run as it is\n  \
+             hint: put the playbook the run started with back at {} (or start a new run)",
+            original.display(),
+            if now.is_some() { "changed" } else { "is gone" },
+            copy.display(),
+            original.display()
+        ));
+    }
+    match now {
+        None => {}
+        Some(_) => eprintln!(
             "warning: {} changed since the run started: resuming with the playbook the run started with ({}); to use the edited one, start a new run",
             original.display(),
             copy.display()
         ),
-        Err(_) => eprintln!(
+    }
+    if now.is_none() {
+        eprintln!(
             "{} is not here: using the copy the run kept, {}",
             original.display(),
             copy.display()
-        ),
+        );
     }
-    copy.to_owned()
+    Ok(copy.to_owned())
 }
 
 /// `rollgate resume [RUN]`: continues a run. A live run that a gate paused is told to go on;
@@ -127,7 +149,12 @@ pub async fn resume(
     let original = crate::journal::resume_points(&journal, &[])
         .map(|p| p.playbook_file)
         .map_err(|e| Failure::new(exit::BAD_INPUT, format!("error: {e}")))?;
-    let playbook_file = resume_playbook(&original, &dir.playbook_copy());
+    let playbook_file = resume_playbook(&original, &dir.playbook_copy()).map_err(|e| {
+        Failure::new(
+            exit::BAD_INPUT,
+            format!("error: cannot resume run {run_id}: {e}"),
+        )
+    })?;
     let playbook = load_playbook(&playbook_file)?;
     let cannot = |e: String| {
         Failure::new(
@@ -207,7 +234,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resume_runs_the_playbook_copy_the_run_kept() {
+    fn resume_runs_the_playbook_the_run_started_with() {
         let dir = tempfile::tempdir().unwrap();
         let (original, copy) = (
             dir.path().join("upgrade.toml"),
@@ -215,13 +242,29 @@ mod tests {
         );
         // No copy (a run from before copies were kept): the original.
         std::fs::write(&original, "name = \"a\"").unwrap();
-        assert_eq!(resume_playbook(&original, &copy), original);
-        // A copy: always the copy, whether the original is unchanged, edited or gone.
+        assert_eq!(resume_playbook(&original, &copy).unwrap(), original);
+        // A copy without secrets: the original while unchanged, else the copy.
         std::fs::write(&copy, "name = \"a\"").unwrap();
-        assert_eq!(resume_playbook(&original, &copy), copy);
+        assert_eq!(resume_playbook(&original, &copy).unwrap(), original);
         std::fs::write(&original, "name = \"edited\"").unwrap();
-        assert_eq!(resume_playbook(&original, &copy), copy);
+        assert_eq!(resume_playbook(&original, &copy).unwrap(), copy);
         std::fs::remove_file(&original).unwrap();
-        assert_eq!(resume_playbook(&original, &copy), copy);
+        assert_eq!(resume_playbook(&original, &copy).unwrap(), copy);
+        // A copy with redacted secrets: the original when it redacts to the copy; else refused.
+        let with_secret =
+            "name = \"a\"\n[command]\nrun = \"true\"\nenv = { TOKEN = \"s3cret-value\" }\n";
+        std::fs::write(&original, with_secret).unwrap();
+        let redacted = crate::playbook::redacted_text(&original, with_secret).unwrap();
+        assert!(
+            !redacted.contains("s3cret-value") && redacted.contains("TOKEN = \"REDACTED\""),
+            "{redacted}"
+        );
+        std::fs::write(&copy, &redacted).unwrap();
+        assert_eq!(resume_playbook(&original, &copy).unwrap(), original);
+        std::fs::write(&original, with_secret.replace("true", "false")).unwrap();
+        let why = resume_playbook(&original, &copy).unwrap_err();
+        assert!(why.contains("redacted") && why.contains("hint"), "{why}");
+        std::fs::remove_file(&original).unwrap();
+        assert!(resume_playbook(&original, &copy).is_err());
     }
 }

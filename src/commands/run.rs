@@ -57,6 +57,8 @@ pub(super) async fn plan_and_run(
     checks: &PreflightArgs,
 ) -> Result<u8, Failure> {
     let mut playbook = load_playbook_with(&playbook_file, &config)?;
+    // env-from-runner: a variable that is not set stops here, before anything changes.
+    crate::playbook::resolve_runner_env(&mut playbook, &playbook_file)?;
     if resume.is_some() {
         // The nodes a resume picks up are finished whatever version they report now (their
         // command may have upgraded them): `skip-upgraded` applies when a run starts, and the

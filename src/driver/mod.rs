@@ -543,8 +543,18 @@ fn open_journal(
             ),
         )
     })?;
-    // The playbook as it was run, beside the journal (and in its cluster copy).
-    if !resuming && let Err(e) = std::fs::copy(playbook_file, run_dir.playbook_copy()) {
+    // The playbook as it was run, beside the journal (and in its cluster copy), its secrets
+    // redacted (`command.env` values, header values, URL credentials).
+    if !resuming
+        && let Err(e) = std::fs::read_to_string(playbook_file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                crate::playbook::redacted_text(playbook_file, &text).map_err(|e| e.to_string())
+            })
+            .and_then(|text| {
+                std::fs::write(run_dir.playbook_copy(), text).map_err(|e| e.to_string())
+            })
+    {
         eprintln!(
             "warning: cannot keep a copy of the playbook in {}: {e}",
             run_dir.path().display()

@@ -33,8 +33,10 @@ use tokio::task::JoinSet;
 pub struct StepError(pub String);
 
 impl StepError {
+    /// The message with every registered secret scrubbed ([`crate::redact`]): a step's error
+    /// quotes the command's last output lines, and ends in the run's summary.
     pub fn new(msg: impl Into<String>) -> Self {
-        Self(msg.into())
+        Self(crate::redact::scrub(&msg.into()))
     }
 }
 

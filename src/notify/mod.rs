@@ -127,6 +127,17 @@ fn resolve_one(t: &NotifyTarget) -> Result<Target, NotifyError> {
             token: token_env.as_deref().map(read).transpose()?,
         },
     };
+    // Tokens and webhook URLs (whose path is their secret) never reach a record.
+    match &secret {
+        Secret::SlackBot { token, .. } => crate::redact::register([token]),
+        Secret::SlackWebhook { url } => {
+            crate::redact::register(crate::redact::url_secrets(url, true))
+        }
+        Secret::Webhook { url, token } => {
+            crate::redact::register(crate::redact::url_secrets(url, true));
+            crate::redact::register(token.iter());
+        }
+    }
     Ok(Target {
         secret,
         report_url: t.report_url.clone(),

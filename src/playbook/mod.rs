@@ -7,10 +7,11 @@
 
 mod raw;
 
-pub use raw::{load, parse};
+pub use raw::{load, parse, redacted_text};
 
 pub use crate::vocab::{Decision, ProbeWhen};
 
+use crate::diagnostics::{SourceError, SourceErrors};
 use crate::selector::Selector;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -110,12 +111,95 @@ pub struct RemoteCommand {
     /// Overrides the SSH user from the config.
     pub user: Option<String>,
     pub timeout: Duration,
-    /// Extra environment for the command (node facts are always added as ROLLGATE_*).
+    /// Extra environment for the command (node facts are always added as ROLLGATE_*). Not
+    /// for secrets: these values are in the playbook (and on `ssh`'s command line); every
+    /// record shows them redacted.
     pub env: BTreeMap<String, String>,
+    /// `env-from-runner`: variables whose values come from rollgate's own environment.
+    pub env_from_runner: Vec<RunnerVar>,
+    /// Their values, read when a run starts ([`resolve_runner_env`]); sent to the node on the
+    /// wrapper's standard input, never as an argument.
+    pub secret_env: SecretEnv,
     /// Whether running the command twice on a node is harmless (used by resume).
     pub safe_to_rerun: bool,
     /// Run the command wrapper (and so the command and its timeout) as root through `sudo -n`.
     pub sudo: bool,
+}
+
+/// One `env-from-runner` entry: the variable and where the playbook names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerVar {
+    pub name: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// Secret environment values for the remote command. Its `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretEnv(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// Reads the `env-from-runner` variables from rollgate's environment into the playbook and
+/// registers their values as secrets ([`crate::redact`]). A variable that is not set (or not
+/// UTF-8) is an error naming the playbook's file, line and key: call before anything changes.
+pub fn resolve_runner_env(
+    playbook: &mut Playbook,
+    file: &std::path::Path,
+) -> Result<(), SourceErrors> {
+    let mut values = BTreeMap::new();
+    let mut errors = Vec::new();
+    for var in &playbook.command.env_from_runner {
+        match std::env::var(&var.name) {
+            Ok(value) => {
+                values.insert(var.name.clone(), value);
+            }
+            Err(e) => errors.push(SourceError {
+                file: file.to_path_buf(),
+                line: var.line,
+                column: var.column,
+                key: "command.env-from-runner".into(),
+                message: match e {
+                    std::env::VarError::NotPresent => format!(
+                        "{} is named in env-from-runner but is not set in rollgate's environment",
+                        var.name
+                    ),
+                    std::env::VarError::NotUnicode(_) => {
+                        format!("{} is set in rollgate's environment but is not UTF-8", var.name)
+                    }
+                },
+                hint: Some(format!(
+                    "export {} in the shell (or service unit) that starts rollgate, or remove it from env-from-runner; nothing was changed",
+                    var.name
+                )),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(SourceErrors(errors));
+    }
+    crate::redact::register(values.values());
+    playbook.command.secret_env = SecretEnv(values);
+    Ok(())
+}
+
+impl Playbook {
+    /// Registers the secrets the playbook itself holds ([`crate::redact`]): the credentials in
+    /// HTTP probe URLs and every HTTP probe header value. (`command.env` values are not: they
+    /// are ordinary settings such as a node name, which scrubbing would erase from every
+    /// record; they only ever reach the playbook's copy, which redacts them.)
+    pub fn register_secrets(&self) {
+        for p in &self.probes {
+            if let ProbeKind::Http { url, headers, .. } = &p.kind {
+                crate::redact::register(crate::redact::url_secrets(url, false));
+                crate::redact::register(headers.values());
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +235,8 @@ pub enum ProbeKind {
     Command { argv: Vec<String> },
     Http {
         url: String,
+        /// Sent with each request; every value is treated as a secret in records.
+        headers: BTreeMap<String, String>,
         expect_status: u16,
         body_contains: Option<String>,
     },

@@ -74,7 +74,9 @@ struct RawCommand {
     user: Option<String>,
     timeout: Option<Spanned<String>>,
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    env: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    env_from_runner: Vec<Spanned<String>>,
     #[serde(default)]
     safe_to_rerun: bool,
     #[serde(default)]
@@ -111,6 +113,8 @@ struct RawProbe {
     command: Option<Spanned<Vec<String>>>,
     // kind = "http"
     url: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
     expect_status: Option<u16>,
     body_contains: Option<String>,
     // kind = "job"
@@ -192,6 +196,41 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, SourceErrors> {
     } else {
         Err(SourceErrors(v.errors))
     }
+}
+
+/// The playbook's text as records keep it (the copy beside the journal and in the cluster):
+/// `command.env` values and HTTP probe header values become `"REDACTED"`, credentials in
+/// probe URLs are redacted ([`crate::redact::url`]); everything else (comments, layout) is
+/// kept as written. Err when the text does not parse.
+pub fn redacted_text(path: &Path, text: &str) -> Result<String, SourceErrors> {
+    let src = Source::new(path, text);
+    let raw: RawPlaybook =
+        toml::from_str(text).map_err(|e| SourceErrors(vec![src.from_toml(&e)]))?;
+    let quoted = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    if let Some(c) = &raw.command {
+        for v in c.get_ref().env.values() {
+            edits.push((v.span(), quoted(crate::redact::REDACTED)));
+        }
+    }
+    for p in &raw.probe {
+        let p = p.get_ref();
+        for v in p.headers.values() {
+            edits.push((v.span(), quoted(crate::redact::REDACTED)));
+        }
+        if let Some(u) = &p.url {
+            let shown = crate::redact::url(u.get_ref());
+            if &shown != u.get_ref() {
+                edits.push((u.span(), quoted(&shown)));
+            }
+        }
+    }
+    edits.sort_by_key(|(span, _)| std::cmp::Reverse(span.start));
+    let mut out = text.to_owned();
+    for (span, with) in edits {
+        out.replace_range(span, &with);
+    }
+    Ok(out)
 }
 
 /// The monitor options of a playbook without a `[monitor]` table.
@@ -348,6 +387,8 @@ impl Validator<'_> {
                     user: None,
                     timeout: Duration::ZERO,
                     env: BTreeMap::new(),
+                    env_from_runner: Vec::new(),
+                    secret_env: SecretEnv::default(),
                     safe_to_rerun: false,
                     sudo: false,
                 }

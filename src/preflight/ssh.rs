@@ -29,14 +29,18 @@ pub async fn check(
         let address = nodes
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(name))
+            .ok_or_else(|| format!("node {name} is not in the cluster"))
             .and_then(|n| crate::cluster::ssh_address(n, &config.ssh.address));
-        let Some(address) = address else {
-            out.push(
-                Finding::new(Check::Ssh, Severity::Blocker, "the node has no address to SSH to")
-                    .node(name)
-                    .fix("check `ssh.address` in the config (InternalIP, ExternalIP, Hostname or an annotation) against the Node's status.addresses"),
-            );
-            continue;
+        let address = match address {
+            Ok(a) => a,
+            Err(why) => {
+                out.push(
+                    Finding::new(Check::Ssh, Severity::Blocker, why)
+                        .node(name)
+                        .fix("check `ssh.address` in the config (InternalIP, Hostname or a template) against the Node's status.addresses: a destination must be an IP address or a DNS name"),
+                );
+                continue;
+            }
         };
         let (ssh, user, sudo) = (
             config.ssh.clone(),

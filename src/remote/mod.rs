@@ -19,8 +19,10 @@
 //!   kill a command that sudo would otherwise start in a session of its own.
 //! - Needs on the node: a POSIX `sh`, `setsid`, `timeout` and GNU `tail` (`--pid`).
 
+mod address;
 mod words;
 
+pub use address::check_address;
 pub use words::{describe_words, remote_words};
 
 use crate::config::{KnownHostsPolicy, SshConfig};
@@ -53,6 +55,9 @@ pub fn record_dir(run_id: &str, node: &str) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
+    /// The destination is not an IP address or a DNS name ([`check_address`]): nothing ran.
+    #[error("refusing to SSH to this node: {0}")]
+    BadAddress(String),
     #[error("cannot connect to {destination} over SSH: {source}")]
     Connect {
         destination: String,
@@ -116,6 +121,9 @@ pub struct RemoteInvocation<'a> {
     pub record: &'a str,
     /// Run the wrapper with `sudo -n`.
     pub sudo: bool,
+    /// Secret variables (`env-from-runner`): sent on the wrapper's standard input, which
+    /// exports them for the command; never a word of a command line.
+    pub secret_env: &'a BTreeMap<String, String>,
 }
 
 impl<'a> RemoteInvocation<'a> {
@@ -134,6 +142,7 @@ impl<'a> RemoteInvocation<'a> {
             timeout: command.timeout,
             record,
             sudo: command.sudo,
+            secret_env: &command.secret_env.0,
         }
     }
 }
@@ -251,6 +260,7 @@ async fn connect(
     ssh: &SshConfig,
     inv: &RemoteInvocation<'_>,
 ) -> Result<openssh::Session, RemoteError> {
+    check_address(inv.address).map_err(RemoteError::BadAddress)?;
     builder(ssh, inv.user)
         .connect(inv.address)
         .await
@@ -266,6 +276,7 @@ async fn connect(
 async fn one_session(
     session: &openssh::Session,
     words: &[String],
+    stdin: Vec<u8>,
     on_event: &mut (impl FnMut(RemoteEvent) + Send),
     tail: &mut Vec<String>,
     seen: &mut usize,
@@ -289,10 +300,17 @@ async fn one_session(
         .arg(line.join(" "))
         .process_group(0)
         .kill_on_drop(true)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot run ssh: {e}"))?;
+    // The secrets, then end of file (the wrapper reads its standard input to the end first).
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let feed = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = input.write_all(&stdin).await;
+        let _ = input.shutdown().await;
+    });
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Stream, String)>();
@@ -343,6 +361,7 @@ async fn one_session(
     }
     let _ = out_task.await;
     let _ = err_task.await;
+    let _ = feed.await;
     let status = child
         .wait()
         .await
@@ -356,6 +375,17 @@ async fn one_session(
             SessionEnd::WrapperFailed(code)
         }
     })
+}
+
+/// What the wrapper reads on its standard input: `export NAME='value'` lines (names checked
+/// by the playbook, values shell-quoted), evaluated by the wrapper's shell before anything
+/// else. Nothing when there are no secrets.
+fn secret_input(secret_env: &BTreeMap<String, String>) -> Vec<u8> {
+    secret_env
+        .iter()
+        .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
+        .collect::<String>()
+        .into_bytes()
 }
 
 /// Sends each line the reader gives, to its end. Bytes, not UTF-8 lines: output in another
@@ -388,6 +418,7 @@ pub async fn reach(
     user: Option<&str>,
     sudo: bool,
 ) -> Result<(), String> {
+    check_address(address)?;
     let session = builder(ssh, user).connect(address).await.map_err(|e| {
         let mut why = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -426,7 +457,16 @@ pub async fn probe(
     let session = connect(ssh, inv).await?;
     let words = remote_words(inv, Mode::Probe, 0);
     let mut tail = Vec::new();
-    let result = one_session(&session, &words, &mut |_| {}, &mut tail, &mut 0, &mut false).await;
+    let result = one_session(
+        &session,
+        &words,
+        Vec::new(),
+        &mut |_| {},
+        &mut tail,
+        &mut 0,
+        &mut false,
+    )
+    .await;
     let _ = session.close().await;
     match result {
         Ok(SessionEnd::Record(state)) => Ok(state),
@@ -475,6 +515,7 @@ pub async fn run(
                     one_session(
                         &session,
                         &words,
+                        secret_input(inv.secret_env),
                         &mut on_event,
                         &mut tail,
                         &mut seen,

@@ -1,5 +1,7 @@
 use super::*;
 
+static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+
 fn invocation<'a>(
     env: &'a BTreeMap<String, String>,
     run: &'a str,
@@ -13,6 +15,7 @@ fn invocation<'a>(
         timeout: Duration::from_secs(90),
         record,
         sudo: false,
+        secret_env: &EMPTY,
     }
 }
 
@@ -188,4 +191,38 @@ fn the_command_outlives_the_wrapper_that_started_it() {
     let (out, err) = wrapper("start", &dir, "echo must not run");
     assert_eq!(out, "begin\nfinished\n", "{err}");
     assert!(err.trim_end().ends_with("ROLLGATE:end exit 0"), "{err}");
+}
+
+#[test]
+fn secrets_go_on_stdin_and_come_back_whole_in_the_shell() {
+    let value = "-----BEGIN KEY-----\nab'c \"$(id)\" `x` \\\n-----END KEY-----\n";
+    let secrets = BTreeMap::from([("CHEF_KEY".to_owned(), value.to_owned())]);
+    let env = BTreeMap::new();
+    let inv = RemoteInvocation {
+        secret_env: &secrets,
+        ..invocation(&env, "true", "/var/tmp/r")
+    };
+    // Never a word of the command line.
+    assert!(
+        remote_words(&inv, Mode::Start, 0)
+            .iter()
+            .all(|w| !w.contains("BEGIN KEY") && !w.contains("CHEF_KEY"))
+    );
+    // The wrapper's first line of work: `eval "$(cat)"`.
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", r#"s=$(cat) && eval "$s"; printf %s "$CHEF_KEY""#])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&secret_input(&secrets))
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    // Byte for byte, trailing newline included (it is inside the quotes).
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), value);
 }

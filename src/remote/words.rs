@@ -26,12 +26,18 @@ pub fn remote_words(inv: &RemoteInvocation<'_>, mode: Mode, skip: usize) -> Vec<
     words
 }
 
-/// The words as the operator would type them (the wrapper script abbreviated), for `--dry-run`.
+/// The words as the operator would type them (the wrapper script abbreviated), for `--dry-run`:
+/// the playbook's `command.env` values show as `REDACTED` (node facts, `ROLLGATE_*`, as they are).
 pub fn describe_words(inv: &RemoteInvocation<'_>) -> String {
     remote_words(inv, Mode::Start, 0)
         .iter()
         .map(|w| {
-            if w == WRAPPER {
+            let playbook_env = w
+                .split_once('=')
+                .filter(|(k, _)| inv.env.contains_key(*k) && !k.starts_with("ROLLGATE_"));
+            if let Some((k, _)) = playbook_env {
+                format!("{k}={}", crate::redact::REDACTED)
+            } else if w == WRAPPER {
                 "'<rollgate wrapper: detached, timeout -s KILL, record>'".to_owned()
             } else {
                 shell_quote(w)

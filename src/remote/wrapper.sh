@@ -12,6 +12,9 @@
 # Control lines go to stderr as `ROLLGATE:...`; the command's output goes to stdout.
 set -u
 mode=$1; d=$2; secs=$3; run=$4; skip=$5
+# Secret variables (env-from-runner) arrive on stdin as `export NAME='value'` lines, never as
+# arguments (which any user of the node can read in the process list); the command inherits them.
+rollgate_secrets=$(cat) && eval "$rollgate_secrets"; unset rollgate_secrets
 say() { printf 'ROLLGATE:%s\n' "$*" >&2; }
 boot_id() { cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown; }
 running() {

@@ -336,6 +336,8 @@ pub async fn push(
         pushgateway.trim_end_matches('/'),
         lock_name
     );
+    // Messages name the URL redacted (credentials, token-like parameters).
+    let shown = crate::redact::url(&url);
     let response = reqwest::Client::new()
         .put(&url)
         .header("Content-Type", "text/plain; version=0.0.4")
@@ -343,13 +345,13 @@ pub async fn push(
         .body(body)
         .send()
         .await
-        .map_err(|e| format!("cannot push to {url}: {e}"))?;
+        .map_err(|e| format!("cannot push to {shown}: {}", e.without_url()))?;
     if response.status().is_success() {
         Ok(())
     } else {
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
-        Err(format!("{url} answered {status}: {}", text.trim()))
+        Err(format!("{shown} answered {status}: {}", text.trim()))
     }
 }
 

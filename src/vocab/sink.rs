@@ -49,10 +49,12 @@ impl EventSink {
     /// Reports the event (to the consumers even when the journal cannot take it: it happened).
     /// A journal failure is not returned here: it stops the run before the next step (see
     /// [`EventSink::emit_durable`]) and through [`EventSink::journal_failed`].
+    /// Every registered secret is scrubbed from the event first ([`crate::redact`]): what the
+    /// journal, the reporters and the notifiers get holds none.
     pub fn emit(&self, event: RunEvent) {
         let stamped = Stamped {
             at: SystemTime::now(),
-            event,
+            event: crate::redact::scrub_serde(event),
         };
         if let Some(j) = &self.journal {
             let _ = j.record(&stamped);
@@ -66,7 +68,7 @@ impl EventSink {
     pub fn emit_durable(&self, event: RunEvent) -> Result<(), JournalError> {
         let stamped = Stamped {
             at: SystemTime::now(),
-            event,
+            event: crate::redact::scrub_serde(event),
         };
         if let Some(j) = &self.journal {
             j.record(&stamped)?;

@@ -206,12 +206,7 @@ impl Validator<'_> {
             );
         }
         for key in c.env.keys() {
-            if key.is_empty()
-                || !key
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-                || key.starts_with(|ch: char| ch.is_ascii_digit())
-            {
+            if !is_env_name(key) {
                 self.errors.push(self.src.error_key(
                     Some(c.run.span()),
                     &format!("command.env.{key}"),
@@ -220,7 +215,47 @@ impl Validator<'_> {
                 ));
             }
         }
+        let mut env_from_runner: Vec<RunnerVar> = Vec::new();
+        for var in c.env_from_runner {
+            let name = var.get_ref().clone();
+            let problem = if !is_env_name(&name) {
+                Some((
+                    format!("{name:?} is not a valid environment variable name"),
+                    "use letters, digits and _ (not starting with a digit)".to_owned(),
+                ))
+            } else if name.starts_with("ROLLGATE_") {
+                Some((
+                    format!("{name} is a name rollgate sets itself (node facts are ROLLGATE_*)"),
+                    "pass the secret under another name".to_owned(),
+                ))
+            } else if c.env.contains_key(&name) {
+                Some((
+                    format!("{name} is both in env and in env-from-runner"),
+                    "keep it in env-from-runner only (a secret's value never belongs in the playbook)".to_owned(),
+                ))
+            } else if env_from_runner.iter().any(|v| v.name == name) {
+                Some((
+                    format!("{name} is named twice in env-from-runner"),
+                    "name each variable once".to_owned(),
+                ))
+            } else {
+                None
+            };
+            if let Some((message, hint)) = problem {
+                self.errors.push(self.src.error_key(
+                    Some(var.span()),
+                    "command.env-from-runner",
+                    message,
+                    Some(hint),
+                ));
+                continue;
+            }
+            let (line, column) = self.src.line_col(var.span().start);
+            env_from_runner.push(RunnerVar { name, line, column });
+        }
         RemoteCommand {
+            env_from_runner,
+            secret_env: SecretEnv::default(),
             run: c.run.into_inner(),
             user: c.user,
             timeout: self.duration(
@@ -229,9 +264,22 @@ impl Validator<'_> {
                 Duration::from_secs(1),
                 MAX_WAIT,
             ),
-            env: c.env,
+            env: c
+                .env
+                .into_iter()
+                .map(|(k, v)| (k, v.into_inner()))
+                .collect(),
             safe_to_rerun: c.safe_to_rerun,
             sudo: c.sudo,
         }
     }
+}
+
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        && !name.starts_with(|ch: char| ch.is_ascii_digit())
 }

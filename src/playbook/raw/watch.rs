@@ -66,8 +66,27 @@ impl Validator<'_> {
                             "start it with http:// or https://".to_owned(),
                         );
                     }
+                    for name in p.headers.keys() {
+                        if name.is_empty()
+                            || !name
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                        {
+                            self.err_key(
+                                kind_span.clone(),
+                                &format!("{key}.headers"),
+                                format!("{name:?} is not an HTTP header name"),
+                                "use letters, digits, - and _, e.g. headers = { Authorization = \"Bearer ...\" }".to_owned(),
+                            );
+                        }
+                    }
                     Some(ProbeKind::Http {
                         url: p.url.map(|u| u.into_inner()).unwrap_or_default(),
+                        headers: p
+                            .headers
+                            .into_iter()
+                            .map(|(k, v)| (k, v.into_inner()))
+                            .collect(),
                         expect_status: p.expect_status.unwrap_or(200),
                         body_contains: p.body_contains,
                     })
