@@ -289,7 +289,9 @@ pub fn up(opts: &UpOptions) -> Result<()> {
             &format!("--service-account-private-key-file={}", p("sa.key")),
             &format!("--root-ca-file={}", p("ca.crt")),
             "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-route",
-            "--node-monitor-grace-period=20s",
+            // 60 s, not 20 s: with hundreds of kwok nodes on a loaded 2-core machine, kwok renews
+            // leases late and nodes went Unknown ("Kubelet stopped posting node status").
+            "--node-monitor-grace-period=60s",
             "--concurrent-deployment-syncs=10",
             "--concurrent-replicaset-syncs=10",
             // Hundreds of nodes and tens of thousands of pods (`--nodes`): the default 20/30
