@@ -334,7 +334,14 @@ async fn main() {
     ));
     bench_row(&format!(
         "  {:<52} {rss} MB (peak {peak} MB)   goal < 200 MB",
-        "monitor: RSS (release build)"
+        &format!(
+            "monitor: RSS ({} build)",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+        )
     ));
     bench_row(&format!(
         "  {:<52} {cpu:.1}% of one core   goal < 5%",
