@@ -58,10 +58,11 @@ async fn main() {
         on_pdb_timeout: PdbTimeoutPolicy::Fail,
         eviction_concurrency: 16,
     };
-    println!(
-        "{:<8} {:<22} {:>14} {:>14} {:>7}",
+    bench_row("drain of one node, side by side with kubectl drain (same cluster, same run):");
+    bench_row(&format!(
+        "  {:<8} {:<22} {:>14} {:>14} {:>7}",
         "pods", "PDB", "kubectl drain", "rollgate drain", "ratio"
-    );
+    ));
     // With a PDB, kubectl retries a refused eviction every 5 s; rollgate as soon as the
     // budget allows one again (at the latest after 5 s).
     let cases: [(u32, Option<&str>); 6] = [
@@ -119,14 +120,14 @@ async fn main() {
             .expect("rollgate drain");
         let rollgate_time = t.elapsed();
         assert_eq!(report.evicted.len() as u32, pods, "every pod was evicted");
-        println!(
-            "{:<8} {:<22} {:>13.2}s {:>13.2}s {:>6.2}x",
+        bench_row(&format!(
+            "  {:<8} {:<22} {:>13.2}s {:>13.2}s {:>6.2}x",
             pods,
             pdb.unwrap_or("none"),
             kubectl_time.as_secs_f64(),
             rollgate_time.as_secs_f64(),
             rollgate_time.as_secs_f64() / kubectl_time.as_secs_f64()
-        );
+        ));
     }
     drop(client);
 }

@@ -187,21 +187,85 @@ impl Drop for TestNodes {
                 .args(["testenv", "node", "rm", name])
                 .output();
         }
-        // The remote commands' records these nodes left on the (shared, local) "node" disk:
-        // /var/tmp/rollgate-RUN-NODE and its .attempt-N siblings.
-        let Ok(entries) = std::fs::read_dir("/var/tmp") else {
-            return;
+        remove_command_records(&self.names);
+    }
+}
+
+/// The remote commands' records `names` left on the (shared, local) "node" disk:
+/// /var/tmp/rollgate-RUN-NODE and its .attempt-N siblings.
+fn remove_command_records(names: &[String]) {
+    let Ok(entries) = std::fs::read_dir("/var/tmp") else {
+        return;
+    };
+    let names: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix("rollgate-") else {
+            continue;
         };
-        for entry in entries.flatten() {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            let ours = file.starts_with("rollgate-")
-                && self.names.iter().any(|n| {
-                    file.ends_with(&format!("-{n}")) || file.contains(&format!("-{n}.attempt-"))
-                });
-            if ours {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
+        let base = rest.split(".attempt-").next().unwrap_or(rest);
+        // RUN-NODE: the node is some suffix after a dash.
+        let ours = base
+            .match_indices('-')
+            .any(|(i, _)| names.contains(&base[i + 1..]));
+        if ours {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+/// The xtask binary that manages the environment: `ROLLGATE_TESTENV_XTASK` or the copy the
+/// environment runs (`STATE/bin/xtask`).
+pub fn xtask() -> PathBuf {
+    std::env::var_os("ROLLGATE_TESTENV_XTASK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env().xtask.clone())
+}
+
+/// A fleet of kwok nodes `PREFIX-0001`.. sharing one sshd (`testenv node add-many`), labelled
+/// `rollgate.test/suite=PREFIX`, with pods from Deployments in a namespace; removed when dropped.
+pub struct Fleet {
+    pub prefix: String,
+    pub names: Vec<String>,
+}
+
+impl Fleet {
+    /// `count` nodes at kubelet v1.35.4 with `pods_per_node` pods each in namespace `ns`.
+    pub fn add(prefix: &str, count: u32, pods_per_node: u32, ns: &str) -> Self {
+        let out = Command::new(xtask())
+            .args(["testenv", "node", "add-many", "--prefix", prefix])
+            .args(["--count", &count.to_string()])
+            .args(["--pods-per-node", &pods_per_node.to_string()])
+            .args(["--namespace", ns])
+            .arg("--label")
+            .arg(format!("rollgate.test/suite={prefix}"))
+            .output()
+            .expect("run xtask node add-many");
+        assert!(
+            out.status.success(),
+            "node add-many: {}\n(an environment started by an older xtask lacks `add-many`: restart it, \
+             or point ROLLGATE_TESTENV_XTASK at a current target/debug/xtask)",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(names.len(), count as usize, "add-many printed every node");
+        Self {
+            prefix: prefix.to_owned(),
+            names,
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = Command::new(xtask())
+            .args(["testenv", "node", "rm-many", "--prefix", &self.prefix])
+            .output();
+        remove_command_records(&self.names);
     }
 }
 
@@ -983,4 +1047,18 @@ pub async fn crash_after(mut cmd: Command, state_dir: &Path, lock: &str, node: &
     child.kill().unwrap();
     let _ = child.wait();
     tokio::time::sleep(Duration::from_secs(4)).await; // the dead runner's lock expires
+}
+
+/// Prints one line of a benchmark's table and appends it to `$ROLLGATE_BENCH_TABLE` when set
+/// (`cargo xtask bench` prints every bench's lines as one table at the end).
+pub fn bench_row(line: &str) {
+    println!("{line}");
+    if let Some(path) = std::env::var_os("ROLLGATE_BENCH_TABLE") {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open the bench table");
+        writeln!(f, "{line}").expect("append to the bench table");
+    }
 }

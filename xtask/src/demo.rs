@@ -132,7 +132,7 @@ fn check(mut cmd: Command, what: &str) -> Result<()> {
 
 pub fn run(down_after: bool) -> Result<ExitCode> {
     testenv::install()?;
-    testenv::up()?;
+    testenv::up(&testenv::UpOptions::default())?;
     let env = testenv::read_env()?;
     let xtask = std::env::current_exe().context("locate xtask")?;
     for (name, labels, taints) in NODES {

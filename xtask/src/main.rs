@@ -1,6 +1,6 @@
 //! `cargo xtask`: rollgate's developer tasks.
 //!
-//! - `testenv install|up|down|status|node add|node rm`: the local test environment (a real
+//! - `testenv install|up|down|status|node add|rm|add-many|rm-many`: the local test environment (a real
 //!   kube-apiserver, controller-manager and scheduler with kwok nodes, one sshd per node,
 //!   Prometheus and a Slack stand-in), run as plain local processes on loopback.
 //! - `test`: install, start the environment, run lint + the whole test suite, stop the environment.
@@ -44,7 +44,8 @@ enum Command {
         #[arg(long)]
         down: bool,
     },
-    /// Start the test environment, run the drain benchmark (side by side with kubectl drain), stop it.
+    /// Start an environment of its own (/tmp/rollgate-bench, ports +100), run the drain, fleet and
+    /// offline benchmarks, stop it, print their figures as one table.
     Bench,
     /// Run the Slack Web API stand-in in the foreground.
     SlackStandin(slack_standin::Args),

@@ -5,9 +5,14 @@
 //! Debian's Prometheus and the Slack stand-in. `up` writes `env.json` in the state directory;
 //! `status --json` prints it, and rollgate's tests read it (tests/support).
 
+mod fleet;
 mod nodes;
 mod pki;
 pub mod procs;
+mod status;
+mod suite;
+
+pub use suite::{run_bench, run_test_suite};
 
 use crate::paths::{self, *};
 use crate::{Context, Result};
@@ -22,8 +27,9 @@ use std::time::{Duration, Instant};
 pub enum TestenvCommand {
     /// Build and cache the control plane, etcd and kwok; install sshd, Prometheus (idempotent).
     Install,
-    /// Start the environment (a no-op when it is already running).
-    Up,
+    /// Start the environment (a no-op when it is already running). `ROLLGATE_TESTENV_STATE`
+    /// and `ROLLGATE_TESTENV_PORT_OFFSET` run a second environment beside the default one.
+    Up(UpOptions),
     /// Stop every process the environment started and remove its state.
     Down,
     /// Show whether the environment runs and where its files are.
@@ -37,6 +43,17 @@ pub enum TestenvCommand {
         #[command(subcommand)]
         command: nodes::NodeCommand,
     },
+}
+
+/// `testenv up` options: a fleet of nodes sharing one sshd, with pods, added once it is up.
+#[derive(clap::Args, Default)]
+pub struct UpOptions {
+    /// Add this many kwok nodes `fleet-0001`.. (one shared sshd; see `node add-many`).
+    #[arg(long, default_value_t = 0)]
+    pub nodes: u32,
+    /// Pods per fleet node (Deployments in namespace `fleet`, one per group of nodes).
+    #[arg(long, default_value_t = 0)]
+    pub pods_per_node: u32,
 }
 
 /// What a running environment offers; written to `STATE/env.json`.
@@ -57,14 +74,17 @@ pub struct EnvDescription {
     pub kubectl: PathBuf,
     pub xtask: PathBuf,
     pub k8s_version: String,
+    /// Added to every port (0: the default environment; absent in older env.json files).
+    #[serde(default)]
+    pub port_offset: u16,
 }
 
 pub fn run(command: TestenvCommand) -> Result<ExitCode> {
     match command {
         TestenvCommand::Install => install().map(|_| ExitCode::SUCCESS),
-        TestenvCommand::Up => up().map(|_| ExitCode::SUCCESS),
+        TestenvCommand::Up(opts) => up(&opts).map(|_| ExitCode::SUCCESS),
         TestenvCommand::Down => down().map(|_| ExitCode::SUCCESS),
-        TestenvCommand::Status { json } => status(json),
+        TestenvCommand::Status { json } => status::status(json),
         TestenvCommand::Node { command } => nodes::run(command).map(|_| ExitCode::SUCCESS),
     }
 }
@@ -122,12 +142,39 @@ fn running(state: &Path) -> bool {
     !procs.is_empty() && procs.iter().all(|(_, pid)| procs::is_alive(*pid))
 }
 
-pub fn up() -> Result<()> {
+pub fn up(opts: &UpOptions) -> Result<()> {
     let started = Instant::now();
     let state = state_dir();
+    let offset = paths::port_offset()?;
+    if offset != 0
+        && std::env::var_os("ROLLGATE_TESTENV_STATE").is_none()
+        && state == Path::new("/tmp/rollgate-testenv")
+    {
+        return Err("ROLLGATE_TESTENV_PORT_OFFSET without ROLLGATE_TESTENV_STATE would share the default environment's state\n  hint: give the second environment its own, e.g. ROLLGATE_TESTENV_STATE=/tmp/rollgate-second".into());
+    }
+    let [
+        etcd_client_port,
+        etcd_peer_port,
+        apiserver_port,
+        kwok_port,
+        slack_port,
+        prometheus_port,
+        pushgateway_port,
+        node_ssh_port,
+    ] = [
+        ETCD_CLIENT_PORT,
+        ETCD_PEER_PORT,
+        APISERVER_PORT,
+        KWOK_PORT,
+        SLACK_PORT,
+        PROMETHEUS_PORT,
+        PUSHGATEWAY_PORT,
+        NODE_SSH_PORT,
+    ]
+    .map(|p| paths::port(p, offset));
     if env_file(&state).exists() && running(&state) {
         eprintln!("[testenv] already running; state in {}", state.display());
-        return Ok(());
+        return fleet::up_fleet(opts);
     }
     if state.exists() {
         eprintln!(
@@ -171,12 +218,15 @@ pub fn up() -> Result<()> {
     )
     .context("write tokens")?;
     let kubeconfig = state.join("kubeconfig");
-    fs::write(&kubeconfig, kubeconfig_yaml(&pki.join("ca.crt"), &token))
-        .context("write kubeconfig")?;
+    fs::write(
+        &kubeconfig,
+        kubeconfig_yaml(&pki.join("ca.crt"), &token, apiserver_port),
+    )
+    .context("write kubeconfig")?;
 
     // etcd
-    let etcd_client = format!("http://127.0.0.1:{ETCD_CLIENT_PORT}");
-    let etcd_peer = format!("http://127.0.0.1:{ETCD_PEER_PORT}");
+    let etcd_client = format!("http://127.0.0.1:{etcd_client_port}");
+    let etcd_peer = format!("http://127.0.0.1:{etcd_peer_port}");
     procs::spawn(
         &state,
         "etcd",
@@ -193,7 +243,7 @@ pub fn up() -> Result<()> {
         ]),
     )?;
     procs::wait_for("etcd", Duration::from_secs(30), || {
-        procs::port_open(&format!("127.0.0.1:{ETCD_CLIENT_PORT}"))
+        procs::port_open(&format!("127.0.0.1:{etcd_client_port}"))
     })?;
 
     // kube-apiserver
@@ -206,7 +256,7 @@ pub fn up() -> Result<()> {
             &format!("--etcd-servers={etcd_client}"),
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
-            &format!("--secure-port={APISERVER_PORT}"),
+            &format!("--secure-port={apiserver_port}"),
             &format!("--tls-cert-file={}", p("apiserver.crt")),
             &format!("--tls-private-key-file={}", p("apiserver.key")),
             &format!("--client-ca-file={}", p("ca.crt")),
@@ -239,9 +289,15 @@ pub fn up() -> Result<()> {
             &format!("--service-account-private-key-file={}", p("sa.key")),
             &format!("--root-ca-file={}", p("ca.crt")),
             "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-route",
-            "--node-monitor-grace-period=20s",
+            // 60 s, not 20 s: with hundreds of kwok nodes on a loaded 2-core machine, kwok renews
+            // leases late and nodes went Unknown ("Kubelet stopped posting node status").
+            "--node-monitor-grace-period=60s",
             "--concurrent-deployment-syncs=10",
             "--concurrent-replicaset-syncs=10",
+            // Hundreds of nodes and tens of thousands of pods (`--nodes`): the default 20/30
+            // client QPS would make the ReplicaSet controller the bottleneck.
+            "--kube-api-qps=300",
+            "--kube-api-burst=600",
             "--v=1",
         ]),
     )?;
@@ -253,6 +309,8 @@ pub fn up() -> Result<()> {
             &format!("--kubeconfig={}", kubeconfig.display()),
             "--leader-elect=false",
             "--secure-port=0",
+            "--kube-api-qps=300",
+            "--kube-api-burst=600",
             "--v=1",
         ]),
     )?;
@@ -268,7 +326,7 @@ pub fn up() -> Result<()> {
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--cidr=127.3.0.0/16",
             "--node-ip=127.0.0.1",
-            &format!("--server-address=127.0.0.1:{KWOK_PORT}"),
+            &format!("--server-address=127.0.0.1:{kwok_port}"),
             "--node-lease-duration-seconds=40",
         ]),
     )?;
@@ -297,8 +355,8 @@ pub fn up() -> Result<()> {
     fs::write(
         ssh.join("ssh_config"),
         format!(
-            "# Written by `cargo xtask testenv up`: every test node listens on 127.0.B.N:22 (B >= 1).\n\
-             Host 127.0.*\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  \
+            "# Written by `cargo xtask testenv up`: every test node listens on 127.0.B.N:{node_ssh_port} (B >= 1).\n\
+             Host 127.0.*\n  Port {node_ssh_port}\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  \
              StrictHostKeyChecking yes\n  GlobalKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectTimeout 5\n",
             key = client_key.display(),
             kh = ssh.join("known_hosts").display()
@@ -332,7 +390,7 @@ pub fn up() -> Result<()> {
         &xtask_copy,
         &strings(&[
             "slack-standin",
-            &format!("--listen=127.0.0.1:{SLACK_PORT}"),
+            &format!("--listen=127.0.0.1:{slack_port}"),
             &format!("--token={SLACK_TOKEN}"),
         ]),
     )?;
@@ -360,7 +418,7 @@ pub fn up() -> Result<()> {
         &strings(&[
             &format!("--config.file={}", prom.join("prometheus.yml").display()),
             &format!("--storage.tsdb.path={}", prom.join("data").display()),
-            &format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"),
+            &format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
             "--web.enable-lifecycle",
             "--log.level=warn",
         ]),
@@ -372,7 +430,7 @@ pub fn up() -> Result<()> {
         "pushgateway",
         Path::new("/usr/bin/prometheus-pushgateway"),
         &strings(&[
-            &format!("--web.listen-address=127.0.0.1:{PUSHGATEWAY_PORT}"),
+            &format!("--web.listen-address=127.0.0.1:{pushgateway_port}"),
             "--log.level=warn",
         ]),
     )?;
@@ -384,24 +442,25 @@ pub fn up() -> Result<()> {
         ssh_config: ssh.join("ssh_config"),
         known_hosts: ssh.join("known_hosts"),
         client_key,
-        slack_url: format!("http://127.0.0.1:{SLACK_PORT}"),
+        slack_url: format!("http://127.0.0.1:{slack_port}"),
         slack_token: SLACK_TOKEN.into(),
-        prometheus_url: format!("http://127.0.0.1:{PROMETHEUS_PORT}"),
+        prometheus_url: format!("http://127.0.0.1:{prometheus_port}"),
         prometheus_rules_dir: rules,
         prometheus_targets_dir: targets,
-        pushgateway_url: format!("http://127.0.0.1:{PUSHGATEWAY_PORT}"),
+        pushgateway_url: format!("http://127.0.0.1:{pushgateway_port}"),
         kubectl: kubectl.clone(),
         xtask: xtask_copy,
         k8s_version: K8S_VERSION.into(),
+        port_offset: offset,
     };
     procs::wait_for("the Slack stand-in", Duration::from_secs(10), || {
-        procs::port_open(&format!("127.0.0.1:{SLACK_PORT}"))
+        procs::port_open(&format!("127.0.0.1:{slack_port}"))
     })?;
     procs::wait_for("Prometheus /-/ready", Duration::from_secs(30), || {
         matches!(
             procs::http(
                 "GET",
-                &format!("127.0.0.1:{PROMETHEUS_PORT}"),
+                &format!("127.0.0.1:{prometheus_port}"),
                 "/-/ready",
                 ""
             ),
@@ -412,7 +471,7 @@ pub fn up() -> Result<()> {
         matches!(
             procs::http(
                 "GET",
-                &format!("127.0.0.1:{PUSHGATEWAY_PORT}"),
+                &format!("127.0.0.1:{pushgateway_port}"),
                 "/-/ready",
                 ""
             ),
@@ -442,7 +501,7 @@ pub fn up() -> Result<()> {
         state.display()
     );
     eprintln!("[testenv] export KUBECONFIG={}", kubeconfig.display());
-    Ok(())
+    fleet::up_fleet(opts)
 }
 
 pub fn down() -> Result<()> {
@@ -473,152 +532,6 @@ pub fn down() -> Result<()> {
     Ok(())
 }
 
-fn status(json: bool) -> Result<ExitCode> {
-    let state = state_dir();
-    let env = match read_env() {
-        Ok(env) => env,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    let procs = procs::recorded(&state);
-    let all_alive = procs.iter().all(|(_, pid)| procs::is_alive(*pid));
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&env).expect("serialisable")
-        );
-    } else {
-        println!("state dir:   {}", env.state_dir.display());
-        println!("kubeconfig:  {}", env.kubeconfig.display());
-        println!("ssh_config:  {}", env.ssh_config.display());
-        println!("known_hosts: {}", env.known_hosts.display());
-        println!("client key:  {}", env.client_key.display());
-        println!("slack:       {}", env.slack_url);
-        println!("prometheus:  {}", env.prometheus_url);
-        println!("pushgateway: {}", env.pushgateway_url);
-        for (name, pid) in &procs {
-            println!(
-                "  {:<28} pid {:<8} {}",
-                name,
-                pid,
-                if procs::is_alive(*pid) {
-                    "running"
-                } else {
-                    "DEAD"
-                }
-            );
-        }
-    }
-    Ok(if all_alive {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// `cargo xtask test`: install, (re)start the environment, lint, run every test, stop.
-pub fn run_test_suite(cargo_test_args: &[String], no_lint: bool) -> Result<ExitCode> {
-    let started = Instant::now();
-    install()?;
-    down()?;
-    let up_started = Instant::now();
-    let result = up().and_then(|_| {
-        eprintln!(
-            "[testenv] environment up in {:.1}s",
-            up_started.elapsed().as_secs_f64()
-        );
-        let root = paths::workspace_root();
-        if !no_lint {
-            cargo(&root, &["fmt", "--all", "--", "--check"])?;
-            cargo(
-                &root,
-                &[
-                    "clippy",
-                    "--workspace",
-                    "--all-targets",
-                    "--",
-                    "-D",
-                    "warnings",
-                ],
-            )?;
-        }
-        let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
-        if !cargo_test_args.is_empty() {
-            args.push("--".into());
-            args.extend(cargo_test_args.iter().cloned());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cargo_bounded(&root, &args, TEST_DEADLINE)
-    });
-    let stopped = down();
-    eprintln!(
-        "[testenv] test run took {:.1}s in all",
-        started.elapsed().as_secs_f64()
-    );
-    result?;
-    stopped?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `cargo xtask bench`: install, (re)start the environment, run the benchmarks, stop.
-pub fn run_bench() -> Result<ExitCode> {
-    install()?;
-    down()?;
-    let root = paths::workspace_root();
-    let result = up()
-        .and_then(|_| cargo(&root, &["bench", "--bench", "drain"]))
-        .and_then(|_| cargo(&root, &["bench", "--bench", "offline"]));
-    let stopped = down();
-    result?;
-    stopped?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// A hung test must not hang CI: the whole `cargo test` is bounded (CI allows 90 minutes).
-const TEST_DEADLINE: Duration = Duration::from_secs(45 * 60);
-
-fn cargo_bounded(root: &Path, args: &[&str], deadline: Duration) -> Result<()> {
-    eprintln!(
-        "[xtask] cargo {} (at most {} min)",
-        args.join(" "),
-        deadline.as_secs() / 60
-    );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new("timeout")
-        .args(["--kill-after=30", &deadline.as_secs().to_string(), &cargo])
-        .args(args)
-        .current_dir(root)
-        .env("ROLLGATE_TESTENV_STATE", state_dir())
-        .status()
-        .context("run cargo under timeout")?;
-    match status.code() {
-        Some(0) => Ok(()),
-        Some(124) | Some(137) => Err(format!(
-            "cargo {} did not finish within {} minutes",
-            args.join(" "),
-            deadline.as_secs() / 60
-        )),
-        _ => Err(format!("cargo {} failed ({status})", args.join(" "))),
-    }
-}
-
-fn cargo(root: &Path, args: &[&str]) -> Result<()> {
-    eprintln!("[xtask] cargo {}", args.join(" "));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .current_dir(root)
-        .env("ROLLGATE_TESTENV_STATE", state_dir())
-        .status()
-        .context("run cargo")?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("cargo {} failed ({status})", args.join(" ")))
-    }
-}
-
 pub fn run_quiet(cmd: &mut Command) -> Result<()> {
     let out = cmd
         .stdin(Stdio::null())
@@ -639,9 +552,9 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-fn kubeconfig_yaml(ca: &Path, token: &str) -> String {
+fn kubeconfig_yaml(ca: &Path, token: &str, apiserver_port: u16) -> String {
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: rollgate-testenv\n  cluster:\n    server: https://127.0.0.1:{APISERVER_PORT}\n    \
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: rollgate-testenv\n  cluster:\n    server: https://127.0.0.1:{apiserver_port}\n    \
          certificate-authority: {ca}\ncontexts:\n- name: rollgate-testenv\n  context:\n    cluster: rollgate-testenv\n    user: admin\n\
          current-context: rollgate-testenv\nusers:\n- name: admin\n  user:\n    token: {token}\n",
         ca = ca.display()

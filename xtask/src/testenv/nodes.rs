@@ -32,6 +32,13 @@ pub enum NodeCommand {
     },
     /// Delete a node and stop its sshd.
     Rm { name: String },
+    /// Create many kwok nodes at once, sharing one sshd, with pods; prints their names.
+    AddMany(super::fleet::AddMany),
+    /// Delete a fleet made by `add-many` (its Deployments, then its nodes).
+    RmMany {
+        #[arg(long)]
+        prefix: String,
+    },
 }
 
 pub fn run(command: NodeCommand) -> Result<()> {
@@ -47,6 +54,22 @@ pub fn run(command: NodeCommand) -> Result<()> {
             Ok(())
         }
         NodeCommand::Rm { name } => rm(&name),
+        NodeCommand::AddMany(args) => {
+            for name in super::fleet::add_many(&args)? {
+                println!("{name}");
+            }
+            Ok(())
+        }
+        NodeCommand::RmMany { prefix } => super::fleet::rm_many(&prefix),
+    }
+}
+
+/// The host field of a known_hosts line: `ADDR`, or `[ADDR]:PORT` off port 22.
+pub fn known_host(ip: &str, port: u16) -> String {
+    if port == 22 {
+        ip.to_owned()
+    } else {
+        format!("[{ip}]:{port}")
     }
 }
 
@@ -90,6 +113,7 @@ fn add(name: &str, labels: &[String], taints: &[String], kubelet_version: &str) 
     fs::create_dir_all(&node_dir).context("create node dir")?;
     let n = allocate_index(&state)?;
     let (ip, pod_cidr) = addresses(n);
+    let port = crate::paths::port(crate::paths::NODE_SSH_PORT, env.port_offset);
 
     // sshd bound to the node's address, with its own host key.
     let host_key = node_dir.join("ssh_host_ed25519_key");
@@ -102,7 +126,7 @@ fn add(name: &str, labels: &[String], taints: &[String], kubelet_version: &str) 
     fs::write(
         &config,
         format!(
-            "ListenAddress {ip}:22\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\nPermitRootLogin prohibit-password\n\
+            "ListenAddress {ip}:{port}\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\nPermitRootLogin prohibit-password\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n\
              MaxStartups 64:30:128\nSubsystem sftp internal-sftp\n",
             hk = host_key.display(),
@@ -134,11 +158,13 @@ fn add(name: &str, labels: &[String], taints: &[String], kubelet_version: &str) 
         .open(&env.known_hosts)
         .context("open known_hosts")?;
     known_hosts
-        .write_all(format!("{ip} {kind} {key}\n").as_bytes())
+        .write_all(format!("{} {kind} {key}\n", known_host(&ip, port)).as_bytes())
         .context("append known_hosts")?;
-    procs::wait_for(&format!("sshd on {ip}:22"), Duration::from_secs(10), || {
-        procs::port_open(&format!("{ip}:22"))
-    })?;
+    procs::wait_for(
+        &format!("sshd on {ip}:{port}"),
+        Duration::from_secs(10),
+        || procs::port_open(&format!("{ip}:{port}")),
+    )?;
 
     // The Node object, managed by kwok (annotation), reporting the given kubelet version.
     let mut label_map = serde_json::Map::new();

@@ -141,3 +141,41 @@ pub fn http(method: &str, addr: &str, path: &str, body: &str) -> Result<(u16, St
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// Resident memory of one process in MB (None once it is gone).
+pub fn rss_mb(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
+}
+
+/// The environment's processes by resident memory, largest first, with the total (sshd merged).
+pub fn memory_summary(state: &Path) -> String {
+    let mut by_name: Vec<(String, u64)> = Vec::new();
+    for (name, pid) in recorded(state) {
+        let name = if name.starts_with("sshd-") {
+            "sshd".to_owned()
+        } else {
+            name
+        };
+        let mb = rss_mb(pid).unwrap_or(0);
+        match by_name.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += mb,
+            None => by_name.push((name, mb)),
+        }
+    }
+    by_name.sort_by_key(|m| std::cmp::Reverse(m.1));
+    let total: u64 = by_name.iter().map(|(_, mb)| mb).sum();
+    let parts: Vec<String> = by_name
+        .iter()
+        .map(|(n, mb)| format!("{n} {mb} MB"))
+        .collect();
+    format!("{total} MB in all ({})", parts.join(", "))
+}
