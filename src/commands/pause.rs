@@ -34,6 +34,15 @@ pub async fn ask_live_run(
     action: Action,
     reason: Option<&str>,
 ) -> Result<u8, Failure> {
+    if RunsDir::new(&config.state_dir).run(run_id).process_gone() {
+        return Err(Failure::new(
+            exit::BAD_INPUT,
+            format!(
+                "error: run {run_id} is not running (its process on this machine is gone)\n  hint: only a live run can be {}; `rollgate status {run_id}` shows where it stopped, `rollgate resume {run_id}` continues it",
+                action.past()
+            ),
+        ));
+    }
     let clients = cluster::connect(config).await.map_err(connect_failure)?;
     let request = Request::new(action, user_at_host(), reason.map(str::to_owned));
     match control::send(&clients.api, &config.state_namespace, run_id, &request).await {

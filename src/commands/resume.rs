@@ -220,6 +220,10 @@ pub async fn resume(
 /// Whether the run is alive, here or on another machine (it holds its cluster lock): then a
 /// resume is a request to it, not a new process continuing its journal.
 async fn live_elsewhere(config: &Config, run_id: &str) -> Result<bool, Failure> {
+    // Run here and its process is gone: not live, even while its lease has not expired yet.
+    if RunsDir::new(&config.state_dir).run(run_id).process_gone() {
+        return Ok(false);
+    }
     let clients = cluster::connect(config).await.map_err(connect_failure)?;
     match control::is_live(&clients.api, &config.state_namespace, run_id).await {
         Ok(live) => Ok(live),

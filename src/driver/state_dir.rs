@@ -116,6 +116,12 @@ impl RunDir {
         let _ = std::fs::write(self.0.join(PID_FILE), std::process::id().to_string());
     }
 
+    /// Whether this machine ran the run and its process is gone (crashed, killed, ended): then
+    /// the run is not live, whatever its lease in the cluster still says.
+    pub fn process_gone(&self) -> bool {
+        self.0.join(PID_FILE).exists() && !self.process_alive()
+    }
+
     /// Whether the process that ran the run is still alive (a rollgate process with its pid).
     pub fn process_alive(&self) -> bool {
         let Some(pid) = std::fs::read_to_string(self.0.join(PID_FILE))
