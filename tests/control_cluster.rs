@@ -6,38 +6,12 @@
 mod support;
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
-const TOKEN_VAR: &str = "ROLLGATE_TEST_SLACK_TOKEN";
-
-/// A config pointing Slack at the stand-in, a channel per test.
-fn config(dir: &Path, channel: &str) -> PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[slack]\nchannel = \"{channel}\"\ntoken-env = \"{TOKEN_VAR}\"\napi-url = \"{}/api/\"\n",
-            env().slack_url
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// The texts of the Slack messages and updates posted to `channel`.
-fn slack_texts(channel: &str) -> Vec<String> {
-    let recorded: Vec<Value> =
-        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
-    recorded
-        .iter()
-        .filter(|r| r["body"]["channel"] == channel && r["failed"].is_null())
-        .filter_map(|r| r["body"]["text"].as_str().map(str::to_owned))
-        .collect()
-}
 
 /// The run: nodes in name order, one at a time, a command that prints for `seconds`.
 fn start_run(dir: &Path, suite: &str, channel: &str, lock: &str, seconds: u32) -> Child {
@@ -50,8 +24,8 @@ fn start_run(dir: &Path, suite: &str, channel: &str, lock: &str, seconds: u32) -
     );
     let mut cmd = rollgate(dir);
     cmd.arg("--config")
-        .arg(config(dir, channel))
-        .env(TOKEN_VAR, &env().slack_token)
+        .arg(slack_config(dir, channel))
+        .env(SLACK_TOKEN_VAR, &env().slack_token)
         .env("ROLLGATE_LOCK_NAME", lock)
         .args(["--log-format", "json", "run", "--yes"])
         .arg(&playbook)
@@ -85,6 +59,16 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
     }
 }
 
+/// Waits until node `node` of the run in `dir` has started its command (journaled).
+async fn command_started(dir: &Path, node: &str) {
+    let (state, node) = (dir.to_owned(), node.to_owned());
+    eventually("node 1 to start its command", MINUTE, || {
+        let (state, node) = (state.clone(), node.clone());
+        async move { journal_has(&state, &node, "step-started", "command") }
+    })
+    .await;
+}
+
 fn run_id(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("runs/latest"))
         .unwrap()
@@ -99,12 +83,8 @@ async fn pause_and_resume_from_another_machine_go_through_the_cluster_and_say_wh
     let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let channel = format!("#{suite}");
     let mut child = start_run(dir.path(), &suite, &channel, &unique("ctl-lock"), 3);
+    command_started(dir.path(), &names[0]).await;
     let (state, n1) = (dir.path().to_owned(), names[0].clone());
-    eventually("node 1 to start its command", MINUTE, || {
-        let (state, n1) = (state.clone(), n1.clone());
-        async move { journal_has(&state, &n1, "step-started", "command") }
-    })
-    .await;
     let run = run_id(dir.path());
     let asked = Instant::now();
     let (code, stderr) = elsewhere(
@@ -181,12 +161,7 @@ async fn abort_from_another_machine_stops_the_node_in_flight_at_its_safe_point()
     let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let channel = format!("#{suite}");
     let mut child = start_run(dir.path(), &suite, &channel, &unique("ctl-lock"), 4);
-    let (state, n1) = (dir.path().to_owned(), names[0].clone());
-    eventually("node 1 to start its command", MINUTE, || {
-        let (state, n1) = (state.clone(), n1.clone());
-        async move { journal_has(&state, &n1, "step-started", "command") }
-    })
-    .await;
+    command_started(dir.path(), &names[0]).await;
     let run = run_id(dir.path());
     let (code, stderr) = elsewhere(
         other.path(),

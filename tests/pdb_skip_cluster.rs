@@ -10,39 +10,13 @@ use std::time::Duration;
 use support::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
-const TOKEN_VAR: &str = "ROLLGATE_TEST_SLACK_TOKEN";
-
-/// A config pointing Slack at the stand-in, on a channel of this test's own.
-fn slack_config(dir: &Path, channel: &str) -> std::path::PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[slack]\nchannel = \"{channel}\"\ntoken-env = \"{TOKEN_VAR}\"\napi-url = \"{}/api/\"\n",
-            env().slack_url
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// The texts the Slack stand-in recorded (and answered normally) for `channel`.
-fn slack_texts(channel: &str) -> Vec<String> {
-    let recorded: Vec<Value> =
-        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
-    recorded
-        .into_iter()
-        .filter(|r| r["body"]["channel"] == channel && r["failed"].is_null())
-        .filter_map(|r| r["body"]["text"].as_str().map(str::to_owned))
-        .collect()
-}
 
 /// `rollgate run --yes --log-format json` with Slack: (exit code, events, stderr).
 fn run(dir: &Path, channel: &str, playbook: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
     let mut cmd = rollgate(dir);
     cmd.arg("--config")
         .arg(slack_config(dir, channel))
-        .env(TOKEN_VAR, &env().slack_token)
+        .env(SLACK_TOKEN_VAR, &env().slack_token)
         .args(["--log-format", "json", "run", "--yes"])
         .args(extra)
         .arg(playbook);

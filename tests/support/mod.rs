@@ -1062,3 +1062,32 @@ pub fn bench_row(line: &str) {
         writeln!(f, "{line}").expect("append to the bench table");
     }
 }
+
+/// The environment variable the Slack tests hand the stand-in's token in.
+pub const SLACK_TOKEN_VAR: &str = "ROLLGATE_TEST_SLACK_TOKEN";
+
+/// A config in `dir` pointing Slack at the stand-in, on a channel of the test's own (the token
+/// comes from [`SLACK_TOKEN_VAR`]).
+pub fn slack_config(dir: &Path, channel: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[slack]\nchannel = \"{channel}\"\ntoken-env = \"{SLACK_TOKEN_VAR}\"\napi-url = \"{}/api/\"\n",
+            env().slack_url
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The texts the Slack stand-in recorded (and answered normally) for `channel`.
+pub fn slack_texts(channel: &str) -> Vec<String> {
+    let recorded: Vec<serde_json::Value> =
+        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    recorded
+        .into_iter()
+        .filter(|r| r["body"]["channel"] == channel && r["failed"].is_null())
+        .filter_map(|r| r["body"]["text"].as_str().map(str::to_owned))
+        .collect()
+}
