@@ -311,16 +311,26 @@ pub async fn send(
         return Err(ControlError::NotLive(run_id.into(), lock_of(&cm)));
     }
     write_annotation(client, namespace, run_id, REQUEST, request).await?;
-    let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
+    // The answer, by watch on the run's object (not by polling it).
+    let answer_to = |cm: Option<&ConfigMap>| {
+        cm.and_then(|cm| annotation::<Answer>(cm, ANSWER))
+            .filter(|a| a.id == request.id)
+    };
     let name = crate::journal::configmap_name(run_id);
-    while tokio::time::Instant::now() < deadline {
-        if let Some(cm) = configmaps(client, namespace).get_opt(&name).await?
-            && let Some(answer) = annotation::<Answer>(&cm, ANSWER)
-            && answer.id == request.id
-        {
-            return Ok(answer);
+    let answered = kube::runtime::wait::await_condition(
+        configmaps(client, namespace),
+        &name,
+        |cm: Option<&ConfigMap>| answer_to(cm).is_some(),
+    );
+    match tokio::time::timeout(ANSWER_WITHIN, answered).await {
+        Ok(Ok(cm)) => {
+            if let Some(answer) = answer_to(cm.as_ref()) {
+                return Ok(answer);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The watch itself was refused or broke: say so, not "no answer".
+        Ok(Err(e)) => return Err(ControlError::Api(kube::Error::Service(Box::new(e)))),
+        Err(_) => {}
     }
     Err(ControlError::NoAnswer(
         run_id.into(),

@@ -160,8 +160,8 @@ pub const CONTROLLER: RoleDef = RoleDef {
         Rule {
             group: "",
             resources: &["configmaps"],
-            verbs: &["get", "patch"],
-            why: "rollgate-run-RUN_ID: the request written on the run's object, its answer read back",
+            verbs: &["get", "list", "watch", "patch"],
+            why: "rollgate-run-RUN_ID: the request written on the run's object, its answer awaited by watch",
         },
         Rule {
             group: "coordination.k8s.io",
