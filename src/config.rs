@@ -60,6 +60,18 @@ pub struct SlackConfig {
     /// Base URL where the runs directory is published: the final message links
     /// `REPORT_URL/RUN_ID/report.html` instead of the local path.
     pub report_url: Option<String>,
+    /// Pause / Resume / Abort buttons through Socket Mode (None: messages have no buttons).
+    pub control: Option<SlackControlConfig>,
+}
+
+/// `[slack] app-token-env` and `operators`: who may act on the run's buttons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlackControlConfig {
+    /// Name of the environment variable holding the app-level token (`xapp-...`,
+    /// `connections:write`) that opens the Socket Mode connection.
+    pub app_token_env: String,
+    /// Slack user IDs (`U...`, `W...`) and user group IDs (`S...`) allowed to act.
+    pub operators: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +164,8 @@ struct RawSlack {
     token: Option<Spanned<String>>,
     api_url: Option<String>,
     report_url: Option<String>,
+    app_token_env: Option<Spanned<String>>,
+    operators: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -343,7 +357,9 @@ impl Config {
             if s.token_env.is_none() && s.webhook_url_env.is_none() {
                 err(s.channel.span(), "Slack needs `token-env` (a bot token) or `webhook-url-env` (an incoming webhook)".into(), "e.g. token-env = \"ROLLGATE_SLACK_TOKEN\"".into());
             }
+            let control = notify::slack_control(&s, &mut err);
             SlackConfig {
+                control,
                 channel: s.channel.into_inner(),
                 token_env: s.token_env.map(|t| t.into_inner()),
                 webhook_url_env: s.webhook_url_env.map(|w| w.into_inner()),

@@ -17,10 +17,12 @@ pub fn set_run_id(run_id: &str) {
     let _ = RUN_ID.set(run_id.to_owned());
 }
 
-/// Installs the global subscriber (`ROLLGATE_LOG` filters, default `warn`).
+/// Installs the global subscriber (`ROLLGATE_LOG` filters, default `warn`, without
+/// slack-morphism's own lines: its Socket Mode retries would repeat every few seconds while
+/// Slack is unreachable, and they name the connection URLs; the run says it once itself).
 pub fn init(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLGATE_LOG")
-        .unwrap_or_else(|_| "warn".into());
+        .unwrap_or_else(|_| "warn,slack_morphism=off".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| crate::redact::ScrubbingWriter(std::io::stderr()));

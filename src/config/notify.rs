@@ -2,7 +2,7 @@
 //! which stays valid and becomes one target. Secrets (tokens, webhook URLs) are never written
 //! in the file: a target names the environment variable that holds them.
 
-use super::{Config, SlackConfig};
+use super::{Config, RawSlack, SlackConfig, SlackControlConfig};
 use crate::diagnostics::closest;
 use serde::Deserialize;
 use std::ops::Range;
@@ -30,6 +30,8 @@ pub enum NotifyKind {
         channel: String,
         token_env: String,
         api_url: String,
+        /// Buttons through Socket Mode (`[slack]` only).
+        control: Option<SlackControlConfig>,
     },
     /// A Slack incoming webhook: the same messages, without threads or updates.
     SlackWebhook { url_env: String },
@@ -59,6 +61,7 @@ impl SlackConfig {
                 channel: self.channel.clone(),
                 token_env: token_env.clone(),
                 api_url: self.api_url.clone(),
+                control: self.control.clone(),
             },
             (None, Some(url_env)) => NotifyKind::SlackWebhook {
                 url_env: url_env.clone(),
@@ -71,6 +74,70 @@ impl SlackConfig {
             origin: "[slack]".into(),
         })
     }
+}
+
+/// Whether `id` looks like a Slack user (`U...`, `W...`) or user group (`S...`) ID.
+fn is_slack_id(id: &str) -> bool {
+    id.len() >= 3
+        && id.starts_with(['U', 'W', 'S'])
+        && id
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+/// `[slack] app-token-env` and `operators`, checked: buttons need the bot token (to post the
+/// message that carries them and to answer refusals) and someone allowed to press them.
+pub(super) fn slack_control(
+    s: &RawSlack,
+    err: &mut impl FnMut(Range<usize>, String, String),
+) -> Option<SlackControlConfig> {
+    let (app_token_env, operators) = match (&s.app_token_env, &s.operators) {
+        (None, None) => return None,
+        (None, Some(ops)) => {
+            err(
+                ops.span(),
+                "`operators` has no effect without `app-token-env`: there are no buttons to press".into(),
+                "add app-token-env = \"ROLLGATE_SLACK_APP_TOKEN\" (an app-level token with connections:write) or remove operators".into(),
+            );
+            return None;
+        }
+        (Some(app), ops) => (app, ops),
+    };
+    if s.token_env.is_none() {
+        err(
+            app_token_env.span(),
+            "Slack buttons need a bot token (`token-env`): the app token only opens the socket".into(),
+            "add token-env = \"ROLLGATE_SLACK_TOKEN\" (a bot token with chat:write and usergroups:read)".into(),
+        );
+    }
+    let operators = match operators {
+        Some(ops) if !ops.get_ref().is_empty() => ops,
+        _ => {
+            err(
+                app_token_env.span(),
+                "Slack buttons need `operators`: nobody could pause, resume or abort".into(),
+                "list the Slack user IDs or user group IDs allowed to act, e.g. operators = [\"U012AB3CD\", \"S0OPSTEAM\"]".into(),
+            );
+            return None;
+        }
+    };
+    for id in operators.get_ref() {
+        if !is_slack_id(id.get_ref()) {
+            err(
+                id.span(),
+                format!("{:?} is not a Slack user or user group ID", id.get_ref()),
+                "use IDs, not names: a member's ID is in their profile (⋮ > Copy member ID, U...), a user group's in its URL (S...)".into(),
+            );
+        }
+    }
+    Some(SlackControlConfig {
+        app_token_env: app_token_env.get_ref().clone(),
+        operators: operators
+            .get_ref()
+            .iter()
+            .map(|o| o.get_ref().clone())
+            .collect(),
+    })
 }
 
 impl Config {
@@ -221,6 +288,7 @@ pub(super) fn targets(
                     channel,
                     token_env,
                     api_url,
+                    control: None,
                 }
             }
             "slack-webhook" => NotifyKind::SlackWebhook {
@@ -279,7 +347,8 @@ mod tests {
                 NotifyKind::Slack {
                     channel: "#ops".into(),
                     token_env: "T".into(),
-                    api_url: SLACK_API_URL.into()
+                    api_url: SLACK_API_URL.into(),
+                    control: None,
                 },
                 NotifyKind::Webhook {
                     url_env: "HOOK".into(),
@@ -291,7 +360,8 @@ mod tests {
                 NotifyKind::Slack {
                     channel: "#oncall".into(),
                     token_env: "T2".into(),
-                    api_url: "http://127.0.0.1:1/api/".into()
+                    api_url: "http://127.0.0.1:1/api/".into(),
+                    control: None,
                 },
             ]
         );

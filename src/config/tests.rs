@@ -61,6 +61,22 @@ fn every_error_names_file_line_key_and_hint() {
             "`slack.channel`: Slack needs `token-env` (a bot token) or `webhook-url-env`",
         ),
         (
+            "[slack]\nchannel = \"#ops\"\ntoken-env = \"T\"\napp-token-env = \"A\"\noperators = [\"U012AB3CD\", \"alice\"]\n",
+            "c.toml:5:27: `slack.operators`: \"alice\" is not a Slack user or user group ID\n  hint: use IDs, not names",
+        ),
+        (
+            "[slack]\nchannel = \"#ops\"\ntoken-env = \"T\"\napp-token-env = \"A\"\n",
+            "`slack.app-token-env`: Slack buttons need `operators`: nobody could pause, resume or abort",
+        ),
+        (
+            "[slack]\nchannel = \"#ops\"\nwebhook-url-env = \"W\"\napp-token-env = \"A\"\noperators = [\"U1A\"]\n",
+            "`slack.app-token-env`: Slack buttons need a bot token (`token-env`)",
+        ),
+        (
+            "[slack]\nchannel = \"#ops\"\ntoken-env = \"T\"\noperators = [\"U1A\"]\n",
+            "`slack.operators`: `operators` has no effect without `app-token-env`",
+        ),
+        (
             "[prometheus]\nurl = \"prometheus:9090\"\n",
             "`prometheus.url`: \"prometheus:9090\" is not an http(s) URL",
         ),

@@ -32,24 +32,7 @@ pub const FIELD_MANAGER: &str = "rollgate-control";
 /// How long `rollgate pause`, `resume` and `abort` wait for the live run's answer.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    Pause,
-    Resume,
-    Abort,
-}
-
-impl Action {
-    /// `paused`, `resumed`, `aborted`.
-    pub fn past(self) -> &'static str {
-        match self {
-            Action::Pause => "paused",
-            Action::Resume => "resumed",
-            Action::Abort => "aborted",
-        }
-    }
-}
+pub use crate::vocab::ControlAction as Action;
 
 /// What someone asks of a live run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,6 +319,48 @@ pub async fn send(
         run_id.into(),
         ANSWER_WITHIN.as_secs(),
     ))
+}
+
+/// The Slack buttons' way to the run: a click is the same request `rollgate pause` makes,
+/// written on the run's object and answered by [`watch_requests`], so it is obeyed, recorded
+/// and acknowledged on one path. Refusals and trouble go to the run's events.
+pub struct ClusterController {
+    pub client: kube::Client,
+    pub namespace: String,
+    pub run_id: String,
+    pub sink: crate::vocab::EventSink,
+}
+
+impl crate::notify::slack_control::Controller for ClusterController {
+    fn request(
+        &self,
+        action: Action,
+        by: String,
+    ) -> futures::future::BoxFuture<'static, Result<(bool, String), String>> {
+        let (client, namespace, run_id) = (
+            self.client.clone(),
+            self.namespace.clone(),
+            self.run_id.clone(),
+        );
+        Box::pin(async move {
+            let request = Request::new(action, by, None);
+            send(&client, &namespace, &run_id, &request)
+                .await
+                .map(|a| (a.done, a.said))
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn refused(&self, action: Action, by: String, reason: String) {
+        self.sink.emit(crate::vocab::RunEvent::ControlRefused { action, by, reason });
+    }
+
+    fn warn(&self, message: String) {
+        self.sink.emit(crate::vocab::RunEvent::Warning {
+            node: None,
+            message,
+        });
+    }
 }
 
 #[cfg(test)]

@@ -415,6 +415,22 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
             run_dir.clone(),
             interaction.interactive,
         );
+        let buttons = notify::listen_for_buttons(
+            &notify_targets,
+            &notify::RunInfo {
+                run_id: &run_id,
+                playbook: &playbook,
+                report_file: &run_dir.path().join(report::run_report::HTML_FILE),
+                dry_run,
+            },
+            Arc::new(control::ClusterController {
+                client: context.clients.api.clone(),
+                namespace: config.state_namespace.clone(),
+                run_id: run_id.clone(),
+                sink: sink.clone(),
+            }),
+        )
+        .await;
         running.cluster_copy = Some(crate::journal::ClusterCopy::start(
             context.clients.api.clone(),
             config.state_namespace.clone(),
@@ -466,6 +482,10 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
             .await;
         requests.abort();
         let _ = requests.await;
+        // Its controller holds the event sink: closed before the reporters can end.
+        if let Some(buttons) = buttons {
+            buttons.stop().await;
+        }
         drop((monitor, engine, guard, sink));
         summary
     };

@@ -218,6 +218,9 @@ pub struct RunHistory {
     /// The order nodes actually started in (first start of each).
     pub actual: Vec<String>,
     pub decisions: Vec<(u64, GateDecision)>,
+    /// What operators asked of the live run (pause, resume, abort, from a command or a Slack
+    /// button) and the requests refused, in order: (ms from the start, in words, naming who).
+    pub operator: Vec<(u64, String)>,
     pub waits: Vec<Wait>,
     pub failures: Vec<Failure>,
     /// The run's deadline (RFC 3339): the header's, or the latest a resume set.
@@ -265,6 +268,7 @@ impl RunHistory {
             nodes: plan.iter().map(|(n, p)| NodeHistory::new(n, p)).collect(),
             actual: vec![],
             decisions: vec![],
+            operator: vec![],
             waits: vec![],
             failures: vec![],
             refused: None,
@@ -397,7 +401,15 @@ impl RunHistory {
                 n.close(ms, SpanEnd::Interrupted, None);
                 n.state = NodeState::Abandoned;
             }
-            GateDecision { decision } => self.decisions.push((ms, decision.clone())),
+            GateDecision { decision } => {
+                if decision.signal == crate::health::OPERATOR {
+                    self.operator.push((ms, decision.evidence.clone()));
+                }
+                self.decisions.push((ms, decision.clone()))
+            }
+            ControlRefused { action, by, reason } => self
+                .operator
+                .push((ms, format!("refused: {} by {by}: {reason}", action.name()))),
             Paused { decision, .. } => {
                 self.state = RunState::Paused;
                 self.waits.push(Wait {
@@ -407,6 +419,9 @@ impl RunHistory {
                 });
             }
             Resumed { .. } | WindowOpened => {
+                if let Resumed { by: Some(by) } = &record.event {
+                    self.operator.push((ms, format!("resumed by {by}")));
+                }
                 self.state = RunState::Running;
                 self.close_wait(ms);
                 self.finish_by_end = None;

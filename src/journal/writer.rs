@@ -63,6 +63,7 @@ pub(super) fn journaled(e: &RunEvent) -> bool {
         | GateDecision { .. }
         | Paused { .. }
         | Resumed { .. }
+        | ControlRefused { .. }
         | WindowClosed { .. }
         | WindowOpened
         | FinishByEnd(_)

@@ -242,6 +242,7 @@ mod tests {
             event: "node-done".into(),
             text: text.into(),
             fields: vec![],
+            buttons: vec![],
         }
     }
 

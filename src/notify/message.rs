@@ -7,7 +7,7 @@
 
 use crate::report::short_duration;
 use crate::vocab::{
-    Decision, GateDecision, Outcome, PreflightSummary, RunEvent, StopReason, Verdict,
+    ControlAction, Decision, GateDecision, Outcome, PreflightSummary, RunEvent, StopReason, Verdict,
 };
 
 /// Where a message goes in the run's conversation.
@@ -31,6 +31,10 @@ pub struct Message {
     pub text: String,
     /// Field name and value, e.g. `("node", "n1")`, in a fixed order per event.
     pub fields: Vec<(&'static str, String)>,
+    /// What the message offers as buttons (the run's own message, while the run is live, with
+    /// Slack Socket Mode configured: see [`Narrator::with_buttons`]); channels without buttons
+    /// ignore them.
+    pub buttons: Vec<ControlAction>,
 }
 
 /// Follows one run's events and says what to post for each.
@@ -51,6 +55,13 @@ pub struct Narrator {
     slowest: Option<(String, u64)>,
     /// The pre-flight summary, said with the run's own message: (text, verdicts field).
     preflight: Option<(String, String)>,
+    /// Whether the run's own message offers Pause / Resume / Abort buttons.
+    with_buttons: bool,
+    /// The run's state as its own message says it (`running`, `paused by pods`, ...), why (a
+    /// pause or an abort, with the next action), and what it offers.
+    state: String,
+    why: Option<String>,
+    offers: Vec<ControlAction>,
 }
 
 /// Findings a message lists at most (the rest are counted).
@@ -142,7 +153,33 @@ impl Narrator {
             skipped: 0,
             slowest: None,
             preflight: None,
+            with_buttons: false,
+            state: "running".into(),
+            why: None,
+            offers: vec![],
         }
+    }
+
+    /// The run's own message offers the buttons that fit its state: Pause and Abort while it
+    /// runs, Resume and Abort while paused, none once it is aborting or over.
+    pub fn with_buttons(mut self) -> Self {
+        self.with_buttons = true;
+        self
+    }
+
+    fn set_state(&mut self, state: &str, why: Option<String>, offers: &[ControlAction]) {
+        self.state = state.into();
+        self.why = why;
+        self.offers = if self.with_buttons {
+            offers.to_vec()
+        } else {
+            vec![]
+        };
+    }
+
+    fn running(&mut self) {
+        use ControlAction::*;
+        self.set_state("running", None, &[Pause, Abort]);
     }
 
     fn header(&self, state: &str) -> String {
@@ -166,22 +203,28 @@ impl Narrator {
         }
     }
 
-    /// The run's own message (new or updated) with the progress as fields, and the pre-flight
-    /// summary (an update keeps it, since it replaces the text).
-    fn root(&self, place: Place, event: &str, state: &str) -> Message {
+    /// The run's own message (new or updated) in its current state, with the progress as
+    /// fields, why it is paused or aborting, and the pre-flight summary (an update keeps it,
+    /// since it replaces the text).
+    fn root(&self, place: Place, event: &str) -> Message {
         let mut message = Message {
             place,
             event: event.into(),
-            text: self.header(state),
+            text: self.header(&self.state),
             fields: vec![
                 ("playbook", self.playbook.clone()),
-                ("state", state.into()),
+                ("state", self.state.clone()),
                 ("done", self.done.to_string()),
                 ("total", self.total.to_string()),
                 ("failed", self.failed.to_string()),
                 ("skipped", self.skipped.to_string()),
             ],
+            buttons: self.offers.clone(),
         };
+        if let Some(why) = &self.why {
+            message.text.push('\n');
+            message.text.push_str(why);
+        }
         if let Some((text, verdicts)) = &self.preflight {
             message.text.push('\n');
             message.text.push_str(text);
@@ -227,6 +270,7 @@ impl Narrator {
                         .join("; "),
                 ),
             ],
+            buttons: vec![],
         }
     }
 
@@ -236,6 +280,7 @@ impl Narrator {
             event: event.into(),
             text,
             fields,
+            buttons: vec![],
         }
     }
 
@@ -261,11 +306,7 @@ impl Narrator {
             ),
             Decision::Warn => "The run goes on.".to_owned(),
         };
-        let by = if d.signal == crate::health::OPERATOR {
-            "the operator".to_owned()
-        } else {
-            format!("gate `{}`", d.signal)
-        };
+        let by = by_whom(d);
         format!(
             "{mention}*{}* by {by}: {}\n{nodes}\n{next}",
             decision_word(d.decision),
@@ -287,8 +328,12 @@ impl Narrator {
             }
             RunEvent::RunStarted { nodes, dry_run, .. } => {
                 self.total = *nodes;
-                let state = if *dry_run { "dry run" } else { "running" };
-                vec![self.root(Place::Root, name, state)]
+                if *dry_run {
+                    self.set_state("dry run", None, &[]);
+                } else {
+                    self.running();
+                }
+                vec![self.root(Place::Root, name)]
             }
             RunEvent::NodeDone { node, elapsed_ms } => {
                 self.done += 1;
@@ -304,7 +349,7 @@ impl Narrator {
                             ("elapsed_ms", elapsed_ms.to_string()),
                         ],
                     ),
-                    self.root(Place::UpdateRoot, name, "running"),
+                    self.root(Place::UpdateRoot, name),
                 ]
             }
             RunEvent::NodeFailed { node, step, reason } => {
@@ -323,7 +368,7 @@ impl Narrator {
                             ("reason", reason.clone()),
                         ],
                     ),
-                    self.root(Place::UpdateRoot, name, "running"),
+                    self.root(Place::UpdateRoot, name),
                 ]
             }
             RunEvent::NodeSkipped {
@@ -348,23 +393,60 @@ impl Narrator {
                             ("pods", pods.join(",")),
                         ],
                     ),
-                    self.root(Place::UpdateRoot, name, "running"),
+                    self.root(Place::UpdateRoot, name),
                 ]
             }
-            RunEvent::GateDecision { decision } => vec![Self::reply(
+            RunEvent::GateDecision { decision } => {
+                let mut messages = vec![Self::reply(
+                    name,
+                    self.gate(decision),
+                    vec![
+                        ("decision", kebab(&decision.decision)),
+                        ("signal", decision.signal.clone()),
+                        ("evidence", decision.evidence.clone()),
+                        ("in_flight", in_flight(decision)),
+                    ],
+                )];
+                if decision.decision == Decision::Abort {
+                    let why = format!(
+                        "Aborting ({}): {}. Nodes in flight stop at their next safe point and stay cordoned; next: fix the cause, then `rollgate resume {}`.",
+                        by_whom(decision),
+                        decision.evidence,
+                        self.run_id
+                    );
+                    self.set_state("aborting", Some(why), &[]);
+                    messages.push(self.root(Place::UpdateRoot, name));
+                }
+                messages
+            }
+            RunEvent::Paused { decision, .. } => {
+                let next = if self.with_buttons {
+                    "Resume (the button, or `rollgate resume RUN`) once the cause is checked, or Abort (`rollgate abort RUN`)"
+                } else {
+                    "`rollgate resume RUN` once the cause is checked, or `rollgate abort RUN`"
+                }
+                .replace("RUN", &self.run_id);
+                let why = format!(
+                    "Paused ({}): {}. No new node starts; next: {next}.",
+                    by_whom(decision),
+                    decision.evidence
+                );
+                use ControlAction::*;
+                self.set_state(
+                    &format!("paused by {}", decision.signal),
+                    Some(why),
+                    &[Resume, Abort],
+                );
+                vec![self.root(Place::UpdateRoot, name)]
+            }
+            RunEvent::ControlRefused { action, by, reason } => vec![Self::reply(
                 name,
-                self.gate(decision),
+                format!("refused a request to {} by {by}: {reason}", action.name()),
                 vec![
-                    ("decision", kebab(&decision.decision)),
-                    ("signal", decision.signal.clone()),
-                    ("evidence", decision.evidence.clone()),
-                    ("in_flight", in_flight(decision)),
+                    ("action", action.name().into()),
+                    ("by", by.clone()),
+                    ("reason", reason.clone()),
                 ],
-            )],
-            RunEvent::Paused { decision, .. } => vec![self.root(
-                Place::UpdateRoot,
-                name,
-                &format!("paused by {}", decision.signal),
             )],
             RunEvent::Resumed { by } => vec![
                 Self::reply(
@@ -375,7 +457,10 @@ impl Narrator {
                     },
                     vec![],
                 ),
-                self.root(Place::UpdateRoot, name, "running"),
+                {
+                    self.running();
+                    self.root(Place::UpdateRoot, name)
+                },
             ],
             RunEvent::WindowClosed { window, reopens_at } => vec![
                 Self::reply(
@@ -391,7 +476,11 @@ impl Narrator {
                         ("reopens_at", reopens_at.clone().unwrap_or_default()),
                     ],
                 ),
-                self.root(Place::UpdateRoot, name, "waiting for the window"),
+                {
+                    use ControlAction::*;
+                    self.set_state("waiting for the window", None, &[Pause, Abort]);
+                    self.root(Place::UpdateRoot, name)
+                },
             ],
             RunEvent::FinishByEnd(held) => vec![Self::reply(
                 name,
@@ -411,7 +500,10 @@ impl Narrator {
                     "the maintenance window is open: continuing".into(),
                     vec![],
                 ),
-                self.root(Place::UpdateRoot, name, "running"),
+                {
+                    self.running();
+                    self.root(Place::UpdateRoot, name)
+                },
             ],
             RunEvent::RunFinished {
                 outcome,
@@ -420,6 +512,9 @@ impl Narrator {
                 ..
             } => {
                 let state = finished_state(*outcome);
+                // An abort keeps saying why; any other end has nothing left to explain.
+                let why = self.why.take().filter(|_| self.state == "aborting");
+                self.set_state(state, why, &[]);
                 let slowest = self
                     .slowest
                     .as_ref()
@@ -446,7 +541,7 @@ impl Narrator {
                     fields.push(("report", r.clone()));
                 }
                 vec![
-                    self.root(Place::UpdateRoot, name, state),
+                    self.root(Place::UpdateRoot, name),
                     Self::reply(
                         name,
                         format!(
@@ -462,6 +557,15 @@ impl Narrator {
             }
             _ => vec![],
         }
+    }
+}
+
+/// `gate `pods`` or `the operator` (whose evidence names who).
+fn by_whom(d: &GateDecision) -> String {
+    if d.signal == crate::health::OPERATOR {
+        "the operator".to_owned()
+    } else {
+        format!("gate `{}`", d.signal)
     }
 }
 

@@ -19,6 +19,7 @@
 pub mod delivery;
 pub mod message;
 pub mod slack;
+pub mod slack_control;
 pub mod webhook;
 
 pub use delivery::{Channel, FINISH_BOUND, Failure};
@@ -43,6 +44,13 @@ pub struct NotifyError {
     table: &'static str,
 }
 
+/// Slack Socket Mode for the run's buttons: the app-level token and who may act.
+#[derive(Clone)]
+pub struct SocketMode {
+    app_token: String,
+    operators: Vec<String>,
+}
+
 /// A target with its secrets read from the environment.
 #[derive(Clone)]
 pub struct Target {
@@ -57,6 +65,8 @@ enum Secret {
         api_url: String,
         token: String,
         channel: String,
+        /// Buttons through Socket Mode.
+        control: Option<SocketMode>,
     },
     SlackWebhook {
         url: String,
@@ -71,8 +81,19 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.secret {
             Secret::SlackBot {
-                api_url, channel, ..
-            } => write!(f, "Slack bot ({api_url}, {channel}, token redacted)"),
+                api_url,
+                channel,
+                control,
+                ..
+            } => write!(
+                f,
+                "Slack bot ({api_url}, {channel}, token redacted{})",
+                if control.is_some() {
+                    ", Socket Mode app token redacted"
+                } else {
+                    ""
+                }
+            ),
             Secret::SlackWebhook { .. } => write!(f, "Slack incoming webhook (URL redacted)"),
             Secret::Webhook { token, .. } => write!(
                 f,
@@ -114,10 +135,18 @@ fn resolve_one(t: &NotifyTarget) -> Result<Target, NotifyError> {
             channel,
             token_env,
             api_url,
+            control,
         } => Secret::SlackBot {
             api_url: api_url.clone(),
             token: read(token_env)?,
             channel: channel.clone(),
+            control: match control {
+                Some(c) => Some(SocketMode {
+                    app_token: read(&c.app_token_env)?,
+                    operators: c.operators.clone(),
+                }),
+                None => None,
+            },
         },
         NotifyKind::SlackWebhook { url_env } => Secret::SlackWebhook {
             url: read(url_env)?,
@@ -129,7 +158,10 @@ fn resolve_one(t: &NotifyTarget) -> Result<Target, NotifyError> {
     };
     // Tokens and webhook URLs (whose path is their secret) never reach a record.
     match &secret {
-        Secret::SlackBot { token, .. } => crate::redact::register([token]),
+        Secret::SlackBot { token, control, .. } => {
+            crate::redact::register([token]);
+            crate::redact::register(control.iter().map(|c| &c.app_token));
+        }
         Secret::SlackWebhook { url } => {
             crate::redact::register(crate::redact::url_secrets(url, true))
         }
@@ -190,7 +222,7 @@ pub fn start(targets: &[Target], run: &RunInfo, failures: prometheus::IntCounter
         .iter()
         .filter(|t| run.playbook.notify.slack || !t.is_slack)
     {
-        let narrator = Narrator::new(
+        let mut narrator = Narrator::new(
             run.run_id,
             &run.playbook.name,
             run.playbook.notify.mention.clone(),
@@ -201,7 +233,16 @@ pub fn start(targets: &[Target], run: &RunInfo, failures: prometheus::IntCounter
                 api_url,
                 token,
                 channel,
-            } => Box::new(slack::SlackBot::new(api_url, token, channel)),
+                control,
+            } => {
+                let bot = slack::SlackBot::new(api_url, token, channel);
+                if control.is_some() {
+                    narrator = narrator.with_buttons();
+                    Box::new(bot.with_buttons(run.run_id))
+                } else {
+                    Box::new(bot)
+                }
+            }
             Secret::SlackWebhook { url } => Box::new(slack::SlackWebhook::new(url)),
             Secret::Webhook { url, token } => Box::new(webhook::JsonWebhook::new(
                 url,
@@ -215,6 +256,38 @@ pub fn start(targets: &[Target], run: &RunInfo, failures: prometheus::IntCounter
         notifier.tasks.push(task);
     }
     notifier
+}
+
+/// Opens the Slack Socket Mode connections for the run's buttons, if a target has them (not
+/// for a dry run, nor when the playbook turns Slack off): see [`slack_control`].
+pub async fn listen_for_buttons(
+    targets: &[Target],
+    run: &RunInfo<'_>,
+    controller: std::sync::Arc<dyn slack_control::Controller>,
+) -> Option<slack_control::Listener> {
+    if run.dry_run || !run.playbook.notify.slack {
+        return None;
+    }
+    let (api_url, token, control) = targets.iter().find_map(|t| match &t.secret {
+        Secret::SlackBot {
+            api_url,
+            token,
+            control: Some(control),
+            ..
+        } => Some((api_url, token, control)),
+        _ => None,
+    })?;
+    Some(
+        slack_control::listen(
+            api_url,
+            &control.app_token,
+            token,
+            run.run_id,
+            slack_control::Operators::new(&control.operators),
+            controller,
+        )
+        .await,
+    )
 }
 
 /// Forwards the run's events to every target's delivery task.
@@ -283,6 +356,10 @@ mod tests {
                 api_url: "https://slack.com/api/".into(),
                 token: "xoxb-secret".into(),
                 channel: "#ops".into(),
+                control: Some(SocketMode {
+                    app_token: "xapp-secret".into(),
+                    operators: vec!["U1".into()],
+                }),
             },
             Secret::SlackWebhook {
                 url: "https://hooks.slack.com/services/secret".into(),

@@ -16,11 +16,11 @@ use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 use std::time::Duration;
 
-type Connector = SlackClientHyperConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
+pub(super) type Connector = SlackClientHyperConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
 
 /// An HTTP(S) connector: native roots (none if the system has none, then https fails per
 /// request and http still works), connect timeout [`REQUEST_TIMEOUT`], Web API at `api_url`.
-fn client(api_url: &str) -> SlackClient<Connector> {
+pub(super) fn client(api_url: &str) -> SlackClient<Connector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(REQUEST_TIMEOUT));
@@ -96,6 +96,8 @@ pub struct SlackBot {
     channel: String,
     /// The run's message, once posted: its ts is the thread, its channel id the one to update.
     root: Option<(SlackTs, SlackChannelId)>,
+    /// The run whose buttons the message carries (None: no buttons, Socket Mode is off).
+    buttons_for: Option<String>,
 }
 
 impl SlackBot {
@@ -105,6 +107,34 @@ impl SlackBot {
             token: SlackApiToken::new(SlackApiTokenValue::new(token.to_owned())),
             channel: channel.to_owned(),
             root: None,
+            buttons_for: None,
+        }
+    }
+
+    /// The run's message carries the buttons its state offers (see
+    /// [`super::slack_control::buttons`]).
+    pub fn with_buttons(mut self, run_id: &str) -> Self {
+        self.buttons_for = Some(run_id.to_owned());
+        self
+    }
+
+    /// The message as Slack gets it: the text, and with buttons, the text as a section and
+    /// the buttons under it (`text` stays the notification's fallback).
+    fn content(&self, message: &Message) -> SlackMessageContent {
+        let content = SlackMessageContent::new().with_text(message.text.clone());
+        match &self.buttons_for {
+            Some(run_id) if matches!(message.place, Place::Root | Place::UpdateRoot) => {
+                // A section's text holds at most 3 000 characters.
+                let text: String = message.text.chars().take(3000).collect();
+                let mut blocks = vec![SlackBlock::Section(SlackSectionBlock::new().with_text(
+                    SlackBlockText::from(SlackBlockMarkDownText::new(text)),
+                ))];
+                if !message.buttons.is_empty() {
+                    blocks.push(super::slack_control::buttons(run_id, &message.buttons));
+                }
+                content.with_blocks(blocks)
+            }
+            _ => content,
         }
     }
 }
@@ -121,7 +151,7 @@ impl Channel for SlackBot {
     fn send<'a>(&'a mut self, message: &'a Message) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
             let session = self.client.open_session(&self.token);
-            let content = SlackMessageContent::new().with_text(message.text.clone());
+            let content = self.content(message);
             let channel = SlackChannelId::new(self.channel.clone());
             match message.place {
                 Place::Root => {

@@ -114,6 +114,7 @@ mod tests {
             event: "node-failed".into(),
             text: "node `n1` FAILED at drain".into(),
             fields: vec![("node", "n1".into()), ("step", "drain".into())],
+            buttons: vec![],
         };
         assert_eq!(
             body("r1", "kernel", &message),

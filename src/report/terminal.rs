@@ -299,6 +299,10 @@ impl Consumer for Terminal {
                     decision.signal, decision.evidence
                 ));
             }
+            RunEvent::ControlRefused { action, by, reason } => self.println(format!(
+                "refused a request to {} by {by}: {reason}",
+                action.name()
+            )),
             RunEvent::Resumed { by } => self.println(match by {
                 Some(by) => format!("resumed by {by}"),
                 None => "resumed".to_owned(),

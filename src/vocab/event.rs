@@ -2,7 +2,7 @@
 //! (Serialize and Deserialize), so a renamed event or field is a compile error, not a silently
 //! broken status, resume or report.
 
-use super::{GateDecision, PreflightSummary, ProbeOutcome, Problem, Step};
+use super::{ControlAction, GateDecision, PreflightSummary, ProbeOutcome, Problem, Step};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
@@ -239,6 +239,13 @@ pub enum RunEvent {
     Resumed {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
+    },
+    /// Someone asked the run to pause, resume or abort and was not allowed to (a Slack user who
+    /// is not among `[slack] operators`): the run went on unchanged.
+    ControlRefused {
+        action: ControlAction,
+        by: String,
+        reason: String,
     },
     /// Outside the maintenance window: no new node starts until it reopens.
     WindowClosed {

@@ -2,6 +2,7 @@
 //! stop reasons, gate decisions, problems) and the event sink. It sits at the bottom: it imports
 //! none of the engine, health, monitor or journal, so they can all depend on it.
 
+mod control;
 mod event;
 mod health;
 pub mod node_marks;
@@ -9,6 +10,7 @@ mod preflight;
 mod sink;
 mod step;
 
+pub use control::ControlAction;
 pub use event::{FinishByEnd, Outcome, RetryCause, RunEvent, Stamped, StopReason, Stream};
 pub use health::{
     Decision, GateDecision, ProbeOutcome, ProbeWhen, Problem, ProblemKind, when_name,

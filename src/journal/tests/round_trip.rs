@@ -47,9 +47,10 @@ fn kind(e: &RunEvent) -> usize {
         NodeSkipped { .. } => 31,
         FinishByEnd(_) => 32,
         Preflight { .. } => 33,
+        ControlRefused { .. } => 34,
     }
 }
-const KINDS: usize = 34;
+const KINDS: usize = 35;
 
 fn decision() -> GateDecision {
     GateDecision {
@@ -269,6 +270,11 @@ fn one_of_each() -> Vec<RunEvent> {
         RunRefused {
             reason: n("refusing to start: gate pods failed before the run"),
         },
+        ControlRefused {
+            action: crate::vocab::ControlAction::Abort,
+            by: n("mallory (Slack U0MALLORY)"),
+            reason: n("not among [slack] operators"),
+        },
         WatchLost {
             watch: n("pods"),
             error: n("connection refused"),
@@ -354,7 +360,7 @@ fn every_event_written_through_the_journal_reads_back_equal() {
     assert_eq!(
         kinds,
         [
-            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29, 31, 32, 33
+            0, 1, 2, 3, 4, 13, 14, 15, 16, 19, 20, 21, 22, 23, 24, 26, 29, 31, 32, 33, 34
         ]
         .into()
     );

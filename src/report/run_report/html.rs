@@ -326,6 +326,18 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     out.push_str("</table>\n");
+    if !r.operator.is_empty() {
+        out.push_str("<h2>Operator requests</h2>\n<table><tr><th>at</th><th>what</th></tr>\n");
+        for (ms, what) in &r.operator {
+            let _ = writeln!(
+                out,
+                "<tr><td>+{}</td><td class=\"text\">{}</td></tr>",
+                short_duration(*ms),
+                esc(what)
+            );
+        }
+        out.push_str("</table>\n");
+    }
     if !r.waits.is_empty() {
         out.push_str("<h2>Waits</h2>\n<table><tr><th>from</th><th>to</th><th>why</th></tr>\n");
         for w in &r.waits {

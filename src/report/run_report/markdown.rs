@@ -121,6 +121,12 @@ pub fn render(r: &RunReport) -> String {
             actual.join(", ")
         );
     }
+    if !r.operator.is_empty() {
+        out.push_str("\n## Operator requests\n\n");
+        for (ms, what) in &r.operator {
+            let _ = writeln!(out, "- +{}: {}", short_duration(*ms), esc(what));
+        }
+    }
     if !r.waits.is_empty() {
         out.push_str("\n## Waits\n\n");
         for w in &r.waits {

@@ -88,6 +88,8 @@ pub struct RunReport {
     pub nodes: Vec<NodeReport>,
     pub failures: Vec<Failure>,
     pub gates: Vec<Gate>,
+    /// What operators asked of the live run and what was refused: (ms from the start, words).
+    pub operator: Vec<(u64, String)>,
     pub waits: Vec<Wait>,
     /// What the pre-flight checks said before the start and each resume.
     pub preflight: Vec<Preflight>,
@@ -268,6 +270,7 @@ impl RunReport {
             nodes: h.nodes,
             failures: h.failures,
             gates,
+            operator: h.operator.clone(),
             waits,
             preflight: h
                 .preflight
