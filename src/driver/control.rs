@@ -352,7 +352,8 @@ impl crate::notify::slack_control::Controller for ClusterController {
     }
 
     fn refused(&self, action: Action, by: String, reason: String) {
-        self.sink.emit(crate::vocab::RunEvent::ControlRefused { action, by, reason });
+        self.sink
+            .emit(crate::vocab::RunEvent::ControlRefused { action, by, reason });
     }
 
     fn warn(&self, message: String) {

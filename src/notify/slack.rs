@@ -126,9 +126,10 @@ impl SlackBot {
             Some(run_id) if matches!(message.place, Place::Root | Place::UpdateRoot) => {
                 // A section's text holds at most 3 000 characters.
                 let text: String = message.text.chars().take(3000).collect();
-                let mut blocks = vec![SlackBlock::Section(SlackSectionBlock::new().with_text(
-                    SlackBlockText::from(SlackBlockMarkDownText::new(text)),
-                ))];
+                let mut blocks = vec![SlackBlock::Section(
+                    SlackSectionBlock::new()
+                        .with_text(SlackBlockText::from(SlackBlockMarkDownText::new(text))),
+                )];
                 if !message.buttons.is_empty() {
                     blocks.push(super::slack_control::buttons(run_id, &message.buttons));
                 }

@@ -55,7 +55,8 @@ pub struct Operators {
 
 impl Operators {
     pub fn new(ids: &[String]) -> Self {
-        let (groups, users): (Vec<_>, Vec<_>) = ids.iter().cloned().partition(|i| i.starts_with('S'));
+        let (groups, users): (Vec<_>, Vec<_>) =
+            ids.iter().cloned().partition(|i| i.starts_with('S'));
         Self {
             users: users.into_iter().collect(),
             groups,
@@ -268,7 +269,11 @@ struct Click {
 }
 
 impl Click {
-    async fn handle(self, click: SlackInteractionBlockActionsEvent, client: Arc<SlackClient<Connector>>) {
+    async fn handle(
+        self,
+        click: SlackInteractionBlockActionsEvent,
+        client: Arc<SlackClient<Connector>>,
+    ) {
         let Some(user) = &click.user else { return };
         let Some((action, run)) = click.actions.iter().flatten().find_map(|a| {
             Some((
@@ -342,8 +347,14 @@ impl Click {
             user.id.clone(),
             SlackMessageContent::new().with_text(said),
         );
-        if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, session.chat_post_ephemeral(&request)).await.map_err(|_| "no answer".to_owned()).and_then(|r| r.map_err(|e| e.to_string())) {
-            self.controller.warn(format!("the answer to a Slack click could not be posted: {e}"));
+        if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, session.chat_post_ephemeral(&request))
+            .await
+            .map_err(|_| "no answer".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            self.controller.warn(format!(
+                "the answer to a Slack click could not be posted: {e}"
+            ));
         }
     }
 }
@@ -391,7 +402,11 @@ mod tests {
 
     #[test]
     fn buttons_carry_the_action_and_the_run_and_abort_asks_first() {
-        let block = serde_json::to_value(buttons("r1", &[ControlAction::Resume, ControlAction::Abort])).unwrap();
+        let block = serde_json::to_value(buttons(
+            "r1",
+            &[ControlAction::Resume, ControlAction::Abort],
+        ))
+        .unwrap();
         assert_eq!(block["type"], "actions");
         assert_eq!(block["block_id"], BLOCK_ID);
         let elements = block["elements"].as_array().unwrap();

@@ -24,6 +24,8 @@ pub struct Env {
     pub client_key: PathBuf,
     pub slack_url: String,
     pub slack_token: String,
+    /// The app-level token the stand-in accepts for Socket Mode.
+    pub slack_app_token: String,
     pub prometheus_url: String,
     pub prometheus_rules_dir: PathBuf,
     pub prometheus_targets_dir: PathBuf,

@@ -454,3 +454,69 @@ fn a_finish_by_end_hold_is_said_in_the_thread_with_its_figures() {
     );
     assert_eq!(field(&held[0], "p95_secs"), Some("720"));
 }
+
+#[test]
+fn the_runs_message_offers_the_buttons_its_state_fits_and_says_why_it_is_paused() {
+    use ControlAction::*;
+    let mut t = narrator(None).with_buttons();
+    let root = |m: &[Message]| m.iter().find(|m| m.place != Place::Reply).cloned().unwrap();
+    assert_eq!(root(&started(&mut t, 3)).buttons, [Pause, Abort]);
+    let paused = t.messages(&RunEvent::Paused {
+        decision: decided(Decision::Pause),
+        resume_hint: String::new(),
+    });
+    assert_eq!(paused[0].buttons, [Resume, Abort]);
+    assert!(
+        paused[0]
+            .text
+            .contains("Paused (gate `pods`): web crash-looping. No new node starts; next: Resume (the button, or `rollgate resume r1`)"),
+        "{}",
+        paused[0].text
+    );
+    // A node in flight finishing during the pause does not make the message say "running".
+    let done = t.messages(&RunEvent::NodeDone {
+        node: "n2".into(),
+        elapsed_ms: 1000,
+    });
+    assert_eq!(field(&root(&done), "state"), Some("paused by pods"));
+    assert_eq!(root(&done).buttons, [Resume, Abort]);
+    let resumed = t.messages(&RunEvent::Resumed {
+        by: Some("alice (Slack U0ALICE)".into()),
+    });
+    assert_eq!(replies(&resumed), ["resumed by alice (Slack U0ALICE)"]);
+    assert_eq!(root(&resumed).buttons, [Pause, Abort]);
+    let aborted = t.messages(&gate(Decision::Abort));
+    assert_eq!(field(&root(&aborted), "state"), Some("aborting"));
+    assert!(root(&aborted).buttons.is_empty());
+    assert!(
+        root(&aborted)
+            .text
+            .contains("Aborting (gate `pods`): web crash-looping")
+    );
+    let finished = t.messages(&RunEvent::RunFinished {
+        outcome: Outcome::Stopped(StopReason::GateAbort),
+        not_started: 1,
+        elapsed_ms: 5000,
+        done: 1,
+        failed: 0,
+        skipped: 0,
+    });
+    assert!(root(&finished).buttons.is_empty());
+    assert!(
+        root(&finished).text.contains("Aborting (gate `pods`)"),
+        "an aborted run's message keeps saying why: {}",
+        root(&finished).text
+    );
+    // Without Socket Mode, no message offers a button.
+    let mut plain = narrator(None);
+    assert!(started(&mut plain, 1).iter().all(|m| m.buttons.is_empty()));
+    let refused = t.messages(&RunEvent::ControlRefused {
+        action: Pause,
+        by: "mallory (Slack U0MALLORY)".into(),
+        reason: "not among [slack] operators".into(),
+    });
+    assert_eq!(
+        replies(&refused),
+        ["refused a request to pause by mallory (Slack U0MALLORY): not among [slack] operators"]
+    );
+}
