@@ -15,8 +15,8 @@
 //!   clicks with their `outcome`, `response_url` posts);
 //! - `POST /_fail` `{"status": 500 | 429, "retry_after": 1, "delay_ms": 0, "count": 1, "channel": "#x",
 //!   "method": "apps.connections.open"}`: fail the next `count` API requests (for that channel or
-//!   method, when given) that way (`delay_ms` alone simulates a slow Slack / timeout; such requests
-//!   are recorded with `failed: 0`);
+//!   method, when given; `apps.connections.open` only when named) that way (`delay_ms` alone
+//!   simulates a slow Slack / timeout; such requests are recorded with `failed: 0`);
 //! - `POST /_click` `{"user": "U0ALICE", "username": "alice", "action": "pause", "run_id": "RUN"}`:
 //!   the user presses the button (`action_id`, `value`) of the most recent message offering it
 //!   (404 `no_such_button`); its `block_actions` payload goes in an `interactive` envelope to one
@@ -66,17 +66,19 @@ struct Failure {
     delay_ms: u64,
     /// Only requests for this channel fail (so parallel tests do not take each other's failures).
     channel: Option<String>,
-    /// Only calls of this method fail (e.g. `apps.connections.open`).
+    /// Only calls of this method fail. `apps.connections.open` fails only when named here, so
+    /// that Socket Mode clients reconnecting in parallel tests never take others' failures.
     method: Option<String>,
 }
 
 impl Failure {
     fn applies(&self, path: &str, channel: Option<&str>) -> bool {
+        let method = path.strip_prefix("/api/");
         (self.channel.is_none() || self.channel.as_deref() == channel)
-            && self
-                .method
-                .as_deref()
-                .is_none_or(|m| path.strip_prefix("/api/") == Some(m))
+            && match self.method.as_deref() {
+                Some(wanted) => method == Some(wanted),
+                None => method != Some("apps.connections.open"),
+            }
     }
 }
 

@@ -173,7 +173,23 @@ fn tokens_are_checked_per_method_like_slack() {
         "",
     );
     assert_eq!(users, json!({"ok": true, "users": ["U0ALICE"]}));
-    // An injected failure for one method only.
+    // A failure without a method spares apps.connections.open; one for that method only.
+    post(&base, "/_fail", json!({"status": 500}));
+    let open_status = |token| {
+        http(
+            &base,
+            "POST",
+            "/api/apps.connections.open",
+            Some(token),
+            "{}",
+        )
+        .0
+    };
+    assert_eq!(open_status(SLACK_APP_TOKEN), 200);
+    assert_eq!(
+        http(&base, "POST", "/api/auth.test", Some(SLACK_TOKEN), "{}").0,
+        500
+    );
     post(
         &base,
         "/_fail",
@@ -311,6 +327,16 @@ fn disconnect_envelopes_precede_the_close_and_drops_cut_silently() {
     let (mut a, _) = connect(&base);
     let (mut b, hello) = connect(&base);
     assert_eq!(hello["num_connections"], 2);
+    // Pings are answered (slack-morphism gives up on a socket without pongs).
+    a.send(tungstenite::Message::Ping(b"are you there".to_vec().into()))
+        .unwrap();
+    loop {
+        match a.read().expect("a frame") {
+            tungstenite::Message::Pong(p) => break assert_eq!(&p[..], b"are you there"),
+            tungstenite::Message::Ping(_) => {}
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
     let asked = Instant::now();
     assert_eq!(
         post(&base, "/_disconnect", json!({"reason": "warning"})).1["affected"],
