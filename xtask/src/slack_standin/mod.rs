@@ -28,7 +28,8 @@
 //! - `POST /_disconnect` `{"reason": "refresh_requested" | "warning" | "link_disabled"}`: a
 //!   `disconnect` envelope to every live socket, closed a second later; `{"drop": true}`: cut them
 //!   without a word (a network drop). Answers `{"ok": true, "affected": n}`;
-//! - `GET /_sockets`: `{"live": n, "connected_total": m}`;
+//! - `GET /_sockets`: `{"live": n, "connected_total": m}` (live: open and not sent a `disconnect`;
+//!   only those get envelopes);
 //! - `POST /_reset`: forget recordings, messages, user groups and pending failures (sockets stay).
 
 mod api;

@@ -30,12 +30,15 @@ enum Command {
 struct Conn {
     id: u64,
     tx: Sender<Command>,
+    /// Sent a `disconnect`: no more envelopes, no longer counted as live.
+    closing: bool,
 }
 
 #[derive(Default)]
 struct Inner {
     tickets: HashSet<String>,
-    live: Vec<Conn>,
+    /// Every open connection, closing ones included.
+    conns: Vec<Conn>,
     connected_total: u64,
     next_id: u64,
     turn: usize,
@@ -99,10 +102,11 @@ impl Sockets {
         )
     }
 
-    /// `{"live": n, "connected_total": m}`.
+    /// `{"live": n, "connected_total": m}` (live: open and not told to disconnect).
     pub fn counts(&self) -> Value {
         let inner = self.lock();
-        json!({"live": inner.live.len(), "connected_total": inner.connected_total})
+        let live = inner.conns.iter().filter(|c| !c.closing).count();
+        json!({"live": live, "connected_total": inner.connected_total})
     }
 
     /// Sends `envelope` (with id `envelope_id`) on one live connection, in turn like Slack, and
@@ -113,13 +117,21 @@ impl Sockets {
             let mut inner = self.lock();
             inner.acks.insert(envelope_id.to_owned(), tx);
             let mut sent = false;
-            while !inner.live.is_empty() && !sent {
-                let i = inner.turn % inner.live.len();
+            while !sent {
+                let live: Vec<usize> = (0..inner.conns.len())
+                    .filter(|&i| !inner.conns[i].closing)
+                    .collect();
+                if live.is_empty() {
+                    break;
+                }
+                let i = live[inner.turn % live.len()];
                 inner.turn = inner.turn.wrapping_add(1);
-                let conn = &inner.live[i];
-                sent = conn.tx.send(Command::Send(envelope.to_string())).is_ok();
+                sent = inner.conns[i]
+                    .tx
+                    .send(Command::Send(envelope.to_string()))
+                    .is_ok();
                 if !sent {
-                    inner.live.remove(i);
+                    inner.conns.remove(i);
                 }
             }
             sent
@@ -138,18 +150,21 @@ impl Sockets {
     /// Sends `disconnect` (`reason`) to every live connection, which closes a second later;
     /// `reason: None` cuts them without a word (a network drop). Returns how many.
     pub fn disconnect_all(&self, reason: Option<&str>) -> usize {
-        let inner = self.lock();
-        for conn in &inner.live {
+        let mut inner = self.lock();
+        let mut affected = 0;
+        for conn in inner.conns.iter_mut().filter(|c| !c.closing) {
+            affected += 1;
+            conn.closing = reason.is_some();
             let _ = conn.tx.send(match reason {
                 Some(r) => Command::Disconnect(r.to_owned()),
                 None => Command::Drop,
             });
         }
-        inner.live.len()
+        affected
     }
 
     fn forget(&self, id: u64) {
-        self.lock().live.retain(|c| c.id != id);
+        self.lock().conns.retain(|c| c.id != id);
     }
 
     fn connection(&self, stream: TcpStream) {
@@ -183,8 +198,13 @@ impl Sockets {
             inner.next_id += 1;
             inner.connected_total += 1;
             let id = inner.next_id;
-            inner.live.push(Conn { id, tx });
-            (id, inner.live.len())
+            inner.conns.push(Conn {
+                id,
+                tx,
+                closing: false,
+            });
+            let live = inner.conns.iter().filter(|c| !c.closing).count();
+            (id, live)
         };
         if ws.send(Message::text(hello(count).to_string())).is_ok()
             && ws.get_ref().set_read_timeout(Some(POLL)).is_ok()

@@ -342,6 +342,11 @@ fn disconnect_envelopes_precede_the_close_and_drops_cut_silently() {
         post(&base, "/_disconnect", json!({"reason": "warning"})).1["affected"],
         2
     );
+    // Told to go, they take no more envelopes and no longer count as live.
+    assert_eq!(http(&base, "GET", "/_sockets", None, "").1["live"], 0);
+    post_run_message(&base, "RUN9", &["pause"]);
+    let click = json!({"user": "U0ALICE", "action": "pause", "run_id": "RUN9"});
+    assert_eq!(post(&base, "/_click", click).0, 409);
     for ws in [&mut a, &mut b] {
         let bye = read_json(ws);
         assert_eq!(
