@@ -54,6 +54,8 @@ pub fn port(base: u16, offset: u16) -> u16 {
 
 /// Token the Slack stand-in accepts (it is a test credential, not a secret).
 pub const SLACK_TOKEN: &str = "xoxb-rollgate-testenv";
+/// App-level token (Socket Mode) the Slack stand-in accepts for `apps.connections.open` only.
+pub const SLACK_APP_TOKEN: &str = "xapp-rollgate-testenv";
 
 fn home() -> PathBuf {
     std::env::var_os("HOME")

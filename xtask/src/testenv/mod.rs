@@ -67,6 +67,9 @@ pub struct EnvDescription {
     pub client_key: PathBuf,
     pub slack_url: String,
     pub slack_token: String,
+    /// The app-level token for Socket Mode (`apps.connections.open`); absent in older env.json files.
+    #[serde(default = "default_slack_app_token")]
+    pub slack_app_token: String,
     pub prometheus_url: String,
     pub prometheus_rules_dir: PathBuf,
     pub prometheus_targets_dir: PathBuf,
@@ -77,6 +80,10 @@ pub struct EnvDescription {
     /// Added to every port (0: the default environment; absent in older env.json files).
     #[serde(default)]
     pub port_offset: u16,
+}
+
+fn default_slack_app_token() -> String {
+    SLACK_APP_TOKEN.into()
 }
 
 pub fn run(command: TestenvCommand) -> Result<ExitCode> {
@@ -444,6 +451,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
         client_key,
         slack_url: format!("http://127.0.0.1:{slack_port}"),
         slack_token: SLACK_TOKEN.into(),
+        slack_app_token: SLACK_APP_TOKEN.into(),
         prometheus_url: format!("http://127.0.0.1:{prometheus_port}"),
         prometheus_rules_dir: rules,
         prometheus_targets_dir: targets,
