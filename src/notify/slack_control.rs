@@ -367,10 +367,9 @@ mod tests {
     async fn slack_socket_urls_wss_are_supported() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // Nothing listens on port 1: the error must be the connection, not "TLS not compiled in".
-        let e = tokio_tungstenite::connect_async("wss://127.0.0.1:1/link")
-            .await
-            .err()
-            .expect("nothing listens there");
+        let Err(e) = tokio_tungstenite::connect_async("wss://127.0.0.1:1/link").await else {
+            panic!("nothing listens there");
+        };
         assert!(
             matches!(e, tokio_tungstenite::tungstenite::Error::Io(_)),
             "{e:?}"
