@@ -7,7 +7,7 @@
 
 use crate::report::short_duration;
 use crate::vocab::{
-    ControlAction, Decision, GateDecision, Outcome, PreflightSummary, RunEvent, StopReason, Verdict,
+    ControlAction, Decision, GateDecision, Outcome, PreflightSummary, RunEvent, StopReason,
 };
 
 /// Where a message goes in the run's conversation.
@@ -62,54 +62,6 @@ pub struct Narrator {
     state: String,
     why: Option<String>,
     offers: Vec<ControlAction>,
-}
-
-/// Findings a message lists at most (the rest are counted).
-const MAX_FINDINGS: usize = 8;
-
-fn verdict_word(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Ok => "ok",
-        Verdict::Warning => "warning",
-        Verdict::Blocked => "BLOCKED",
-        Verdict::Ignored => "blocked (ignored)",
-        Verdict::Skipped => "skipped",
-    }
-}
-
-/// `check verdict, ...` for a field.
-fn verdicts(summary: &PreflightSummary) -> String {
-    summary
-        .checks
-        .iter()
-        .map(|c| format!("{} {}", c.check, verdict_word(c.verdict)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The summary for people: one line of verdicts, then the findings (at most
-/// [`MAX_FINDINGS`]), blockers first.
-fn preflight_text(summary: &PreflightSummary) -> String {
-    let mut text = format!(
-        "pre-flight: {}",
-        summary
-            .checks
-            .iter()
-            .map(|c| format!("{} *{}*", c.check, verdict_word(c.verdict)))
-            .collect::<Vec<_>>()
-            .join(" · ")
-    );
-    for f in summary.findings.iter().take(MAX_FINDINGS) {
-        let tag = if f.blocker { "BLOCKER" } else { "warning" };
-        text.push_str(&format!("\n• {tag} {}", f.line()));
-    }
-    if summary.findings.len() > MAX_FINDINGS {
-        text.push_str(&format!(
-            "\n• … and {} more (`rollgate preflight` lists them)",
-            summary.findings.len() - MAX_FINDINGS
-        ));
-    }
-    text
 }
 
 fn decision_word(d: Decision) -> &'static str {
@@ -598,6 +550,9 @@ fn finished_state(outcome: Outcome) -> &'static str {
         Outcome::Stopped(_) => "stopped by the operator",
     }
 }
+
+mod preflight;
+use preflight::{preflight_text, verdicts};
 
 #[cfg(test)]
 mod tests;
