@@ -145,6 +145,7 @@ async fn no_planted_secret_reaches_any_record_of_a_rollout_with_a_gate_decision_
         &config,
         format!(
             "[slack]\nchannel = \"{channel}\"\ntoken-env = \"{SLACK_TOKEN_VAR}\"\napi-url = \"{}/api/\"\n\
+             app-token-env = \"ROLLGATE_TEST_SLACK_APP_TOKEN\"\noperators = [\"U0ALICE\"]\n\
              [prometheus]\nurl = \"{prometheus}\"\n\
              [[notify]]\nkind = \"webhook\"\nurl-env = \"ROLLGATE_TEST_HOOK_URL\"\ntoken-env = \"ROLLGATE_TEST_HOOK_TOKEN\"\n",
             env().slack_url
@@ -175,6 +176,7 @@ async fn no_planted_secret_reaches_any_record_of_a_rollout_with_a_gate_decision_
     cmd.arg("--config")
         .arg(&config)
         .env(SLACK_TOKEN_VAR, &slack_token)
+        .env("ROLLGATE_TEST_SLACK_APP_TOKEN", &env().slack_app_token)
         .env("RG_TEST_CHEF_KEY", &runner_value)
         .env(
             "ROLLGATE_TEST_HOOK_URL",
@@ -334,6 +336,7 @@ async fn no_planted_secret_reaches_any_record_of_a_rollout_with_a_gate_decision_
         ("the webhook URL's key parameter", hook_key),
         ("the webhook token", hook_token),
         ("the Slack token", slack_token),
+        ("the Slack app-level token", env().slack_app_token.clone()),
     ];
     assert_no_secret(&secrets, &places);
 }
