@@ -45,37 +45,6 @@ fn elsewhere(other: &Path, args: &[&str]) -> (i32, String) {
     (code, stderr)
 }
 
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
-    let started = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("the run did not end within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Waits until node `node` of the run in `dir` has started its command (journaled).
-async fn command_started(dir: &Path, node: &str) {
-    let (state, node) = (dir.to_owned(), node.to_owned());
-    eventually("node 1 to start its command", MINUTE, || {
-        let (state, node) = (state.clone(), node.clone());
-        async move { journal_has(&state, &node, "step-started", "command") }
-    })
-    .await;
-}
-
-fn run_id(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("runs/latest"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_and_resume_from_another_machine_go_through_the_cluster_and_say_who() {
     let suite = unique("ctl-pause");
@@ -85,7 +54,7 @@ async fn pause_and_resume_from_another_machine_go_through_the_cluster_and_say_wh
     let mut child = start_run(dir.path(), &suite, &channel, &unique("ctl-lock"), 3);
     command_started(dir.path(), &names[0]).await;
     let (state, n1) = (dir.path().to_owned(), names[0].clone());
-    let run = run_id(dir.path());
+    let run = latest_run_id(dir.path());
     let asked = Instant::now();
     let (code, stderr) = elsewhere(
         other.path(),
@@ -162,7 +131,7 @@ async fn abort_from_another_machine_stops_the_node_in_flight_at_its_safe_point()
     let channel = format!("#{suite}");
     let mut child = start_run(dir.path(), &suite, &channel, &unique("ctl-lock"), 4);
     command_started(dir.path(), &names[0]).await;
-    let run = run_id(dir.path());
+    let run = latest_run_id(dir.path());
     let (code, stderr) = elsewhere(
         other.path(),
         &["abort", &run, "--reason", "VM creation broke"],

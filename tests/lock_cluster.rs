@@ -151,13 +151,6 @@ fn journal(state_dir: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn run_id(state_dir: &Path) -> String {
-    std::fs::read_to_string(state_dir.join("runs/latest"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 fn holder(lock: &str) -> String {
     kubectl_ok(&[
         "-n",
@@ -351,12 +344,12 @@ async fn a_runner_cut_off_from_the_apiserver_stops_at_its_renew_deadline_and_ano
     assert_eq!(annotation(&names[0], "rollgate.dev/step"), "command");
     assert_eq!(
         annotation(&names[0], "rollgate.dev/cordoned-by"),
-        run_id(dir_a.path())
+        latest_run_id(dir_a.path())
     );
     for n in &names[1..] {
         assert!(!unschedulable(n), "{n}");
         assert!(
-            annotation(n, "rollgate.dev/last-run").starts_with(&run_id(dir_b.path())),
+            annotation(n, "rollgate.dev/last-run").starts_with(&latest_run_id(dir_b.path())),
             "{n}: {}",
             annotations(n)
         );

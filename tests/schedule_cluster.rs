@@ -103,20 +103,6 @@ fn spawn_run(s: &Setup, extra: &[&str]) -> std::process::Child {
     cmd.spawn().unwrap()
 }
 
-fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> i32 {
-    let until = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
-        }
-        if std::time::Instant::now() > until {
-            let _ = child.kill();
-            panic!("rollgate did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_window_closing_mid_run_holds_new_nodes_until_it_reopens() {
     let s = setup("window-wait", "wait");
@@ -152,7 +138,7 @@ async fn a_window_closing_mid_run_holds_new_nodes_until_it_reopens() {
     );
     // The next night: the run goes on by itself.
     set_clock(&s.clock, NEXT_NIGHT);
-    let code = wait_exit(&mut child, 2 * MINUTE);
+    let code = wait_exit(&mut child, 2 * MINUTE).unwrap_or(-1);
     let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     assert_eq!(code, 0, "{stderr}");
     let lines = journal(&dir);
@@ -180,7 +166,7 @@ async fn outside_exit_stops_resumable_and_resume_continues_in_the_next_window() 
     let (dir, n1) = (s.dir.path().to_owned(), s.names[0].clone());
     until_started(&dir, &n1).await;
     set_clock(&s.clock, AFTER);
-    let code = wait_exit(&mut child, MINUTE);
+    let code = wait_exit(&mut child, MINUTE).unwrap_or(-1);
     let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     assert_eq!(code, 8, "exit 8: stopped resumable: {stderr}");
     assert!(journal_has_event(&dir, &n1, "node-done"), "node 1 finished");
@@ -215,7 +201,7 @@ async fn a_passed_deadline_stops_new_nodes_and_a_new_deadline_lets_resume_finish
     let (dir, n1) = (s.dir.path().to_owned(), s.names[0].clone());
     until_started(&dir, &n1).await;
     set_clock(&s.clock, "2026-11-25T02:00:00Z"); // inside the window, past the deadline
-    let code = wait_exit(&mut child, MINUTE);
+    let code = wait_exit(&mut child, MINUTE).unwrap_or(-1);
     let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     assert_eq!(code, 8, "{stderr}");
     let lines = journal(&dir);
@@ -376,7 +362,7 @@ async fn finish_by_end_holds_a_node_whose_p95_passes_the_window_end_until_the_ne
 
     // The next night has hours left: the run goes on by itself and finishes.
     set_clock(&clock, NEXT_NIGHT);
-    let code = wait_exit(&mut child.0, 2 * MINUTE);
+    let code = wait_exit(&mut child.0, 2 * MINUTE).unwrap_or(-1);
     let terminal = std::fs::read_to_string(d.join("stderr.log")).unwrap();
     assert_eq!(code, 0, "{terminal}");
     let lines = journal(&d);

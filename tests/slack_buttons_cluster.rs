@@ -14,7 +14,7 @@ mod support;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -58,27 +58,6 @@ fn start_run(dir: &Path, suite: &str, config: &Path, seconds: u32) -> Child {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
     cmd.spawn().unwrap()
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
-    let started = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("the run did not end within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn run_id(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("runs/latest"))
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 fn standin(path: &str, body: Value) -> (u16, Value) {
@@ -146,15 +125,6 @@ fn run_events(dir: &Path, run: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn command_started(dir: &Path, node: &str) {
-    let (state, node) = (dir.to_owned(), node.to_owned());
-    eventually("the node to start its command", MINUTE, || {
-        let (state, node) = (state.clone(), node.clone());
-        async move { journal_has(&state, &node, "step-started", "command") }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operators_click_pauses_and_resumes_others_are_refused_and_a_dropped_socket_reconnects()
 {
@@ -169,7 +139,7 @@ async fn an_operators_click_pauses_and_resumes_others_are_refused_and_a_dropped_
     let mut child = start_run(dir.path(), &suite, &config, 4);
     command_started(dir.path(), &names[0]).await;
     connected_after(before).await;
-    let run = run_id(dir.path());
+    let run = latest_run_id(dir.path());
 
     // Not an operator: refused in private, recorded, the run goes on.
     let (status, answer) = click("U0MALLORY", "pause", &run);
@@ -258,7 +228,7 @@ async fn an_abort_click_after_slack_asks_to_reconnect_stops_the_node_at_its_safe
     let mut child = start_run(dir.path(), &suite, &config, 5);
     command_started(dir.path(), &names[0]).await;
     connected_after(before).await;
-    let run = run_id(dir.path());
+    let run = latest_run_id(dir.path());
     // Slack's routine "refresh" disconnect: the run opens a new connection.
     let before = sockets().1;
     standin("/_disconnect", json!({"reason": "refresh_requested"}));
@@ -305,7 +275,7 @@ async fn slack_unreachable_throughout_changes_nothing() {
     let config = buttons_config(dir.path(), &format!("#{suite}"), &url);
     let mut child = start_run(dir.path(), &suite, &config, 2);
     assert_eq!(wait_exit(&mut child, 3 * MINUTE), Some(0));
-    let events = run_events(dir.path(), &run_id(dir.path()));
+    let events = run_events(dir.path(), &latest_run_id(dir.path()));
     for n in &names {
         assert!(!unschedulable(n), "{n}");
         assert!(

@@ -316,14 +316,16 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
             None
         }
     };
+    let report_file = run_dir.path().join(report::run_report::HTML_FILE);
+    let told = notify::RunInfo {
+        run_id: &run_id,
+        playbook: &playbook,
+        report_file: &report_file,
+        dry_run,
+    };
     let mut notifier = notify::start(
         &notify_targets,
-        &notify::RunInfo {
-            run_id: &run_id,
-            playbook: &playbook,
-            report_file: &run_dir.path().join(report::run_report::HTML_FILE),
-            dry_run,
-        },
+        &told,
         metrics.lock().expect("lock").slack_failures(),
     );
     consumers.push(notifier.consumer());
@@ -417,12 +419,7 @@ pub async fn run(request: RunRequest, clients: Clients) -> Result<RunEnd, Failur
         );
         let buttons = notify::listen_for_buttons(
             &notify_targets,
-            &notify::RunInfo {
-                run_id: &run_id,
-                playbook: &playbook,
-                report_file: &run_dir.path().join(report::run_report::HTML_FILE),
-                dry_run,
-            },
+            &told,
             Arc::new(control::ClusterController {
                 client: context.clients.api.clone(),
                 namespace: config.state_namespace.clone(),

@@ -1093,3 +1093,42 @@ pub fn slack_texts(channel: &str) -> Vec<String> {
         .filter_map(|r| r["body"]["text"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// Waits for a spawned rollgate to exit (killed, and the test failed, after `timeout`): its
+/// exit code (None: killed by a signal).
+pub fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("rollgate did not end within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The id of the latest run in state directory `dir`.
+pub fn latest_run_id(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("runs/latest"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Waits (at most a minute) until node `node` of the latest run in `dir` has started its
+/// command (journaled).
+pub async fn command_started(dir: &Path, node: &str) {
+    let (state, node) = (dir.to_owned(), node.to_owned());
+    eventually(
+        &format!("{node} to start its command"),
+        Duration::from_secs(60),
+        || {
+            let (state, node) = (state.clone(), node.clone());
+            async move { journal_has(&state, &node, "step-started", "command") }
+        },
+    )
+    .await;
+}
