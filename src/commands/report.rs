@@ -34,11 +34,16 @@ pub async fn run(
     let dir = run_dir.path();
     let journal = run_dir.journal();
     // Not here, but named: another machine ran it; its journal may be in the cluster copy.
-    if run.is_some()
-        && !journal.is_file()
-        && let Err(e) = super::status::fetch_run_from_cluster(&config, &run_id, dir).await
-    {
-        eprintln!("{}", e.message);
+    if run.is_some() && !journal.is_file() {
+        let fetched = match crate::cluster::connect(&config).await {
+            Ok(clients) => {
+                super::status::fetch_run_from_cluster(&config, &clients.api, &run_id, dir).await
+            }
+            Err(e) => Err(super::plan::connect_failure(e)),
+        };
+        if let Err(e) = fetched {
+            eprintln!("{}", e.message);
+        }
     }
     if !journal.is_file() {
         let known = known_runs(&runs);

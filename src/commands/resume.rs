@@ -131,12 +131,14 @@ pub async fn resume(
     let runs = RunsDir::new(&config.state_dir);
     let run_id = resolve_run(&runs, run)?;
     let dir = runs.run(&run_id);
-    if live_elsewhere(&config, &run_id).await? {
+    // One connection for all a resume asks of the cluster.
+    let clients = cluster::connect(&config).await.map_err(connect_failure)?;
+    if live_elsewhere(&config, &clients.api, &run_id).await? {
         return super::pause::ask_live_run(&config, &run_id, Action::Resume, None).await;
     }
     if !dir.journal().exists() {
         // Another machine started it: continue from its copy in the cluster.
-        fetch_run_from_cluster(&config, &run_id, dir.path()).await?;
+        fetch_run_from_cluster(&config, &clients.api, &run_id, dir.path()).await?;
     }
     let journal = dir.journal();
     if let Ok(status) = crate::journal::RunStatus::from_journal(&journal)
@@ -164,7 +166,6 @@ pub async fn resume(
     };
     let mut points = crate::journal::resume_points(&journal, command_done).map_err(cannot)?;
     // The nodes' annotations can be ahead of a journal fetched from the cluster copy.
-    let clients = cluster::connect(&config).await.map_err(connect_failure)?;
     let nodes = cluster::list_nodes(&clients.api)
         .await
         .map_err(connect_failure)?;
@@ -208,9 +209,12 @@ pub async fn resume(
     Box::pin(plan_and_run(
         config,
         playbook_file,
-        Some(probe_base),
         options,
-        Some(points),
+        Some(super::run::Resuming {
+            probe_base,
+            points,
+            clients,
+        }),
         false,
         preflight,
     ))
@@ -219,13 +223,16 @@ pub async fn resume(
 
 /// Whether the run is alive, here or on another machine (it holds its cluster lock): then a
 /// resume is a request to it, not a new process continuing its journal.
-async fn live_elsewhere(config: &Config, run_id: &str) -> Result<bool, Failure> {
+async fn live_elsewhere(
+    config: &Config,
+    api: &kube::Client,
+    run_id: &str,
+) -> Result<bool, Failure> {
     // Run here and its process is gone: not live, even while its lease has not expired yet.
     if RunsDir::new(&config.state_dir).run(run_id).process_gone() {
         return Ok(false);
     }
-    let clients = cluster::connect(config).await.map_err(connect_failure)?;
-    match control::is_live(&clients.api, &config.state_namespace, run_id).await {
+    match control::is_live(api, &config.state_namespace, run_id).await {
         Ok(live) => Ok(live),
         // No object in the cluster (a run from before copies were kept): its journal decides.
         Err(control::ControlError::NoSuchRun(..)) => Ok(false),

@@ -35,7 +35,6 @@ pub async fn run(config: Config, args: &RunArgs) -> Result<u8, Failure> {
     plan_and_run(
         config,
         args.playbook.clone(),
-        None,
         options,
         None,
         ask_first,
@@ -44,18 +43,31 @@ pub async fn run(config: Config, args: &RunArgs) -> Result<u8, Failure> {
     .await
 }
 
+/// What a resume brings to [`plan_and_run`].
+pub(super) struct Resuming {
+    /// Where relative probe paths resolve: the original playbook's file.
+    pub probe_base: PathBuf,
+    /// Where each node picks up.
+    pub points: ResumePoints,
+    /// The resume's connection to the cluster (made once for all it asks).
+    pub clients: crate::cluster::Clients,
+}
+
 /// What `run` and `resume` share: the plan against the live cluster (for a resume, without the
 /// nodes done) and the pre-flight checks over its nodes, shown and (at a terminal, when
 /// `ask_first`, unless a blocker refuses the run) confirmed, the run, its end.
 pub(super) async fn plan_and_run(
     config: Arc<Config>,
     playbook_file: PathBuf,
-    probe_base: Option<PathBuf>,
     options: RunOptions,
-    resume: Option<ResumePoints>,
+    resuming: Option<Resuming>,
     ask_first: bool,
     checks: &PreflightArgs,
 ) -> Result<u8, Failure> {
+    let (probe_base, resume, connected) = match resuming {
+        Some(r) => (Some(r.probe_base), Some(r.points), Some(r.clients)),
+        None => (None, None, None),
+    };
     let mut playbook = load_playbook_with(&playbook_file, &config)?;
     // env-from-runner: a variable that is not set stops here, before anything changes.
     crate::playbook::resolve_runner_env(&mut playbook, &playbook_file)?;
@@ -70,9 +82,13 @@ pub(super) async fn plan_and_run(
     let notify = crate::notify::resolve(&config)
         .map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))?;
     let interaction = Interaction::detect(config.log_format);
-    let clients = crate::cluster::connect(&config)
-        .await
-        .map_err(connect_failure)?;
+    // (A resume has connected already.)
+    let clients = match connected {
+        Some(clients) => clients,
+        None => crate::cluster::connect(&config)
+            .await
+            .map_err(connect_failure)?,
+    };
     // Every permission the run needs, asked before anything changes (exit 11 if one is missing).
     let (what, command) = match (options.dry_run, resume.is_some()) {
         (true, _) => (crate::rbac::Use::Read, "run --dry-run"),

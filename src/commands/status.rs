@@ -181,11 +181,11 @@ pub async fn status(
 /// Writes a run's journal and playbook from its cluster copy into `dir`.
 pub(super) async fn fetch_run_from_cluster(
     config: &Config,
+    api: &kube::Client,
     run_id: &str,
     dir: &std::path::Path,
 ) -> Result<(), Failure> {
-    let clients = cluster::connect(config).await.map_err(connect_failure)?;
-    crate::journal::restore_from_cluster(&clients.api, &config.state_namespace, run_id, dir)
+    crate::journal::restore_from_cluster(api, &config.state_namespace, run_id, dir)
         .await
         .map_err(|e| {
             Failure::new(
