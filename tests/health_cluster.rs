@@ -45,8 +45,7 @@ fn rollgate_run(dir: &Path, channel: &str, playbook: &str) -> Command {
 
 /// The Slack requests for this channel that the stand-in recorded.
 fn slack_requests(channel: &str) -> Vec<Value> {
-    let recorded: Vec<Value> =
-        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    let recorded: Vec<Value> = slack_recorded();
     recorded
         .into_iter()
         .filter(|r| {
@@ -998,8 +997,7 @@ async fn an_incoming_webhook_gets_the_same_messages_without_threads_and_its_url_
         .as_str()
         .unwrap()
         .to_owned();
-    let recorded: Vec<Value> =
-        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    let recorded: Vec<Value> = slack_recorded();
     let posts: Vec<&Value> = recorded.iter().filter(|r| r["path"] == path).collect();
     let texts: Vec<&str> = posts
         .iter()

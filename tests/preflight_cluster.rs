@@ -362,24 +362,9 @@ spec:
     assert_eq!(eta["waves"][0]["rounds"], 3, "{eta:#}");
 }
 
-/// A config sending Slack to the stand-in, on a channel of this test's own.
-fn slack_config(dir: &std::path::Path, channel: &str) -> std::path::PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[slack]\nchannel = \"{channel}\"\ntoken-env = \"ROLLGATE_TEST_SLACK_TOKEN\"\napi-url = \"{}/api/\"\n",
-            env().slack_url
-        ),
-    )
-    .unwrap();
-    path
-}
-
 /// The messages the Slack stand-in recorded for `channel` (posts and updates), in order.
 fn slack_bodies(channel: &str) -> Vec<Value> {
-    let recorded: Vec<Value> =
-        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    let recorded: Vec<Value> = slack_recorded();
     recorded
         .into_iter()
         .filter(|r| r["body"]["channel"] == channel && r["failed"].is_null())
@@ -604,8 +589,7 @@ async fn an_unattended_clean_run_posts_the_preflight_summary_with_its_first_mess
     // The run's message keeps the summary when it is updated (chat.update names the message by
     // its ts, the thread of the run's replies, and the channel by its id).
     let root_ts = said[1]["thread_ts"].as_str().unwrap().to_owned();
-    let recorded: Vec<Value> =
-        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    let recorded: Vec<Value> = slack_recorded();
     let updates: Vec<&Value> = recorded
         .iter()
         .filter(|r| r["path"] == "/api/chat.update" && r["body"]["ts"] == root_ts.as_str())

@@ -433,8 +433,7 @@ async fn finish_by_end_with_outside_exit_stops_before_the_node_and_resume_starts
     assert!(position(&lines, "finish-by-end", None) < stop);
     assert!(!started(&d, &n), "the node did not start");
     assert!(!unschedulable(&n), "never cordoned");
-    let recorded: Vec<serde_json::Value> =
-        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    let recorded: Vec<serde_json::Value> = slack_recorded();
     let said = format!("not started (finish-by-end): node {n} would need");
     assert!(
         recorded

@@ -304,8 +304,7 @@ async fn no_planted_secret_reaches_any_record_of_a_rollout_with_a_gate_decision_
     let failed_node = kubectl_ok(&["get", "node", n1, "-o", "json"]);
     assert!(failed_node.contains("rollgate.dev/reason"), "{failed_node}");
     places.push((format!("node {n1}"), failed_node));
-    let slack: Vec<Value> =
-        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    let slack: Vec<Value> = slack_recorded();
     let slack_bodies: Vec<String> = slack.iter().map(|r| r["body"].to_string()).collect();
     assert!(
         slack_bodies.iter().any(|b| b.contains(&channel)),

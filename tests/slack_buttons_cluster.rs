@@ -99,8 +99,7 @@ fn click(user: &str, action: &str, run: &str) -> (u16, Value) {
 
 /// The texts of the ephemeral messages `user` got.
 fn ephemerals(user: &str) -> Vec<String> {
-    let recorded: Vec<Value> =
-        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    let recorded: Vec<Value> = slack_recorded();
     recorded
         .into_iter()
         .filter(|r| r["path"] == "/api/chat.postEphemeral" && r["body"]["user"] == user)

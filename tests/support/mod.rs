@@ -1083,10 +1083,14 @@ pub fn slack_config(dir: &Path, channel: &str) -> PathBuf {
     path
 }
 
+/// Every request the Slack stand-in recorded (method, path, authorized, body, failed), in order.
+pub fn slack_recorded() -> Vec<serde_json::Value> {
+    serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap()
+}
+
 /// The texts the Slack stand-in recorded (and answered normally) for `channel`.
 pub fn slack_texts(channel: &str) -> Vec<String> {
-    let recorded: Vec<serde_json::Value> =
-        serde_json::from_str(&http_get(&format!("{}/_recorded", env().slack_url))).unwrap();
+    let recorded: Vec<serde_json::Value> = slack_recorded();
     recorded
         .into_iter()
         .filter(|r| r["body"]["channel"] == channel && r["failed"].is_null())
