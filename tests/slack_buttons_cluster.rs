@@ -154,9 +154,15 @@ async fn an_operators_click_pauses_and_resumes_others_are_refused_and_a_dropped_
     assert_eq!(refused[0]["reason"], "not among [slack] operators");
 
     // A member of the operators' user group: paused, on the cluster path, and told so.
+    let clicked = std::time::Instant::now();
     let (status, answer) = click("U0BOB", "pause", &run);
     assert_eq!(status, 200, "{answer}");
     ephemeral_for("U0BOB", "paused: no new node starts").await;
+    eprintln!(
+        "click -> paused -> answer in Slack: {:?} (acknowledged in {:?})",
+        clicked.elapsed(),
+        answer["acknowledged"]
+    );
     // The message now offers Resume and Abort, not Pause.
     eventually("the message to offer Resume", MINUTE, || {
         let run = run.clone();
