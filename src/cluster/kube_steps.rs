@@ -245,8 +245,12 @@ impl NodeSteps for KubeSteps {
     }
 
     async fn drain(&self, job: &NodeJob) -> Result<DrainOutcome, StepError> {
-        self.mark_step(&job.node, Step::Drain).await?;
-        let before = self.ready_replicas_on(&job.node).await;
+        // The step's mark and the read of its workloads' Ready replicas (reads only) at once.
+        let (marked, before) = tokio::join!(
+            self.mark_step(&job.node, Step::Drain),
+            self.ready_replicas_on(&job.node)
+        );
+        marked?;
         self.ready_before
             .lock()
             .expect("lock")
