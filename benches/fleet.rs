@@ -509,6 +509,8 @@ fn overhead_per_node(state: &Path) -> (Vec<f64>, String) {
     let journal =
         std::fs::read_to_string(runs.join(id.trim()).join("journal.jsonl")).unwrap_or_default();
     let mut waits: BTreeMap<String, f64> = BTreeMap::new();
+    // Cordon and uncordon: the overhead that is steps; the rest is between steps.
+    let mut own_steps: BTreeMap<String, f64> = BTreeMap::new();
     let mut totals: BTreeMap<String, f64> = BTreeMap::new();
     let mut by_step: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for line in journal.lines() {
@@ -522,6 +524,8 @@ fn overhead_per_node(state: &Path) -> (Vec<f64>, String) {
                 let step = v["step"].as_str().unwrap_or_default().to_owned();
                 if matches!(step.as_str(), "drain" | "command" | "wait-ready" | "settle") {
                     *waits.entry(node).or_default() += ms;
+                } else {
+                    *own_steps.entry(node).or_default() += ms;
                 }
                 by_step.entry(step).or_default().push(ms);
             }
@@ -535,6 +539,14 @@ fn overhead_per_node(state: &Path) -> (Vec<f64>, String) {
         totals
             .iter()
             .map(|(n, t)| t - waits.get(n).copied().unwrap_or(0.0))
+            .collect(),
+    );
+    let between = sorted(
+        totals
+            .iter()
+            .map(|(n, t)| {
+                t - waits.get(n).copied().unwrap_or(0.0) - own_steps.get(n).copied().unwrap_or(0.0)
+            })
             .collect(),
     );
     let steps = [
@@ -554,7 +566,12 @@ fn overhead_per_node(state: &Path) -> (Vec<f64>, String) {
     })
     .collect::<Vec<_>>()
     .join(", ");
-    (overhead, steps + " s")
+    let between = format!(
+        "; between steps (overhead - cordon - uncordon) p50 {:.2}, p95 {:.2} s",
+        percentile(&between, 0.5),
+        percentile(&between, 0.95)
+    );
+    (overhead, steps + " s" + &between)
 }
 
 /// What the operators did before rollgate: per node `kubectl drain`, `ssh NODE COMMAND`,

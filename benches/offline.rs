@@ -1,14 +1,22 @@
 //! Offline figures for what grows with the fleet, no cluster needed: the run report of a
 //! journal with hundreds of nodes (parse + HTML + Markdown, sizes, peak memory), the run
 //! status read from the same journal, and the maintenance-window checks the scheduler makes
-//! every second (a daily window, and a rare cron whose next opening is weeks away).
-//! Run with `cargo bench --bench offline` (also part of `cargo xtask bench`). Prints a table;
-//! asserts nothing about timings.
+//! every second (a daily window, and a rare cron whose next opening is weeks away), and what
+//! one copy of the run into the cluster costs locally (status read from the journal, journal
+//! compressed: [`rollgate::journal::cluster_copy`] does both at every copy).
+//! Run with `cargo bench --bench offline` (also part of `cargo xtask bench`, whose one table
+//! gets these rows too). Prints a table; asserts nothing about timings.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use rollgate::journal::RunStatus;
 use rollgate::report::run_report::{RunReport, html, markdown};
 use rollgate::window::{Cron, OutsideWindow, Window, WindowSpec, parse_days, parse_time};
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::{Duration, Instant};
+use support::bench_row;
 
 /// A finished run's journal: `nodes` nodes, six steps each, a drain with evictions.
 fn journal(nodes: usize) -> String {
@@ -93,30 +101,59 @@ fn time<T>(runs: u32, mut f: impl FnMut() -> T) -> (Duration, T) {
     (started.elapsed() / runs, last)
 }
 
+/// What one copy into the cluster does locally: the status read from the journal file, and
+/// the journal compressed. Returns the compressed size.
+fn copy_work(path: &std::path::Path) -> usize {
+    let status = RunStatus::from_journal(path).expect("the journal reads");
+    let _ = serde_json::to_string_pretty(&status);
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&std::fs::read(path).expect("the journal reads"))
+        .expect("compress");
+    enc.finish().expect("compress").len()
+}
+
 fn main() {
-    println!("run report (per run; journal parsed, HTML and Markdown rendered)");
-    println!(
-        "{:>6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12}",
-        "nodes", "journal", "parse", "html", "markdown", "html size", "peak RSS"
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    bench_row("");
+    bench_row(
+        "run report (per run; journal parsed, HTML and Markdown rendered) and the run's copy into the cluster (status + gzip, at every copy), no cluster:",
     );
+    bench_row(&format!(
+        "  {:>6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>9}",
+        "nodes",
+        "journal",
+        "parse",
+        "html",
+        "markdown",
+        "html size",
+        "peak RSS",
+        "copy: local",
+        "gzip"
+    ));
     for nodes in [50, 200, 500, 1000] {
         let text = journal(nodes);
         let (parse, report) = time(10, || RunReport::from_journal(&text).expect("a header"));
         let (html_t, page) = time(10, || html::render(&report));
         let (md_t, _) = time(10, || markdown::render(&report));
-        println!(
-            "{:>6} {:>9} KiB {:>10.1?} {:>10.1?} {:>10.1?} {:>6} KiB {:>8} KiB",
+        let path = dir.path().join(format!("journal-{nodes}.jsonl"));
+        std::fs::write(&path, &text).expect("write the journal");
+        let (copy_t, gz) = time(10, || copy_work(&path));
+        bench_row(&format!(
+            "  {:>6} {:>9} KiB {:>10.1?} {:>10.1?} {:>10.1?} {:>6} KiB {:>8} KiB {:>12.1?} {:>5} KiB",
             nodes,
             text.len() / 1024,
             parse,
             html_t,
             md_t,
             page.len() / 1024,
-            peak_rss_kib()
-        );
+            peak_rss_kib(),
+            copy_t,
+            gz / 1024
+        ));
     }
 
-    println!("\nmaintenance window checks (what the scheduler does each second)");
+    bench_row("");
+    bench_row("maintenance window checks (what the scheduler does each second), no cluster:");
     let utc = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
     let daily = Window {
         spec: WindowSpec::Daily {
@@ -147,12 +184,12 @@ fn main() {
     ] {
         let (open_t, _) = time(1000, || w.is_open(now));
         let (next_t, next) = time(5, || w.next_open(now));
-        println!(
+        bench_row(&format!(
             "  {name:<22} is_open {open_t:>9.1?}   next_open {next_t:>9.1?} (-> {})",
             next.map(|t| t.to_string()).unwrap_or_default()
-        );
+        ));
     }
-    println!("  (the scheduler searches for the next opening once per closing, not every second)");
+    bench_row("  (the scheduler searches for the next opening once per closing, not every second)");
     // finish-by-end: while the window is open, its close is computed every second.
     let inside: jiff::Timestamp = "2026-12-01T01:30:00Z".parse().unwrap(); // Tue 02:30 Berlin
     for (name, w) in [
@@ -160,9 +197,9 @@ fn main() {
         ("cron 0 1 1 * * for 4h", &monthly),
     ] {
         let (t, close) = time(100, || w.closes_at(inside));
-        println!(
+        bench_row(&format!(
             "  {name:<22} closes_at {t:>9.1?} (-> {})",
             close.map(|t| t.to_string()).unwrap_or_default()
-        );
+        ));
     }
 }

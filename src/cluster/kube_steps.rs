@@ -8,7 +8,7 @@ mod settle;
 pub use settle::replicas_to_wait_for;
 
 use super::marks::annotation;
-use super::node::{boot_id, kubelet_version, ssh_address};
+use super::node::{boot_id, is_ready, kubelet_version, ssh_address};
 use super::outage;
 use super::{CordonOwner, StepContext, cordon_owner};
 use crate::drain::{self, DrainError, DrainReport};
@@ -40,6 +40,10 @@ pub struct KubeSteps {
     retry: BTreeSet<String>,
     /// The run's health guard, told when a node in flight is down again after its wait-ready.
     guard: Option<Arc<crate::health::Guard>>,
+    /// Per node: the Node as its wait-ready last saw it up. Its uncordon patches that very
+    /// version (a resourceVersion precondition) instead of reading the node again; a node
+    /// changed since is read again.
+    seen_up: std::sync::Mutex<BTreeMap<String, Node>>,
 }
 
 impl std::ops::Deref for KubeSteps {
@@ -56,6 +60,7 @@ impl KubeSteps {
             ready_before: Default::default(),
             retry: Default::default(),
             guard: None,
+            seen_up: Default::default(),
         }
     }
 
@@ -117,6 +122,13 @@ impl KubeSteps {
 
     /// Patches the node as [`FIELD_MANAGER`], riding out a short API outage ([`outage`]).
     async fn patch(&self, node: &str, patch: serde_json::Value) -> Result<Node, StepError> {
+        self.try_patch(node, patch)
+            .await
+            .map_err(|e| StepError::new(format!("cannot update node {node}: {e}")))
+    }
+
+    /// [`Self::patch`], with the API's error as it came (a precondition's 409 included).
+    async fn try_patch(&self, node: &str, patch: serde_json::Value) -> Result<Node, kube::Error> {
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
@@ -128,7 +140,6 @@ impl KubeSteps {
             || nodes.patch(node, &params, &patch),
         )
         .await
-        .map_err(|e| StepError::new(format!("cannot update node {node}: {e}")))
     }
 
     async fn get(&self, node: &str) -> Result<Node, StepError> {
@@ -234,8 +245,12 @@ impl NodeSteps for KubeSteps {
     }
 
     async fn drain(&self, job: &NodeJob) -> Result<DrainOutcome, StepError> {
-        self.mark_step(&job.node, Step::Drain).await?;
-        let before = self.ready_replicas_on(&job.node).await;
+        // The step's mark and the read of its workloads' Ready replicas (reads only) at once.
+        let (marked, before) = tokio::join!(
+            self.mark_step(&job.node, Step::Drain),
+            self.ready_replicas_on(&job.node)
+        );
+        marked?;
         self.ready_before
             .lock()
             .expect("lock")
@@ -315,6 +330,10 @@ impl NodeSteps for KubeSteps {
         let node = self
             .wait_up(job, before.as_deref(), deadline, "after its command")
             .await?;
+        self.seen_up
+            .lock()
+            .expect("lock")
+            .insert(job.node.clone(), node.clone());
         Ok(format!(
             "Ready, kubelet {}{}",
             kubelet_version(&node),
@@ -323,16 +342,28 @@ impl NodeSteps for KubeSteps {
     }
 
     async fn uncordon(&self, job: &NodeJob) -> Result<(), StepError> {
+        let last_run = Some(format!("{} {}", self.run_id, now()));
+        // The node as its wait-ready saw it up, moments ago: given back on that very version,
+        // which saves reading it again. Changed since (NotReady, cordoned by someone, a
+        // heartbeat): the patch is refused and the node read again.
+        let seen = self.seen_up.lock().expect("lock").remove(&job.node);
+        if let Some(node) = seen.filter(is_ready) {
+            self.held_down(&job.node, false, Step::Uncordon);
+            if self.give_back(job, &node, last_run.clone(), true).await? {
+                return Ok(());
+            }
+        }
         let node = self
             .ensure_up(job, Step::Uncordon, "before uncordoning it")
             .await?;
-        self.give_back(job, &node, Some(format!("{} {}", self.run_id, now())))
-            .await
+        self.give_back(job, &node, last_run, false).await?;
+        Ok(())
     }
 
     async fn hand_back(&self, job: &NodeJob) -> Result<(), StepError> {
         let node = self.get(&job.node).await?;
-        self.give_back(job, &node, None).await
+        self.give_back(job, &node, None, false).await?;
+        Ok(())
     }
 
     async fn settle(&self, job: &NodeJob, drained: &DrainReport) -> Result<(), StepError> {
@@ -369,20 +400,41 @@ const MAX_SETTLE_RESTARTS: usize = 3;
 
 impl KubeSteps {
     /// Uncordons the node (unless it was cordoned before this run) and clears rollgate's marks;
-    /// `last_run` (`RUN_ID TIME`) records a node this run finished.
+    /// `last_run` (`RUN_ID TIME`) records a node this run finished. With `if_unchanged`, only
+    /// if the node is still at `node`'s resourceVersion: `Ok(false)` when it changed since.
     async fn give_back(
         &self,
         job: &NodeJob,
         node: &Node,
         last_run: Option<String>,
-    ) -> Result<(), StepError> {
+        if_unchanged: bool,
+    ) -> Result<bool, StepError> {
         let precordoned = annotation(node, PRECORDONED).is_some();
         let mut clear = json!({CORDONED_BY: null, STEP: null, REASON: null, FAILED_STEP: null, PRECORDONED: null, BOOT_ID: null});
         if let Some(last_run) = last_run {
             clear[LAST_RUN] = json!(last_run);
         }
         let owner = cordon_owner(node);
-        if precordoned || matches!(owner, CordonOwner::Other(_)) {
+        let left_cordoned = precordoned || matches!(owner, CordonOwner::Other(_));
+        let mut patch = if left_cordoned {
+            json!({"metadata": {"annotations": clear}})
+        } else {
+            json!({"spec": {"unschedulable": null}, "metadata": {"annotations": clear}})
+        };
+        if if_unchanged {
+            patch["metadata"]["resourceVersion"] = json!(node.metadata.resource_version);
+        }
+        match self.try_patch(&job.node, patch).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if if_unchanged && s.code == 409 => return Ok(false),
+            Err(e) => {
+                return Err(StepError::new(format!(
+                    "cannot update node {}: {e}",
+                    job.node
+                )));
+            }
+        }
+        if left_cordoned {
             let who = match owner {
                 CordonOwner::Other(who) => format!(" (by {who})"),
                 _ => String::new(),
@@ -391,16 +443,8 @@ impl KubeSteps {
                 node: Some(job.node.clone()),
                 message: format!("left cordoned: it was cordoned before this run{who}"),
             });
-            self.patch(&job.node, json!({"metadata": {"annotations": clear}}))
-                .await?;
-        } else {
-            self.patch(
-                &job.node,
-                json!({"spec": {"unschedulable": null}, "metadata": {"annotations": clear}}),
-            )
-            .await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn record_failure(&self, job: &NodeJob, step: Step, reason: &str) {

@@ -166,9 +166,20 @@ pub async fn restore_from_cluster(
     Ok(())
 }
 
+/// How long after a journal write the next copy waits, given how long the last copy took:
+/// 200 ms (a burst of events settles into one copy), or 10 times the last copy when longer. A
+/// copy re-reads, parses and compresses the whole journal and the apiserver stores (and echoes
+/// to the run's own watch of its object) the whole ConfigMap, so its cost grows with the run:
+/// at 500 nodes the journal is ~800 KiB. Spacing copies by their own cost keeps them under a
+/// tenth of the time however long the run, and `rollgate status` elsewhere a few copies behind
+/// at most.
+pub fn copy_spacing(last_copy: std::time::Duration) -> std::time::Duration {
+    (last_copy * 10).max(std::time::Duration::from_millis(200))
+}
+
 impl ClusterCopy {
-    /// Copies shortly (200 ms) after each journal write, retrying failed copies every 2 s. The
-    /// copy is labelled with the lock name (runs against one cluster share it).
+    /// Copies shortly ([`copy_spacing`]) after each journal write, retrying failed copies every
+    /// 2 s. The copy is labelled with the lock name (runs against one cluster share it).
     pub fn start(
         client: kube::Client,
         namespace: String,
@@ -188,9 +199,13 @@ impl ClusterCopy {
             // Copy when the journal changed; after a failed copy, retry every 2 s until one
             // succeeds (a new write also retries at once).
             let mut pending = true;
+            let mut last_copy = std::time::Duration::ZERO;
             loop {
                 if pending {
-                    match copy_to_cluster(&c, &n, &j, &r, &l).await {
+                    let started = std::time::Instant::now();
+                    let copied = copy_to_cluster(&c, &n, &j, &r, &l).await;
+                    last_copy = started.elapsed();
+                    match copied {
                         Ok(()) => pending = false,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot copy the run status into the cluster")
@@ -207,7 +222,7 @@ impl ClusterCopy {
                 tokio::select! {
                     _ = written.notified() => {
                         // Let a burst of events settle into one copy.
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        tokio::time::sleep(copy_spacing(last_copy)).await;
                         pending = true;
                     }
                     _ = retry => {}
@@ -317,4 +332,19 @@ pub async fn status_from_cluster(
         .and_then(|d| d.get("status.json").cloned())
         .ok_or("the run's ConfigMap has no status.json")?;
     serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_spacing;
+    use std::time::Duration;
+
+    #[test]
+    fn copies_are_spaced_by_their_own_cost() {
+        let ms = Duration::from_millis;
+        assert_eq!(copy_spacing(Duration::ZERO), ms(200));
+        assert_eq!(copy_spacing(ms(15)), ms(200));
+        assert_eq!(copy_spacing(ms(60)), ms(600));
+        assert_eq!(copy_spacing(ms(300)), ms(3000));
+    }
 }
