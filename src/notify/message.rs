@@ -253,8 +253,13 @@ impl Narrator {
                 crate::vocab::node_marks::hand_back_command("NODE")
             ),
             Decision::Pause => format!(
-                "No new node starts. Next: check the cause, then `rollgate resume {}` to continue, or stop the run with Ctrl-C.",
-                self.run_id
+                "No new node starts. Next: check the cause, then `rollgate resume {0}`{1} to continue, or `rollgate abort {0}` to stop (both work from any machine with cluster access).",
+                self.run_id,
+                if self.with_buttons {
+                    " (or the Resume button)"
+                } else {
+                    ""
+                }
             ),
             Decision::Warn => "The run goes on.".to_owned(),
         };
