@@ -44,17 +44,25 @@ fn findings<'a>(report: &'a Value, check: &str, severity: &str) -> Vec<&'a Value
 /// for the others).
 fn wrong_host_key(dir: &std::path::Path, address: &str) -> std::path::PathBuf {
     let known = std::fs::read_to_string(&env().known_hosts).unwrap();
+    // `ADDRESS key`, or `[ADDRESS]:PORT key` when the environment's ports are moved.
+    let (plain, bracketed) = (format!("{address} "), format!("[{address}]:"));
+    let is_for = |l: &str| l.starts_with(&plain) || l.starts_with(&bracketed);
+    let (host, _) = known
+        .lines()
+        .find(|l| is_for(l))
+        .and_then(|l| l.split_once(' '))
+        .unwrap_or_else(|| panic!("{address} is not in {}", env().known_hosts.display()));
     let other_key = known
         .lines()
-        .find(|l| !l.starts_with(&format!("{address} ")))
+        .find(|l| !is_for(l))
         .and_then(|l| l.split_once(' ').map(|(_, k)| k.to_owned()))
         .unwrap();
     let mut lines: Vec<String> = known
         .lines()
-        .filter(|l| !l.starts_with(&format!("{address} ")))
+        .filter(|l| !is_for(l))
         .map(str::to_owned)
         .collect();
-    lines.push(format!("{address} {other_key}"));
+    lines.push(format!("{host} {other_key}"));
     let known_hosts = dir.join("known_hosts");
     std::fs::write(&known_hosts, lines.join("\n") + "\n").unwrap();
     let ssh_config = dir.join("ssh_config");
