@@ -293,6 +293,16 @@ pub async fn send(
         let cm = configmaps(client, namespace).get(&name).await?;
         return Err(ControlError::NotLive(run_id.into(), lock_of(&cm)));
     }
+    request_and_await(client, namespace, run_id, request).await
+}
+
+/// Writes `request` on run `run_id`'s object and awaits its answer (the run is known to be live).
+async fn request_and_await(
+    client: &kube::Client,
+    namespace: &str,
+    run_id: &str,
+    request: &Request,
+) -> Result<Answer, ControlError> {
     write_annotation(client, namespace, run_id, REQUEST, request).await?;
     // The answer, by watch on the run's object (not by polling it).
     let answer_to = |cm: Option<&ConfigMap>| {
@@ -343,8 +353,9 @@ impl crate::notify::slack_control::Controller for ClusterController {
             self.run_id.clone(),
         );
         Box::pin(async move {
+            // The run asking itself: it is live (no lock and object reads first).
             let request = Request::new(action, by, None);
-            send(&client, &namespace, &run_id, &request)
+            request_and_await(&client, &namespace, &run_id, &request)
                 .await
                 .map(|a| (a.done, a.said))
                 .map_err(|e| e.to_string())
