@@ -10,6 +10,9 @@ use crate::vocab::{
     ControlAction, Decision, GateDecision, Outcome, PreflightSummary, RunEvent, StopReason,
 };
 
+/// The run's state, as its own message says it, between an abort decision and the run's end.
+const ABORTING: &str = "aborting";
+
 /// Where a message goes in the run's conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
@@ -371,7 +374,7 @@ impl Narrator {
                         decision.evidence,
                         self.run_id
                     );
-                    self.set_state("aborting", Some(why), &[]);
+                    self.set_state(ABORTING, Some(why), &[]);
                     messages.push(self.root(Place::UpdateRoot, name));
                 }
                 messages
@@ -470,7 +473,7 @@ impl Narrator {
             } => {
                 let state = finished_state(*outcome);
                 // An abort keeps saying why; any other end has nothing left to explain.
-                let why = self.why.take().filter(|_| self.state == "aborting");
+                let why = self.why.take().filter(|_| self.state == ABORTING);
                 self.set_state(state, why, &[]);
                 let slowest = self
                     .slowest

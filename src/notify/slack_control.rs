@@ -244,16 +244,15 @@ async fn on_interaction(
 ) -> UserCallbackResult<SlackInteractionResponse> {
     if let SlackInteractionEvent::BlockActions(click) = event {
         let guard = state.read().await;
-        let controller = guard
-            .get_user_state::<Shared>()
-            .and_then(|s| s.controller.read().ok()?.clone());
-        if let (Some(shared), Some(controller)) = (guard.get_user_state::<Shared>(), controller) {
-            let context = Click {
+        let click_context = guard.get_user_state::<Shared>().and_then(|shared| {
+            Some(Click {
                 run_id: shared.run_id.clone(),
                 operators: shared.operators.clone(),
-                controller,
+                controller: shared.controller.read().ok()?.clone()?,
                 bot_token: shared.bot_token.clone(),
-            };
+            })
+        });
+        if let Some(context) = click_context {
             tokio::spawn(context.handle(click, client));
         }
     }
