@@ -7,33 +7,10 @@ mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// The run: nodes in name order, one at a time, a command that prints for `seconds`.
-fn start_run(dir: &Path, suite: &str, channel: &str, lock: &str, seconds: u32) -> Child {
-    let playbook = write_playbook(
-        dir,
-        &format!(
-            "name = \"control\"\n[[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\norder = \"name\"\n\
-             [command]\nrun = 'for i in $(seq 1 {seconds}); do echo upgrading $i; sleep 1; done'\n"
-        ),
-    );
-    let mut cmd = rollgate(dir);
-    cmd.arg("--config")
-        .arg(slack_config(dir, channel))
-        .env(SLACK_TOKEN_VAR, &env().slack_token)
-        .env("ROLLGATE_LOCK_NAME", lock)
-        .args(["--log-format", "json", "run", "--yes"])
-        .arg(&playbook)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
-    cmd.spawn().unwrap()
-}
 
 /// `rollgate ARGS` from another machine: its own, empty state directory; only the cluster is
 /// shared, as the ServiceAccount bound to the shipped control roles (it cannot drain).
@@ -51,9 +28,14 @@ async fn pause_and_resume_from_another_machine_go_through_the_cluster_and_say_wh
     let (_nodes, names) = TestNodes::numbered(&suite, 2);
     let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let channel = format!("#{suite}");
-    let mut child = start_run(dir.path(), &suite, &channel, &unique("ctl-lock"), 3);
+    let mut child = spawn_printing_run(
+        dir.path(),
+        &suite,
+        &slack_config(dir.path(), &channel),
+        3,
+        &[(SLACK_TOKEN_VAR, &env().slack_token)],
+    );
     command_started(dir.path(), &names[0]).await;
-    let (state, n1) = (dir.path().to_owned(), names[0].clone());
     let run = latest_run_id(dir.path());
     let asked = Instant::now();
     let (code, stderr) = elsewhere(
@@ -71,15 +53,7 @@ async fn pause_and_resume_from_another_machine_go_through_the_cluster_and_say_wh
         "{stderr}"
     );
     // Node 1 finishes; node 2 waits while paused.
-    eventually("node 1 to finish", MINUTE, || {
-        let (state, n1) = (state.clone(), n1.clone());
-        async move {
-            journal_events(&state, &n1)
-                .iter()
-                .any(|v| v["event"] == "node-done")
-        }
-    })
-    .await;
+    node_done(dir.path(), &names[0]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         journal_events(dir.path(), &names[1]).is_empty(),
@@ -129,7 +103,13 @@ async fn abort_from_another_machine_stops_the_node_in_flight_at_its_safe_point()
     let (_nodes, names) = TestNodes::numbered(&suite, 2);
     let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let channel = format!("#{suite}");
-    let mut child = start_run(dir.path(), &suite, &channel, &unique("ctl-lock"), 4);
+    let mut child = spawn_printing_run(
+        dir.path(),
+        &suite,
+        &slack_config(dir.path(), &channel),
+        4,
+        &[(SLACK_TOKEN_VAR, &env().slack_token)],
+    );
     command_started(dir.path(), &names[0]).await;
     let run = latest_run_id(dir.path());
     let (code, stderr) = elsewhere(

@@ -1186,15 +1186,7 @@ async fn rollgate_pause_holds_new_nodes_until_rollgate_resume() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("paused"), "{stderr}");
     // Node 1 finishes; nothing else starts while paused.
-    eventually("node 1 to finish", MINUTE, || {
-        let (state, n1) = (state.clone(), n1.clone());
-        async move {
-            journal_events(&state, &n1)
-                .iter()
-                .any(|v| v["event"] == "node-done")
-        }
-    })
-    .await;
+    node_done(dir.path(), &names[0]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         journal_events(dir.path(), &names[1]).is_empty(),

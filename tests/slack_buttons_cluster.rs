@@ -13,7 +13,6 @@ mod support;
 
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 use support::*;
 
@@ -35,29 +34,6 @@ fn buttons_config(dir: &Path, channel: &str, api_url: &str) -> std::path::PathBu
     )
     .unwrap();
     path
-}
-
-/// The run: nodes in name order, one at a time, a command that prints for `seconds`.
-fn start_run(dir: &Path, suite: &str, config: &Path, seconds: u32) -> Child {
-    let playbook = write_playbook(
-        dir,
-        &format!(
-            "name = \"buttons\"\n[[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\norder = \"name\"\n\
-             [command]\nrun = 'for i in $(seq 1 {seconds}); do echo upgrading $i; sleep 1; done'\n"
-        ),
-    );
-    let mut cmd = rollgate(dir);
-    cmd.arg("--config")
-        .arg(config)
-        .env(SLACK_TOKEN_VAR, &env().slack_token)
-        .env(APP_TOKEN_VAR, &env().slack_app_token)
-        .env("ROLLGATE_LOCK_NAME", unique("btn-lock"))
-        .args(["--log-format", "json", "run", "--yes"])
-        .arg(&playbook)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
-    cmd.spawn().unwrap()
 }
 
 fn standin(path: &str, body: Value) -> (u16, Value) {
@@ -135,7 +111,16 @@ async fn an_operators_click_pauses_and_resumes_others_are_refused_and_a_dropped_
     standin("/_usergroup", json!({"id": "S0OPS", "users": ["U0BOB"]}));
     let before = sockets().1;
     let config = buttons_config(dir.path(), &channel, &format!("{}/api/", env().slack_url));
-    let mut child = start_run(dir.path(), &suite, &config, 4);
+    let mut child = spawn_printing_run(
+        dir.path(),
+        &suite,
+        &config,
+        4,
+        &[
+            (SLACK_TOKEN_VAR, &env().slack_token),
+            (APP_TOKEN_VAR, &env().slack_app_token),
+        ],
+    );
     command_started(dir.path(), &names[0]).await;
     connected_after(before).await;
     let run = latest_run_id(dir.path());
@@ -230,7 +215,16 @@ async fn an_abort_click_after_slack_asks_to_reconnect_stops_the_node_at_its_safe
     let channel = format!("#{suite}");
     let before = sockets().1;
     let config = buttons_config(dir.path(), &channel, &format!("{}/api/", env().slack_url));
-    let mut child = start_run(dir.path(), &suite, &config, 5);
+    let mut child = spawn_printing_run(
+        dir.path(),
+        &suite,
+        &config,
+        5,
+        &[
+            (SLACK_TOKEN_VAR, &env().slack_token),
+            (APP_TOKEN_VAR, &env().slack_app_token),
+        ],
+    );
     command_started(dir.path(), &names[0]).await;
     connected_after(before).await;
     let run = latest_run_id(dir.path());
@@ -278,7 +272,16 @@ async fn slack_unreachable_throughout_changes_nothing() {
     let url = format!("http://{}/api/", closed.local_addr().unwrap());
     drop(closed);
     let config = buttons_config(dir.path(), &format!("#{suite}"), &url);
-    let mut child = start_run(dir.path(), &suite, &config, 2);
+    let mut child = spawn_printing_run(
+        dir.path(),
+        &suite,
+        &config,
+        2,
+        &[
+            (SLACK_TOKEN_VAR, &env().slack_token),
+            (APP_TOKEN_VAR, &env().slack_app_token),
+        ],
+    );
     assert_eq!(wait_exit(&mut child, 3 * MINUTE), Some(0));
     let events = run_events(dir.path(), &latest_run_id(dir.path()));
     for n in &names {

@@ -1136,3 +1136,52 @@ pub async fn command_started(dir: &Path, node: &str) {
     )
     .await;
 }
+
+/// An unattended run in the background, as an operator starts one for the night: `rollgate
+/// --config CONFIG --log-format json run --yes` over the nodes labelled with `suite`, in name
+/// order, one at a time, with a command that prints a line a second for `seconds` (like a Chef
+/// run), a lock of its own, `envs` added (tokens), stderr (its JSON events) in `dir/stderr.log`.
+pub fn spawn_printing_run(
+    dir: &Path,
+    suite: &str,
+    config: &Path,
+    seconds: u32,
+    envs: &[(&str, &str)],
+) -> std::process::Child {
+    let playbook = write_playbook(
+        dir,
+        &format!(
+            "name = \"{suite}\"\n[[phase]]\nname = \"all\"\nselector = \"rollgate.test/suite={suite}\"\norder = \"name\"\n\
+             [command]\nrun = 'for i in $(seq 1 {seconds}); do echo upgrading $i; sleep 1; done'\n"
+        ),
+    );
+    let mut cmd = rollgate(dir);
+    cmd.arg("--config")
+        .arg(config)
+        .envs(envs.iter().copied())
+        .env("ROLLGATE_LOCK_NAME", unique("lock"))
+        .args(["--log-format", "json", "run", "--yes"])
+        .arg(&playbook)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
+    cmd.spawn().unwrap()
+}
+
+/// Waits (at most a minute) until node `node` of the latest run in `dir` is done (journaled).
+pub async fn node_done(dir: &Path, node: &str) {
+    let (state, node) = (dir.to_owned(), node.to_owned());
+    eventually(
+        &format!("{node} to finish"),
+        Duration::from_secs(60),
+        || {
+            let (state, node) = (state.clone(), node.clone());
+            async move {
+                journal_events(&state, &node)
+                    .iter()
+                    .any(|v| v["event"] == "node-done")
+            }
+        },
+    )
+    .await;
+}
