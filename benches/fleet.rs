@@ -549,23 +549,17 @@ fn overhead_per_node(state: &Path) -> (Vec<f64>, String) {
             })
             .collect(),
     );
-    let steps = [
-        "cordon",
-        "drain",
-        "command",
-        "wait-ready",
-        "uncordon",
-        "settle",
-    ]
-    .iter()
-    .map(|s| {
-        format!(
-            "{s} {:.2}",
-            percentile(&sorted(by_step.remove(*s).unwrap_or_default()), 0.5)
-        )
-    })
-    .collect::<Vec<_>>()
-    .join(", ");
+    let steps = rollgate::vocab::Step::ALL
+        .iter()
+        .map(|step| {
+            let s = step.name();
+            format!(
+                "{s} {:.2}",
+                percentile(&sorted(by_step.remove(s).unwrap_or_default()), 0.5)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let between = format!(
         "; between steps (overhead - cordon - uncordon) p50 {:.2}, p95 {:.2} s",
         percentile(&between, 0.5),

@@ -51,14 +51,7 @@ fn journal(nodes: usize) -> String {
             ms,
             serde_json::json!({"event": "node-started", "node": node, "phase": phase}),
         );
-        for step in [
-            "cordon",
-            "drain",
-            "command",
-            "wait-ready",
-            "uncordon",
-            "settle",
-        ] {
+        for step in rollgate::vocab::Step::ALL.map(|s| s.name()) {
             line(
                 ms,
                 serde_json::json!({"event": "step-started", "node": node, "step": step}),
